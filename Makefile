@@ -1,0 +1,50 @@
+# pyg_se3 — every set-up step lives here (CI runs `make test` on a clean clone).
+#
+#   make setup   create .venv and install everything (re-runs when pyproject.toml or this file changes)
+#   make test    the whole test suite (warnings are errors, see pyproject.toml)
+#   make demo    the main job
+#   make lint    ruff
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.setup-stamp
+TORCH_VERSION := 2.13.0
+# torch-scatter / torch-cluster ship only as source: build them against the installed torch,
+# without build isolation (otherwise pip pulls a multi-GB CUDA torch into the build env). The venv's bin/ goes on
+# PATH so torch's extension builder finds ninja (parallel, MAX_JOBS=2) instead of compiling file by file.
+EXT_PKGS := torch-scatter==2.1.2 torch-cluster==1.6.3
+export MAX_JOBS ?= 2
+
+.PHONY: setup test demo lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" wheel "setuptools>=77"
+	$(PIP) install -q torch==$(TORCH_VERSION) ninja
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PIP) install -q --no-build-isolation $(EXT_PKGS)
+	$(PIP) install -q --no-build-isolation -e ".[test,dev]"
+	$(PY) -W error -c "import pyg_se3, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) -m pyg_se3.demo
+
+LINT_DIRS := pyg_se3 tests $(wildcard examples benchmarks datasets)
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_DIRS)
+	$(PY) -m ruff format --check $(LINT_DIRS)
+
+format: $(STAMP)
+	$(PY) -m ruff format $(LINT_DIRS)
+	$(PY) -m ruff check --fix $(LINT_DIRS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,178 @@
+r"""The equivariant kernel basis of a graph: spherical harmonics of the edge directions times Clebsch–Gordan.
+
+For an edge ``(j, i)`` of ``edge_index`` (PyG's source-to-target flow: ``j = edge_index[0]`` sends,
+``i = edge_index[1]`` receives) the **relative position is** ``r_ij = pos[j] - pos[i]``, everywhere in pyg_se3.
+
+The kernel mapping a degree-``k`` input to a degree-``l`` output is
+
+.. math::
+    W^{lk}(r) = \sum_{J=|k-l|}^{k+l} \varphi^{lk}_J(|r|) \, B^{lk}_J(\hat r), \qquad
+    B^{lk}_J(\hat r) = \sqrt{2l+1} \sum_{m=-J}^{J} Y_{Jm}(\hat r) \, Q^{lk}_{Jm},
+
+with real spherical harmonics ``Y_J`` in Cartesian form (e3nn, ``normalization='component'``) and
+``Q^{lk}_J = e3nn.o3.wigner_3j(l, k, J)`` (Frobenius norm 1; the factor ``sqrt(2l+1)`` keeps the per-component
+variance of a feature unchanged by the kernel). ``B`` depends on geometry only: :func:`compute_basis` evaluates it
+once per graph, and every layer reuses it. It is differentiable with respect to positions.
+
+Layout, chosen for the contraction order used by the layers (basis with features first, radial weights last):
+``basis[(k, l)]`` is ``[E, 2k+1, nJ * (2l+1)]`` with ``nJ = 2 min(k, l) + 1`` and the last axis ordered
+``(J, m_out)``. Then ``x_j^k [E, C, 2k+1] @ basis[(k, l)]`` is ``[E, C, nJ, 2l+1]`` and flattens for free to
+``[E, C * nJ, 2l+1]``, ready for the per-edge radial weights ``[E, C_out, C * nJ]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from e3nn import o3
+from torch import Tensor
+
+__all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_vectors", "num_J"]
+
+
+def num_J(k: int, l: int) -> int:
+    """Number of angular frequencies ``J`` coupling degrees ``k`` and ``l``: ``2 min(k, l) + 1``."""
+    return 2 * min(k, l) + 1
+
+
+@functools.cache
+def _clebsch_gordan_block_cpu(k: int, l: int) -> Tensor:
+    """``[sum_J (2J+1), (2k+1) * nJ * (2l+1)]`` in float64 on the CPU (computed once per process)."""
+    J_min, J_max = abs(k - l), k + l
+    width = sum(2 * J + 1 for J in range(J_min, J_max + 1))
+    n_J = J_max - J_min + 1
+    Q = torch.zeros(width, 2 * k + 1, n_J, 2 * l + 1, dtype=torch.float64)
+    row = 0
+    for index, J in enumerate(range(J_min, J_max + 1)):
+        w3j = o3.wigner_3j(l, k, J, dtype=torch.float64)  # [2l+1, 2k+1, 2J+1]
+        Q[row : row + 2 * J + 1, :, index, :] = w3j.permute(2, 1, 0) * (2 * l + 1) ** 0.5
+        row += 2 * J + 1
+    return Q.reshape(width, -1)
+
+
+@functools.lru_cache(maxsize=256)
+def clebsch_gordan_block(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Clebsch–Gordan coefficients for the pair (input degree ``k``, output degree ``l``), stacked over ``J``.
+
+    Returns ``[sum_J (2J+1), (2k+1) * nJ * (2l+1)]``: rows are the spherical harmonics ``Y_J`` for
+    ``J = |k-l| .. k+l`` in order (a contiguous slice of the harmonics of all degrees), so that
+    ``Y @ Q`` is the flattened basis of :func:`compute_basis`. Cached in memory per dtype and device.
+    """
+    return _clebsch_gordan_block_cpu(k, l).to(dtype=dtype, device=device)
+
+
+def edge_vectors(pos: Tensor, edge_index: Tensor) -> Tensor:
+    """``r_ij = pos[j] - pos[i]`` for every edge ``(j, i)`` of ``edge_index`` (source minus target)."""
+    return pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])
+
+
+def _safe_norm(vectors: Tensor) -> Tensor:
+    """``|r|``, clamped below at a tiny length so that zero-length edges have finite values and gradients."""
+    tiny = torch.finfo(vectors.dtype).tiny ** 0.25  # ~1e-77 (float64), ~1e-10 (float32): squares stay normal
+    return (vectors * vectors).sum(dim=-1).clamp_min(tiny * tiny).sqrt()
+
+
+@dataclass
+class Basis:
+    """Everything about a graph's geometry that the layers need; build with :func:`compute_basis`.
+
+    Attributes
+    ----------
+    edge_index
+        ``[2, E]``, the graph it was computed for.
+    rel_pos
+        ``[E, 3]`` relative positions ``pos[j] - pos[i]``.
+    dist
+        ``[E, 1]`` edge lengths (clamped at a tiny positive value for coincident points).
+    sh
+        ``[E, (L_sh + 1)^2]`` spherical harmonics of all degrees ``0 .. L_sh = 2 * max_degree``.
+    pairs
+        ``{(k, l): [E, 2k+1, nJ * (2l+1)]}`` for all ``0 <= k, l <= max_degree``.
+    edge_weight
+        Optional ``[E]`` weights in ``[0, 1]`` (a smooth cutoff envelope) that scale every message and every
+        attention weight before normalisation, or ``None``.
+    """
+
+    edge_index: Tensor
+    rel_pos: Tensor
+    dist: Tensor
+    sh: Tensor
+    max_degree: int
+    pairs: dict[tuple[int, int], Tensor] = field(repr=False)
+    edge_weight: Tensor | None = None
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    def __getitem__(self, pair: tuple[int, int]) -> Tensor:
+        try:
+            return self.pairs[pair]
+        except KeyError:
+            raise ValueError(
+                f"basis: it was computed up to degree {self.max_degree}; degrees {pair} were requested. "
+                "Pass a larger max_degree to compute_basis."
+            ) from None
+
+
+def compute_basis(
+    pos: Tensor,
+    edge_index: Tensor,
+    max_degree: int,
+    *,
+    edge_weight: Tensor | None = None,
+    detach: bool = False,
+) -> Basis:
+    r"""Evaluate the kernel basis of every edge for all degree pairs up to ``max_degree``.
+
+    Parameters
+    ----------
+    pos
+        ``[N, 3]`` node positions.
+    edge_index
+        ``[2, E]`` edges ``(j, i)``; the relative position is ``pos[j] - pos[i]``.
+    max_degree
+        Largest input or output degree of any layer that will use the basis.
+    edge_weight
+        Optional ``[E]`` envelope weights carried along for the layers (see :class:`Basis`).
+    detach
+        Cut the basis out of the autograd graph (the original SE(3)-Transformer's behaviour). By default the
+        basis is differentiable with respect to ``pos``.
+
+    Returns
+    -------
+    Basis
+
+    Notes
+    -----
+    Directions are ``r / |r|`` with ``|r|`` clamped at a tiny length, and the harmonics are evaluated with
+    e3nn's polynomial (Cartesian) form. Harmonics of degree ``J > 0`` are homogeneous polynomials, so a
+    zero-length edge (coincident points, self-loops) gets ``Y_J = 0`` for ``J > 0`` and ``Y_0 = 1``: finite,
+    still equivariant, with finite gradients.
+    """
+    if max_degree < 0:
+        raise ValueError(f"max_degree: expected >= 0, got {max_degree}")
+    if detach:
+        pos = pos.detach()
+    rel_pos = edge_vectors(pos, edge_index)
+    dist = _safe_norm(rel_pos).unsqueeze(-1)
+    directions = rel_pos / dist
+    sh = o3.spherical_harmonics(list(range(2 * max_degree + 1)), directions, normalize=False, normalization="component")
+    pairs: dict[tuple[int, int], Tensor] = {}
+    for k in range(max_degree + 1):
+        for l in range(max_degree + 1):
+            J_min, J_max = abs(k - l), k + l
+            Y = sh[:, J_min * J_min : (J_max + 1) * (J_max + 1)]
+            Q = clebsch_gordan_block(k, l, sh.dtype, sh.device)
+            pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l) * (2 * l + 1))
+    return Basis(
+        edge_index=edge_index,
+        rel_pos=rel_pos,
+        dist=dist,
+        sh=sh,
+        max_degree=max_degree,
+        pairs=pairs,
+        edge_weight=edge_weight,
+    )

@@ -1,0 +1,73 @@
+"""Input validation shared by layers and models: bad input gets a ``ValueError`` naming the argument."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pyg_se3.fiber import Fiber
+
+__all__ = ["check_edge_index", "check_graph_inputs", "check_pos"]
+
+
+def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos") -> None:
+    """``pos`` must be a finite floating ``[N, 3]`` tensor (with ``N == num_nodes`` when given)."""
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        raise ValueError(f"{name}: expected a [N, 3] tensor of positions, got {_shape(pos)}")
+    if not pos.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got {pos.dtype}")
+    if num_nodes is not None and pos.shape[0] != num_nodes:
+        raise ValueError(f"{name}: expected {num_nodes} rows (one per node of x), got {pos.shape[0]}")
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index") -> None:
+    """``edge_index`` must be an integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``."""
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{name}: expected a [2, E] tensor, got {_shape(edge_index)}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name}: expected an int64 tensor, got {edge_index.dtype}")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+        raise ValueError(
+            f"{name}: node indices must lie in [0, {num_nodes}), got range "
+            f"[{int(edge_index.min())}, {int(edge_index.max())}]"
+        )
+
+
+def check_graph_inputs(
+    x: Tensor,
+    pos: Tensor,
+    edge_index: Tensor,
+    fiber_in: Fiber,
+    edge_attr: Tensor | None = None,
+    edge_dim: int = 0,
+    batch: Tensor | None = None,
+) -> None:
+    """Validate the arguments of a layer or model ``forward(x, pos, edge_index, edge_attr, batch)``."""
+    fiber_in.check(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a [N, {fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
+    num_nodes = x.shape[0]
+    check_pos(pos, num_nodes)
+    check_edge_index(edge_index, num_nodes)
+    check_edge_attr(edge_attr, edge_index.shape[1], edge_dim)
+    if batch is not None:
+        if not isinstance(batch, Tensor) or batch.shape != (num_nodes,) or batch.is_floating_point():
+            raise ValueError(f"batch: expected an integer [N] = [{num_nodes}] tensor, got {_shape(batch)}")
+
+
+def check_edge_attr(edge_attr: Tensor | None, num_edges: int, edge_dim: int) -> None:
+    """``edge_attr`` must be ``[E, edge_dim]`` when ``edge_dim > 0`` and absent when it is 0."""
+    if edge_dim == 0:
+        if edge_attr is not None:
+            raise ValueError("edge_attr: the layer was built with edge_dim=0; pass edge_attr=None")
+        return
+    if edge_attr is None:
+        raise ValueError(f"edge_attr: expected a [E, {edge_dim}] tensor (edge_dim={edge_dim}), got None")
+    if edge_attr.dim() != 2 or edge_attr.shape != (num_edges, edge_dim):
+        raise ValueError(f"edge_attr: expected shape [{num_edges}, {edge_dim}], got {tuple(edge_attr.shape)}")
+
+
+def _shape(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__

@@ -1,0 +1,243 @@
+"""The Iterative SE(3)-Transformer: blocks that move the points, with the graph and basis rebuilt in between."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from pyg_se3.basis import compute_basis
+from pyg_se3.checks import check_edge_attr, check_graph_inputs
+from pyg_se3.fiber import Fiber
+from pyg_se3.graph import KNN, GraphBuilder
+from pyg_se3.models.se3_transformer import SE3Transformer
+from pyg_se3.nn import SE3Linear
+
+__all__ = ["IterativeOutput", "IterativeSE3Transformer"]
+
+DISPLACEMENT = Fiber({1: 1})
+
+EdgeAttrFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class IterativeOutput:
+    """What :class:`IterativeSE3Transformer` returns.
+
+    Attributes
+    ----------
+    pos
+        ``[N, 3]`` final positions.
+    x
+        ``[N, fiber_hidden.dim]`` final hidden fiber.
+    trajectory
+        Positions before the first and after every iteration (``num_iterations + 1`` tensors;
+        ``trajectory[0]`` is the input).
+    edge_indices
+        The graph each iteration ran on (rebuilt from that iteration's input positions).
+    num_iterations
+        How many iterations ran (fewer than requested when ``tol`` stopped early).
+    """
+
+    pos: Tensor
+    x: Tensor
+    trajectory: list[Tensor] = field(default_factory=list)
+    edge_indices: list[Tensor] = field(default_factory=list)
+    num_iterations: int = 0
+
+
+class IterativeSE3Transformer(nn.Module):
+    r"""Iterative SE(3)-Transformer (Fuchs, Wagstaff, Dauparas, Posner 2021), as in AlphaFold 2's structure module.
+
+    .. math::
+        \text{for } t = 1..T: \quad E_t = \mathrm{graph}(x_t), \quad B_t = \mathrm{basis}(x_t, E_t), \quad
+        (h_t, \Delta x_t) = \mathrm{Block}_t(h_{t-1}, x_t, E_t, B_t), \quad x_{t+1} = x_t + \Delta x_t
+
+    Each block is an :class:`~pyg_se3.models.SE3Transformer` with ``layers_per_iteration`` equivariant layers
+    (``layers_per_iteration - 1`` attention blocks and a final convolution) whose output fiber is
+    ``fiber_hidden`` plus one type-1 channel, the displacement. The **whole** hidden fiber is carried to the next
+    iteration (no bottleneck to type-1). The neighbour graph is rebuilt from the updated positions (indices
+    carry no gradient), and the basis is recomputed from them **inside the autograd graph**, so gradients reach
+    block ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that
+    path (the original SE(3)-Transformer's behaviour) to compare.
+
+    Parameters
+    ----------
+    fiber_in
+        Fiber of the input node features.
+    fiber_hidden
+        Fiber carried between iterations (and returned as ``out.x``).
+    num_iterations
+        ``T``, the number of position updates.
+    layers_per_iteration
+        Equivariant layers per block (``>= 1``).
+    num_heads, channels_div, radial_hidden, radial_layers
+        As in :class:`~pyg_se3.models.SE3Transformer`.
+    graph
+        A :class:`~pyg_se3.graph.GraphBuilder`: ``Radius`` (envelope on by default), ``KNN`` or ``Complete``.
+        Default ``KNN(k=16)``.
+    share_weights
+        One block for all iterations. The input is then first mapped into ``fiber_hidden`` by a
+        self-interaction (degrees of ``fiber_hidden`` missing from ``fiber_in`` start at zero), and at inference
+        ``forward(..., tol=..., max_iterations=...)`` may run a different number of iterations.
+    edge_dim
+        Number of invariant edge features; they must then come from ``edge_attr_fn`` (recomputed every
+        iteration, since the graph changes).
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_hidden: Fiber,
+        num_iterations: int = 4,
+        layers_per_iteration: int = 2,
+        num_heads: int = 4,
+        graph: GraphBuilder | None = None,
+        share_weights: bool = False,
+        edge_dim: int = 0,
+        channels_div: int = 2,
+        radial_hidden: int = 32,
+        radial_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations: expected >= 1, got {num_iterations}")
+        if layers_per_iteration < 1:
+            raise ValueError(f"layers_per_iteration: expected >= 1, got {layers_per_iteration}")
+        if graph is not None and not isinstance(graph, GraphBuilder):
+            raise ValueError(f"graph: expected a Radius, KNN or Complete graph builder, got {graph!r}")
+        self.fiber_in, self.fiber_hidden = fiber_in, fiber_hidden
+        self.num_iterations, self.layers_per_iteration = num_iterations, layers_per_iteration
+        self.graph = graph if graph is not None else KNN(k=16)
+        self.share_weights, self.edge_dim = share_weights, edge_dim
+        block_args = {
+            "fiber_hidden": fiber_hidden,
+            "fiber_out": fiber_hidden + DISPLACEMENT,
+            "num_layers": layers_per_iteration - 1,
+            "num_heads": num_heads,
+            "edge_dim": edge_dim,
+            "channels_div": channels_div,
+            "radial_hidden": radial_hidden,
+            "radial_layers": radial_layers,
+        }
+        if share_weights:
+            lost = [d for d in fiber_in.degrees if d not in fiber_hidden]
+            if lost:
+                raise ValueError(
+                    f"fiber_hidden: with share_weights=True the input is embedded into fiber_hidden, which lacks "
+                    f"degrees {lost} of fiber_in {fiber_in}"
+                )
+            self.embed = SE3Linear(fiber_in, fiber_hidden & fiber_in)
+            self.blocks = nn.ModuleList([SE3Transformer(fiber_hidden, **block_args)])
+        else:
+            self.embed = None
+            self.blocks = nn.ModuleList(
+                [SE3Transformer(fiber_in if t == 0 else fiber_hidden, **block_args) for t in range(num_iterations)]
+            )
+        self.max_degree = max(block.max_degree for block in self.blocks)
+
+    def reset_parameters(self) -> None:
+        for block in self.blocks:
+            block.reset_parameters()
+        if self.embed is not None:
+            self.embed.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        edge_attr_fn: EdgeAttrFn | None = None,
+        detach_basis: bool = False,
+        tol: float | None = None,
+        max_iterations: int | None = None,
+    ) -> IterativeOutput:
+        """Run the iterations.
+
+        Parameters
+        ----------
+        x
+            ``[N, fiber_in.dim]`` input features.
+        pos
+            ``[N, 3]`` initial positions.
+        batch
+            ``[N]`` graph index of each node; graphs are never connected to each other.
+        edge_attr_fn
+            ``(pos, edge_index) -> [E, edge_dim]`` invariant edge features, called after every graph rebuild
+            with the current positions (required iff ``edge_dim > 0``).
+        detach_basis
+            Compute each iteration's basis, edge lengths, envelope and edge features from detached positions.
+        tol
+            Shared weights, inference only: stop once the largest displacement of an iteration is below ``tol``.
+        max_iterations
+            Shared weights only: the number of iterations to run (default ``num_iterations``).
+        """
+        num_steps = self._num_steps(tol, max_iterations)
+        if (edge_attr_fn is None) != (self.edge_dim == 0):
+            raise ValueError(
+                f"edge_attr_fn: expected a function (pos, edge_index) -> [E, {self.edge_dim}] when edge_dim > 0, "
+                f"and None when edge_dim == 0 (edge_dim={self.edge_dim})"
+            )
+        empty = torch.empty(2, 0, dtype=torch.long, device=pos.device if isinstance(pos, Tensor) else None)
+        check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch)
+        h = self.embed_input(x)
+        out = IterativeOutput(pos=pos, x=h, trajectory=[pos])
+        for t in range(num_steps):
+            h, pos, edge_index = self._step(
+                self.blocks[0 if self.share_weights else t], h, pos, batch, edge_attr_fn, detach_basis
+            )
+            out.trajectory.append(pos)
+            out.edge_indices.append(edge_index)
+            out.num_iterations = t + 1
+            if tol is not None and float(_displacement_norm(out.trajectory)) < tol:
+                break
+        out.pos, out.x = pos, h
+        return out
+
+    def embed_input(self, x: Tensor) -> Tensor:
+        """The features the first block sees: ``x`` itself, or its embedding into ``fiber_hidden``."""
+        if self.embed is None:
+            return x
+        embedded = self.fiber_hidden.split(
+            torch.zeros(*x.shape[:-1], self.fiber_hidden.dim, dtype=x.dtype, device=x.device)
+        )
+        embedded.update(self.embed.fiber_out.split(self.embed(x)))
+        return self.fiber_hidden.join(embedded)
+
+    def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis):
+        edge_index = self.graph(pos, batch)
+        geometry = pos.detach() if detach_basis else pos
+        edge_attr = None
+        if edge_attr_fn is not None:
+            edge_attr = edge_attr_fn(geometry, edge_index)
+            check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim)
+        basis = compute_basis(geometry, edge_index, block.max_degree)
+        basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
+        out = block(h, geometry, edge_index, edge_attr, basis=basis)
+        h, displacement = Fiber.uncat(out, self.fiber_hidden, DISPLACEMENT)
+        return h, pos + displacement, edge_index
+
+    def _num_steps(self, tol: float | None, max_iterations: int | None) -> int:
+        if not self.share_weights and (tol is not None or max_iterations is not None):
+            raise ValueError("tol/max_iterations: only a model with share_weights=True can change its iteration count")
+        if tol is not None and self.training:
+            raise ValueError("tol: early stopping is for inference; call model.eval() first")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol: expected > 0, got {tol}")
+        if max_iterations is not None and max_iterations < 1:
+            raise ValueError(f"max_iterations: expected >= 1, got {max_iterations}")
+        return max_iterations if max_iterations is not None else self.num_iterations
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_hidden}, num_iterations="
+            f"{self.num_iterations}, layers_per_iteration={self.layers_per_iteration}, graph={self.graph}, "
+            f"share_weights={self.share_weights}, edge_dim={self.edge_dim})"
+        )
+
+
+def _displacement_norm(trajectory: list[Tensor]) -> Tensor:
+    """Largest per-node displacement of the last iteration."""
+    return (trajectory[-1] - trajectory[-2]).norm(dim=-1).max() if trajectory[-1].numel() else torch.zeros(())

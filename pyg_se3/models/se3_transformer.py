@@ -1,0 +1,132 @@
+"""The SE(3)-Transformer: stacked equivariant attention blocks and a final tensor-field convolution."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pyg_se3.basis import Basis, compute_basis
+from pyg_se3.checks import check_graph_inputs
+from pyg_se3.fiber import Fiber
+from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, global_pool
+
+__all__ = ["SE3Transformer"]
+
+
+class SE3Transformer(nn.Module):
+    r"""SE(3)-Transformer (Fuchs et al. 2020) over a PyG graph.
+
+    ``num_layers`` blocks of :class:`~pyg_se3.nn.SE3Attention` (GSE3Res) each followed by an
+    :class:`~pyg_se3.nn.SE3Norm`, then an :class:`~pyg_se3.nn.SE3Conv` with self-interaction to ``fiber_out``:
+
+    .. math::
+        h^{(0)} = x, \quad h^{(t)} = \mathrm{Norm}(\mathrm{Attn}_t(h^{(t-1)}; B)), \quad
+        y = \mathrm{Conv}(h^{(T)}; B)
+
+    The kernel basis ``B`` (:func:`~pyg_se3.basis.compute_basis`) is computed **once per forward** from
+    ``pos`` and shared by every layer; it stays in the autograd graph, so outputs are differentiable with
+    respect to positions. Edge ``(j, i)`` carries the relative position ``pos[j] - pos[i]``.
+
+    Parameters
+    ----------
+    fiber_in, fiber_hidden, fiber_out
+        Fibers of the input features, of every hidden layer, and of the output.
+    num_layers
+        Number of attention blocks (the total number of equivariant layers is ``num_layers + 1``).
+    num_heads
+        Attention heads per block.
+    edge_dim
+        Number of invariant edge features (``edge_attr [E, edge_dim]``) fed to every radial network.
+    channels_div
+        Value/key channels are ``fiber_hidden``'s divided by this (see :class:`~pyg_se3.nn.SE3Attention`).
+    norm
+        Put an :class:`~pyg_se3.nn.SE3Norm` after each attention block.
+    radial_hidden, radial_layers
+        Width and depth of every radial network.
+    pooling
+        ``None`` for node outputs ``[N, fiber_out.dim]``, or ``"mean"``/``"sum"`` to pool per graph of
+        ``batch`` to ``[B, fiber_out.dim]``.
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_hidden: Fiber,
+        fiber_out: Fiber,
+        num_layers: int,
+        num_heads: int = 4,
+        edge_dim: int = 0,
+        channels_div: int = 2,
+        norm: bool = True,
+        radial_hidden: int = 32,
+        radial_layers: int = 2,
+        pooling: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"num_layers: expected >= 0, got {num_layers}")
+        if pooling not in (None, "mean", "sum"):
+            raise ValueError(f"pooling: expected None, 'mean' or 'sum', got {pooling!r}")
+        self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
+        self.num_layers, self.edge_dim, self.pooling = num_layers, edge_dim, pooling
+        radial = {"edge_dim": edge_dim, "radial_hidden": radial_hidden, "radial_layers": radial_layers}
+        layers: list[nn.Module] = []
+        fiber = fiber_in
+        for _ in range(num_layers):
+            layers.append(SE3Attention(fiber, fiber_hidden, num_heads, channels_div, **radial))
+            if norm:
+                layers.append(SE3Norm(fiber_hidden))
+            fiber = fiber_hidden
+        self.layers = nn.ModuleList(layers)
+        self.output = SE3Conv(fiber, fiber_out, self_interaction=True, **radial)
+        self.max_degree = max(fiber_in.max_degree, fiber_hidden.max_degree, fiber_out.max_degree)
+
+    def reset_parameters(self) -> None:
+        for module in [*self.layers, self.output]:
+            module.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        batch: Tensor | None = None,
+        basis: Basis | None = None,
+    ) -> Tensor:
+        """Run the network.
+
+        Parameters
+        ----------
+        x
+            ``[N, fiber_in.dim]`` flat input features.
+        pos
+            ``[N, 3]`` positions.
+        edge_index
+            ``[2, E]`` edges ``(j, i)``, messages flow from ``j`` to ``i``.
+        edge_attr
+            ``[E, edge_dim]`` invariant edge features, or ``None`` when ``edge_dim == 0``.
+        batch
+            ``[N]`` graph index of each node (only used when ``pooling`` is set).
+        basis
+            A basis already computed for ``(pos, edge_index)`` (e.g. with envelope weights); computed here
+            when ``None``.
+
+        Returns
+        -------
+        Tensor
+            ``[N, fiber_out.dim]``, or ``[B, fiber_out.dim]`` with pooling.
+        """
+        check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch)
+        if basis is None:
+            basis = compute_basis(pos, edge_index, self.max_degree)
+        h = x
+        for layer in self.layers:
+            h = layer(h, pos, edge_index, edge_attr, basis) if isinstance(layer, SE3Attention) else layer(h)
+        out = self.output(h, pos, edge_index, edge_attr, basis)
+        if self.pooling is not None:
+            out = global_pool(out, batch, self.fiber_out, self.pooling)
+        return out
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate([*self.layers, self.output]))
+        return f"{self.__class__.__name__}(\n{inner}\n)"

@@ -1,0 +1,20 @@
+"""Equivariant layers over PyG graphs. Features are flat fiber tensors ``[N, fiber.dim]``."""
+
+from pyg_se3.nn.attention import SE3Attention
+from pyg_se3.nn.conv import SE3Conv
+from pyg_se3.nn.kernel import EdgeKernel
+from pyg_se3.nn.linear import SE3Linear
+from pyg_se3.nn.norm import SE3Norm
+from pyg_se3.nn.pooling import SE3GlobalPool, global_pool
+from pyg_se3.nn.radial import RadialMLP
+
+__all__ = [
+    "EdgeKernel",
+    "RadialMLP",
+    "SE3Attention",
+    "SE3Conv",
+    "SE3GlobalPool",
+    "SE3Linear",
+    "SE3Norm",
+    "global_pool",
+]

@@ -1,0 +1,111 @@
+"""Tensor-field convolution on PyG graphs."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+
+from pyg_se3.basis import Basis
+from pyg_se3.fiber import Fiber
+from pyg_se3.nn.kernel import EdgeKernel
+from pyg_se3.nn.linear import SE3Linear
+from pyg_se3.nn.utils import prepare_basis
+
+__all__ = ["SE3Conv"]
+
+
+class SE3Conv(MessagePassing):
+    r"""The SE(3)-equivariant tensor-field convolution (Thomas et al. 2018; Fuchs et al. 2020).
+
+    .. math::
+        f_{\mathrm{out},i}^l = w^{ll} f_{\mathrm{in},i}^l
+            + \bigoplus_{j \in \mathcal{N}(i)} u_{ij} \sum_k W^{lk}(x_j - x_i) \, f_{\mathrm{in},j}^k
+
+    with kernels ``W^{lk}`` built from the shared :class:`~pyg_se3.basis.Basis` and a radial network of
+    ``|x_j - x_i|`` and the invariant edge features (see :class:`~pyg_se3.nn.kernel.EdgeKernel`), the
+    self-interaction ``w^{ll}`` (:class:`~pyg_se3.nn.SE3Linear`, degrees present in both fibers), ``u_ij`` the
+    optional envelope weights of the basis, and ``⊕`` the aggregation (sum by default). Edge ``(j, i)`` of
+    ``edge_index`` sends from ``j`` to ``i``; its relative position is ``pos[j] - pos[i]``.
+
+    Parameters
+    ----------
+    fiber_in, fiber_out
+        Input and output fibers (flat features of widths ``fiber_in.dim`` and ``fiber_out.dim``).
+    edge_dim
+        Number of invariant edge features (``edge_attr`` is ``[E, edge_dim]``).
+    self_interaction
+        Add ``w^{ll} f_i^l`` for the degrees common to both fibers.
+    aggr
+        PyG aggregation of messages (``"add"``, ``"mean"``, ...); ``"add"`` keeps the output continuous
+        when an envelope switches edges on and off.
+    radial_hidden, radial_layers
+        Width and depth of the radial network.
+
+    Shapes
+    ------
+    ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
+    ``[N, fiber_out.dim]``.
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_out: Fiber,
+        edge_dim: int = 0,
+        self_interaction: bool = True,
+        aggr: str = "add",
+        radial_hidden: int = 32,
+        radial_layers: int = 2,
+    ) -> None:
+        super().__init__(aggr=aggr, node_dim=0)
+        self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
+        self.kernel = EdgeKernel(fiber_in, fiber_out, edge_dim, radial_hidden, radial_layers)
+        common = fiber_out & fiber_in
+        self.self_interaction = SE3Linear(fiber_in, common) if self_interaction and len(common) else None
+        self.reset_parameters()
+
+    @property
+    def max_degree(self) -> int:
+        return self.kernel.max_degree
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.kernel.reset_parameters()
+        if self.self_interaction is not None:
+            self.self_interaction.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor | None,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        basis: Basis | None = None,
+    ) -> Tensor:
+        """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent."""
+        basis = prepare_basis(self, x, pos, edge_index, edge_attr, basis)
+        out = self.propagate(edge_index, x=x, basis=basis, edge_attr=edge_attr)
+        if self.self_interaction is not None:
+            out = out + _embed(self.self_interaction(x), self.self_interaction.fiber_out, self.fiber_out)
+        return out
+
+    def message(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None) -> Tensor:
+        messages = self.kernel(x_j, basis, edge_attr)
+        if basis.edge_weight is not None:
+            messages = messages * basis.edge_weight.unsqueeze(-1)
+        return messages
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}, "
+            f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r})"
+        )
+
+
+def _embed(x: Tensor, fiber: Fiber, target: Fiber) -> Tensor:
+    """Place features of a sub-fiber (same channels per degree) into ``target``'s layout, zeros elsewhere."""
+    if fiber == target:
+        return x
+    blocks = fiber.split(x)
+    lead = x.shape[:-1]
+    return target.join({d: blocks[d] if d in blocks else x.new_zeros(*lead, c, 2 * d + 1) for d, c in target})

@@ -1,0 +1,59 @@
+"""Small helpers shared by the layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter, softmax
+
+from pyg_se3.basis import Basis, compute_basis
+from pyg_se3.checks import check_edge_attr, check_edge_index, check_pos
+
+__all__ = ["edge_softmax", "prepare_basis"]
+
+
+def prepare_basis(
+    layer: torch.nn.Module,
+    x: Tensor,
+    pos: Tensor | None,
+    edge_index: Tensor,
+    edge_attr: Tensor | None,
+    basis: Basis | None,
+) -> Basis:
+    """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``).
+
+    ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
+    """
+    layer.fiber_in.check(x, "x")
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
+    check_edge_index(edge_index, x.shape[0])
+    check_edge_attr(edge_attr, edge_index.shape[1], layer.edge_dim)
+    if basis is None:
+        if pos is None:
+            raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
+        check_pos(pos, x.shape[0])
+        return compute_basis(pos, edge_index, layer.max_degree)
+    if basis.num_edges != edge_index.shape[1]:
+        raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
+    if basis.max_degree < layer.max_degree:
+        raise ValueError(f"basis: computed up to degree {basis.max_degree}, the layer needs {layer.max_degree}")
+    return basis
+
+
+def edge_softmax(
+    logits: Tensor, index: Tensor, num_nodes: int, ptr: Tensor | None = None, weight: Tensor | None = None
+) -> Tensor:
+    r"""Softmax of ``logits [E, H]`` over the incoming edges of each target node ``index [E]``.
+
+    With ``weight [E]`` (envelope values in ``[0, 1]``) each term is weighted before normalisation:
+    ``alpha_ij = u_ij exp(s_ij) / sum_j' u_ij' exp(s_ij')``. An edge with ``u = 0`` then contributes nothing,
+    exactly as if it were absent, which keeps attention continuous when edges enter or leave a cutoff.
+    A node whose every edge has ``u = 0`` receives weights 0.
+    """
+    if weight is None:
+        return softmax(logits, index, ptr, num_nodes, dim=0)
+    shift = scatter(logits.detach(), index, dim=0, dim_size=num_nodes, reduce="max").index_select(0, index)
+    terms = weight.unsqueeze(-1) * torch.exp(logits - shift)
+    total = scatter(terms, index, dim=0, dim_size=num_nodes, reduce="sum").index_select(0, index)
+    return terms / (total + torch.finfo(terms.dtype).tiny)

@@ -1,0 +1,102 @@
+import pytest
+import torch
+from e3nn import o3
+from helpers import random_graph, random_rotations, relative_error
+
+from pyg_se3 import compute_basis
+from pyg_se3.basis import clebsch_gordan_block, num_J
+from pyg_se3.fiber import wigner_D
+
+MAX_DEGREE = 3
+
+
+def D(l, R):
+    return wigner_D(l, R)
+
+
+def test_basis_matches_definition():
+    """basis[(k, l)][e, m, (J, o)] = sqrt(2l+1) sum_M Y_JM(r_hat) wigner_3j(l, k, J)[o, m, M]."""
+    pos, edge_index = random_graph(6, 15)
+    basis = compute_basis(pos, edge_index, MAX_DEGREE)
+    r = pos[edge_index[0]] - pos[edge_index[1]]
+    for k in range(MAX_DEGREE + 1):
+        for l in range(MAX_DEGREE + 1):
+            parts = []
+            for J in range(abs(k - l), k + l + 1):
+                Y = o3.spherical_harmonics(J, r, normalize=True, normalization="component")
+                parts.append(torch.einsum("eM,omM->emo", Y, o3.wigner_3j(l, k, J, dtype=r.dtype)))
+            expected = torch.stack(parts, dim=2).flatten(2) * (2 * l + 1) ** 0.5
+            torch.testing.assert_close(basis[(k, l)], expected, atol=1e-12, rtol=0)
+            assert basis[(k, l)].shape == (15, 2 * k + 1, num_J(k, l) * (2 * l + 1))
+
+
+def test_relative_position_is_source_minus_target():
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    basis = compute_basis(pos, torch.tensor([[1], [0]]), 0)
+    torch.testing.assert_close(basis.rel_pos, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(basis.dist, torch.tensor([[14.0**0.5]], dtype=torch.float64))
+
+
+def test_basis_is_equivariant():
+    """B^{lk}(R r) = D^l(R) B^{lk}(r) D^k(R)^T for every J, 20 random rotations."""
+    pos, edge_index = random_graph(8, 30)
+    basis = compute_basis(pos, edge_index, MAX_DEGREE)
+    for R in random_rotations():
+        rotated = compute_basis(pos @ R.T, edge_index, MAX_DEGREE)
+        for (k, l), B in basis.pairs.items():
+            B = B.view(-1, 2 * k + 1, num_J(k, l), 2 * l + 1)
+            expected = torch.einsum("ab,ebJc,dc->eaJd", D(k, R), B, D(l, R))
+            actual = rotated[(k, l)].view_as(B)
+            assert relative_error(actual, expected) < 1e-12
+
+
+def test_basis_is_translation_invariant():
+    pos, edge_index = random_graph(8, 30)
+    a = compute_basis(pos, edge_index, 2)
+    b = compute_basis(pos + torch.tensor([3.0, -1.0, 7.5], dtype=pos.dtype), edge_index, 2)
+    for pair in a.pairs:
+        torch.testing.assert_close(a[pair], b[pair], atol=1e-13, rtol=0)
+
+
+def test_basis_gradcheck_wrt_positions():
+    pos, edge_index = random_graph(5, 12)
+    pos.requires_grad_(True)
+
+    def fn(p):
+        basis = compute_basis(p, edge_index, 2)
+        return tuple(basis.pairs.values())
+
+    assert torch.autograd.gradcheck(fn, (pos,))
+
+
+def test_detach_cuts_gradient():
+    pos, edge_index = random_graph(5, 12)
+    pos.requires_grad_(True)
+    assert compute_basis(pos, edge_index, 1)[(1, 1)].requires_grad
+    assert not compute_basis(pos, edge_index, 1, detach=True)[(1, 1)].requires_grad
+
+
+def test_zero_length_edges_are_finite():
+    pos = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    edge_index = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 0]])
+    basis = compute_basis(pos, edge_index, MAX_DEGREE)
+    total = sum(B.sum() for B in basis.pairs.values())
+    total.backward()
+    assert all(torch.isfinite(B).all() for B in basis.pairs.values())
+    assert torch.isfinite(pos.grad).all()
+    # Y_0 = 1, Y_J = 0 for J > 0 at r = 0: only the J = 0 part of (k, k) survives
+    torch.testing.assert_close(basis.sh[:, 0], torch.ones(4, dtype=torch.float64))
+    assert basis.sh[:, 1:].abs().max() == 0
+
+
+def test_clebsch_gordan_cached_in_memory():
+    a = clebsch_gordan_block(2, 3, torch.float64, torch.device("cpu"))
+    b = clebsch_gordan_block(2, 3, torch.float64, torch.device("cpu"))
+    assert a is b
+
+
+def test_max_degree_too_small_is_a_clear_error():
+    pos, edge_index = random_graph(4, 6)
+    basis = compute_basis(pos, edge_index, 1)
+    with pytest.raises(ValueError, match="basis: it was computed up to degree 1"):
+        basis[(2, 0)]

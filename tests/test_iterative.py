@@ -1,0 +1,201 @@
+"""The Iterative SE(3)-Transformer: equivariance through graph rebuilds, gradients through the basis,
+continuity with the smooth envelope, batching."""
+
+from itertools import pairwise
+
+import pytest
+import torch
+from helpers import random_rotations, relative_error
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from pyg_se3 import Fiber
+from pyg_se3.graph import KNN, Complete, Radius
+from pyg_se3.models import IterativeSE3Transformer
+
+FIBER_IN = Fiber({0: 1, 1: 1})
+FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4})
+GRAPHS = {"radius": lambda: Radius(1.6, max_num_neighbors=32), "knn": lambda: KNN(4), "complete": Complete}
+
+
+def make_model(graph="complete", share_weights=False, **kwargs):
+    kwargs = {"num_iterations": 3, "layers_per_iteration": 2, "num_heads": 2, **kwargs}
+    model = IterativeSE3Transformer(
+        FIBER_IN, FIBER_HIDDEN, graph=GRAPHS[graph](), share_weights=share_weights, **kwargs
+    )
+    return model.double()
+
+
+def point_cloud(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, FIBER_IN.dim, generator=g, dtype=torch.float64), torch.randn(
+        n, 3, generator=g, dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize("graph", list(GRAPHS))
+@pytest.mark.parametrize("share_weights", [False, True])
+def test_equivariance_including_graph_rebuilds(graph, share_weights):
+    model = make_model(graph, share_weights)
+    x, pos = point_cloud()
+    with torch.no_grad():
+        out = model(x, pos)
+        assert (out.pos - pos).abs().max() > 1e-4  # the points did move
+        for R in random_rotations(5):
+            shift = torch.randn(3, dtype=torch.float64)
+            rot = model(FIBER_IN.rotate(x, R), pos @ R.T + shift)
+            assert relative_error(rot.pos, out.pos @ R.T + shift) <= 1e-9
+            assert relative_error(rot.x, FIBER_HIDDEN.rotate(out.x, R)) <= 1e-9
+            for a, b in zip(rot.trajectory, out.trajectory, strict=True):
+                assert relative_error(a, b @ R.T + shift) <= 1e-9
+
+
+def test_hidden_fiber_is_carried_without_bottleneck():
+    model = make_model()
+    x, pos = point_cloud()
+    out = model(x, pos)
+    assert out.x.shape == (8, FIBER_HIDDEN.dim)
+    blocks = FIBER_HIDDEN.split(out.x)
+    assert all(b.abs().max() > 1e-3 for b in blocks.values())
+    assert len(out.trajectory) == 4 and torch.equal(out.trajectory[0], pos) and out.num_iterations == 3
+    # the second block reads the whole hidden fiber of the first
+    assert model.blocks[1].fiber_in == FIBER_HIDDEN
+
+
+def test_gradient_through_basis_differs_from_detached():
+    model = make_model()
+    x, pos = point_cloud()
+    target = torch.randn_like(pos)
+    grads = {}
+    for detach in (False, True):
+        model.zero_grad()
+        loss = (model(x, pos, detach_basis=detach).pos - target).square().mean()
+        loss.backward()
+        grads[detach] = torch.cat([p.grad.flatten() for p in model.blocks[0].parameters() if p.grad is not None])
+    assert relative_error(grads[True], grads[False]) > 1e-3
+
+
+def test_gradcheck_whole_model_wrt_input_positions():
+    model = IterativeSE3Transformer(
+        FIBER_IN, Fiber({0: 2, 1: 2}), num_iterations=2, layers_per_iteration=1, num_heads=2, graph=Complete()
+    ).double()
+    x, pos = point_cloud(4)
+    pos.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: model(x, p).pos, (pos,))
+
+
+def test_edge_set_changes_when_points_cross_the_cutoff():
+    """The graph is really rebuilt: large displacements move pairs across the radius between iterations."""
+    torch.manual_seed(3)
+    model = IterativeSE3Transformer(
+        FIBER_IN, FIBER_HIDDEN, num_iterations=3, layers_per_iteration=1, num_heads=2, graph=Radius(1.0)
+    ).double()
+    with torch.no_grad():  # make the displacements large so points cross the cutoff
+        for block in model.blocks:
+            for p in block.output.parameters():
+                p.mul_(20.0)
+    x, pos = point_cloud(12, seed=5)
+    out = model(x, pos * 0.8)
+    sets = [set(map(tuple, e.T.tolist())) for e in out.edge_indices]
+    assert any(a != b for a, b in pairwise(sets))
+    for edges, p in zip(sets, out.trajectory, strict=False):
+        # each iteration's graph is exactly the radius graph of its own input positions
+        dist = torch.cdist(p, p)
+        assert edges == {(j, i) for i in range(12) for j in range(12) if i != j and dist[i, j] < 1.0}
+
+
+def test_envelope_makes_output_continuous_across_the_cutoff():
+    model = IterativeSE3Transformer(
+        FIBER_IN, FIBER_HIDDEN, num_iterations=2, layers_per_iteration=2, num_heads=2, graph=Radius(1.5)
+    ).double()
+    x, pos = point_cloud(6, seed=1)
+    pos = pos * 0.3
+    pos[5] = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64) + pos[0]  # node 5 exactly at the cutoff of 0
+    step = torch.tensor([1e-6, 0.0, 0.0], dtype=torch.float64)
+    with torch.no_grad():
+        inside = model(x, torch.cat([pos[:5], (pos[5] - step)[None]]))
+        outside = model(x, torch.cat([pos[:5], (pos[5] + step)[None]]))
+        hard = IterativeSE3Transformer(
+            FIBER_IN,
+            FIBER_HIDDEN,
+            num_iterations=2,
+            layers_per_iteration=2,
+            num_heads=2,
+            graph=Radius(1.5, envelope=None),
+        ).double()
+        hard.load_state_dict(model.state_dict())
+        hard_in = hard(x, torch.cat([pos[:5], (pos[5] - step)[None]]))
+        hard_out = hard(x, torch.cat([pos[:5], (pos[5] + step)[None]]))
+    smooth_jump = (inside.pos - outside.pos).abs().max()
+    hard_jump = (hard_in.pos - hard_out.pos).abs().max()
+    assert smooth_jump < 1e-5, smooth_jump
+    assert hard_jump > 1e-3, hard_jump  # without the envelope the same move is a jump
+
+
+def test_shared_weights_early_stopping():
+    model = make_model(share_weights=True)
+    x, pos = point_cloud()
+    assert len(model.blocks) == 1
+    model.eval()
+    with torch.no_grad():
+        full = model(x, pos, max_iterations=6)
+        assert full.num_iterations == 6 and len(full.trajectory) == 7
+        steps = [(b - a).norm(dim=-1).max() for a, b in zip(full.trajectory, full.trajectory[1:], strict=False)]
+        tol = float(steps[1]) * 1.0001  # the second step is under tol: stop after it
+        early = model(x, pos, tol=tol, max_iterations=6)
+    expected = next(i for i, s in enumerate(steps) if s < tol) + 1
+    assert early.num_iterations == expected
+    torch.testing.assert_close(early.pos, full.trajectory[expected])
+
+
+def test_early_stopping_arguments_are_checked():
+    x, pos = point_cloud()
+    with pytest.raises(ValueError, match="tol/max_iterations: only a model with share_weights=True"):
+        make_model()(x, pos, max_iterations=2)
+    with pytest.raises(ValueError, match="tol: early stopping is for inference"):
+        make_model(share_weights=True)(x, pos, tol=1e-3)
+
+
+def test_edge_attr_fn_is_recomputed_each_iteration():
+    calls = []
+
+    def pair_distance(p, edge_index):
+        calls.append(edge_index.shape[1])
+        return (p[edge_index[0]] - p[edge_index[1]]).norm(dim=-1, keepdim=True)
+
+    model = make_model("radius", edge_dim=1)
+    x, pos = point_cloud()
+    out = model(x, pos, edge_attr_fn=pair_distance)
+    assert calls == [e.shape[1] for e in out.edge_indices] and len(calls) == 3
+    with pytest.raises(ValueError, match="edge_attr_fn"):
+        model(x, pos)
+    with pytest.raises(ValueError, match=r"edge_attr: expected shape"):
+        model(x, pos, edge_attr_fn=lambda p, e: torch.zeros(e.shape[1], 2, dtype=p.dtype))
+
+
+def test_batch_from_dataloader_matches_graphs_alone():
+    model = make_model("radius")
+    graphs = []
+    for seed, n in enumerate([5, 7, 6]):
+        x, pos = point_cloud(n, seed)
+        graphs.append(Data(x=x, pos=pos))
+    batch = next(iter(DataLoader(graphs, batch_size=3)))
+    out = model(batch.x, batch.pos, batch.batch)
+    for e in out.edge_indices:
+        assert (batch.batch[e[0]] == batch.batch[e[1]]).all()  # graphs never connect across the batch
+    for i, g in enumerate(graphs):
+        alone = model(g.x, g.pos)
+        torch.testing.assert_close(out.pos[batch.batch == i], alone.pos, atol=1e-12, rtol=0)
+        torch.testing.assert_close(out.x[batch.batch == i], alone.x, atol=1e-12, rtol=0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_iterations"):
+        IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=0)
+    with pytest.raises(ValueError, match="graph: expected"):
+        IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, graph=lambda p, b: None)
+    with pytest.raises(ValueError, match="fiber_hidden: with share_weights=True"):
+        IterativeSE3Transformer(Fiber({0: 1, 3: 1}), FIBER_HIDDEN, share_weights=True)
+    x, pos = point_cloud()
+    with pytest.raises(ValueError, match="pos: contains NaN"):
+        make_model()(x, pos.index_fill(0, torch.tensor([1]), float("nan")))

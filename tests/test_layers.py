@@ -1,0 +1,205 @@
+"""Every layer: equivariance (20 random rotations + translations, float64 and float32), permutation
+equivariance, and values against direct implementations of the formulas in their docstrings."""
+
+import pytest
+import torch
+from helpers import random_features, random_graph, random_rotations, relative_error
+
+from pyg_se3 import Fiber, compute_basis
+from pyg_se3.basis import num_J
+from pyg_se3.nn import EdgeKernel, SE3Attention, SE3Conv, SE3GlobalPool, SE3Linear, SE3Norm
+
+FIBER_IN = Fiber({0: 3, 1: 2, 2: 2, 3: 1})
+FIBER_OUT = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
+NUM_NODES, NUM_EDGES = 9, 40
+
+
+def make_layer(name: str, edge_dim: int = 0):
+    if name == "linear":
+        return SE3Linear(FIBER_IN, Fiber({0: 2, 1: 3, 2: 1, 3: 2}), bias=True)
+    if name == "norm":
+        return SE3Norm(FIBER_IN)
+    if name == "conv":
+        return SE3Conv(FIBER_IN, FIBER_OUT, edge_dim=edge_dim)
+    if name == "attention":
+        return SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2, edge_dim=edge_dim)
+    if name == "pool":
+        return SE3GlobalPool(FIBER_IN, "mean")
+    raise AssertionError(name)
+
+
+def fiber_out_of(layer):
+    return getattr(layer, "fiber_out", getattr(layer, "fiber", FIBER_IN))
+
+
+def apply(layer, x, pos, edge_index, edge_attr=None):
+    if isinstance(layer, SE3Conv | SE3Attention):
+        return layer(x, pos, edge_index, edge_attr)
+    if isinstance(layer, SE3GlobalPool):
+        return layer(x, torch.tensor([0] * 4 + [1] * (x.shape[0] - 4)))
+    return layer(x)
+
+
+LAYERS = ["linear", "norm", "conv", "attention", "pool"]
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_equivariance(name, dtype, tol):
+    layer = make_layer(name, edge_dim=2 if name in ("conv", "attention") else 0).to(dtype)
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES, dtype)
+    x = random_features(FIBER_IN, NUM_NODES, dtype)
+    edge_attr = torch.randn(NUM_EDGES, 2, dtype=dtype) if name in ("conv", "attention") else None
+    fiber_out = fiber_out_of(layer)
+    with torch.no_grad():
+        out = apply(layer, x, pos, edge_index, edge_attr)
+        worst = 0.0
+        for R in random_rotations(dtype=dtype):
+            shift = torch.randn(3, dtype=dtype)
+            rotated = apply(layer, FIBER_IN.rotate(x, R), pos @ R.T + shift, edge_index, edge_attr)
+            worst = max(worst, relative_error(rotated, fiber_out.rotate(out, R)))
+    assert out.abs().max() > 1e-3  # a non-trivial output
+    assert worst <= tol, f"{name}: relative equivariance error {worst:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("name", ["conv", "attention"])
+def test_permutation_equivariance(name):
+    layer = make_layer(name).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x = random_features(FIBER_IN, NUM_NODES)
+    perm = torch.randperm(NUM_NODES)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(NUM_NODES)
+    out = layer(x, pos, edge_index)
+    out_perm = layer(x[perm], pos[perm], inverse[edge_index])
+    torch.testing.assert_close(out_perm, out[perm], atol=1e-12, rtol=0)
+
+
+def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
+    """Build every per-edge kernel W^{lk} = sum_J phi_J B_J explicitly and apply it (slow, obvious)."""
+    weights = kernel.radial_weights(basis, edge_attr)
+    blocks_in = kernel.fiber_in.split(x_j)
+    out = {}
+    for (l, c_out), w in zip(kernel.fiber_out, weights, strict=True):
+        total, offset = 0, 0
+        for k, c_in in kernel.fiber_in:
+            n_J = num_J(k, l)
+            phi = w[:, :, offset : offset + c_in * n_J].reshape(-1, c_out, c_in, n_J)
+            B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
+            W = torch.einsum("eacJ,emJo->eaocm", phi, B)  # [E, C_out, 2l+1, C_in, 2k+1]
+            total = total + torch.einsum("eaocm,ecm->eao", W, blocks_in[k])
+            offset += c_in * n_J
+        out[l] = total / kernel.fan_in[l] ** 0.5
+    return kernel.fiber_out.join(out)
+
+
+def test_kernel_matches_explicit_kernels():
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    basis = compute_basis(pos, edge_index, 3)
+    x_j = random_features(FIBER_IN, NUM_EDGES)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64)
+    torch.testing.assert_close(kernel(x_j, basis, edge_attr), reference_messages(kernel, x_j, basis, edge_attr))
+
+
+def test_conv_sums_messages_and_self_interaction():
+    conv = SE3Conv(FIBER_IN, FIBER_OUT).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x = random_features(FIBER_IN, NUM_NODES)
+    basis = compute_basis(pos, edge_index, 3)
+    messages = reference_messages(conv.kernel, x[edge_index[0]], basis)
+    expected = torch.zeros(NUM_NODES, FIBER_OUT.dim, dtype=torch.float64).index_add_(0, edge_index[1], messages)
+    expected = expected + conv.self_interaction(x)  # both fibers have degrees 0..3
+    torch.testing.assert_close(conv(x, pos, edge_index), expected)
+
+
+def test_attention_matches_loop_over_nodes():
+    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x = random_features(FIBER_IN, NUM_NODES)
+    basis = compute_basis(pos, edge_index, 3)
+    kv = reference_messages(layer.to_key_value, x[edge_index[0]], basis)
+    kv_blocks = (layer.key_fiber + layer.value_fiber).split(kv)
+    q_blocks = layer.key_fiber.split(layer.to_query(x))
+    H = layer.num_heads
+    attended = torch.zeros(NUM_NODES, layer.value_fiber.dim, dtype=torch.float64)
+    for i in range(NUM_NODES):
+        incoming = (edge_index[1] == i).nonzero().flatten()
+        if len(incoming) == 0:
+            continue
+        head_logits = []
+        for h in range(H):
+            s = 0
+            for d, c in layer.key_fiber:
+                ch = slice(h * c // H, (h + 1) * c // H)
+                s = s + (kv_blocks[d][incoming][:, ch] * q_blocks[d][i, ch]).sum(dim=(1, 2))
+            head_logits.append(s / layer.key_dim_per_head**0.5)
+        alpha = torch.softmax(torch.stack(head_logits, dim=1), dim=0)  # [deg, H]
+        out = {}
+        for d, c in layer.value_fiber:
+            v = kv_blocks[d][incoming][:, layer.key_fiber[d] :]  # [deg, c, 2d+1]
+            v = v.reshape(len(incoming), H, c // H, 2 * d + 1) * alpha[:, :, None, None]
+            out[d] = v.sum(0).reshape(c, 2 * d + 1)
+        attended[i] = layer.value_fiber.join(out)
+    expected = layer.project(Fiber.cat(attended, layer.value_fiber, x, FIBER_IN))
+    torch.testing.assert_close(layer(x, pos, edge_index), expected)
+
+
+def test_attention_envelope_weights_enter_before_normalisation():
+    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x = random_features(FIBER_IN, NUM_NODES)
+    keep = torch.rand(NUM_EDGES) > 0.3
+    ones = compute_basis(pos, edge_index, 3, edge_weight=torch.ones(NUM_EDGES, dtype=torch.float64))
+    torch.testing.assert_close(layer(x, None, edge_index, basis=ones), layer(x, pos, edge_index))
+    # weight 0 is the same as removing the edge
+    zeroed = compute_basis(pos, edge_index, 3, edge_weight=keep.double())
+    torch.testing.assert_close(
+        layer(x, None, edge_index, basis=zeroed), layer(x, pos, edge_index[:, keep]), atol=1e-12, rtol=0
+    )
+
+
+def test_linear_values():
+    layer = SE3Linear(FIBER_IN, Fiber({1: 5, 3: 2})).double()
+    x = random_features(FIBER_IN, 4)
+    blocks = FIBER_IN.split(x)
+    out = Fiber({1: 5, 3: 2}).split(layer(x))
+    torch.testing.assert_close(out[1], torch.einsum("oc,ncm->nom", layer.weights["1"], blocks[1]))
+    torch.testing.assert_close(out[3], torch.einsum("oc,ncm->nom", layer.weights["3"], blocks[3]))
+    with pytest.raises(ValueError, match="fiber_out: degrees \\[4\\]"):
+        SE3Linear(FIBER_IN, Fiber({4: 1}))
+
+
+def test_norm_values_and_zero_features():
+    layer = SE3Norm(FIBER_IN).double()
+    with torch.no_grad():
+        for module in layer.norms.values():
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.5, 0.5)
+    x = random_features(FIBER_IN, 5)
+    out = FIBER_IN.split(layer(x))
+    for d, block in FIBER_IN.split(x).items():
+        norm = (block.pow(2).sum(-1) + layer.eps**2).sqrt()
+        ln = layer.norms[str(d)](norm)
+        torch.testing.assert_close(out[d], torch.relu(ln).unsqueeze(-1) * block / norm.unsqueeze(-1))
+    zero = torch.zeros(2, FIBER_IN.dim, dtype=torch.float64, requires_grad=True)
+    layer(zero).sum().backward()
+    assert torch.isfinite(zero.grad).all()
+
+
+def test_pool_values_and_max_restriction():
+    x = random_features(FIBER_IN, 6)
+    batch = torch.tensor([0, 0, 1, 1, 1, 1])
+    out = SE3GlobalPool(FIBER_IN, "sum")(x, batch)
+    torch.testing.assert_close(out, torch.stack([x[:2].sum(0), x[2:].sum(0)]))
+    with pytest.raises(ValueError, match="reduce: 'max' is equivariant only for type-0"):
+        SE3GlobalPool(FIBER_IN, "max")(x, batch)
+
+
+@pytest.mark.parametrize("name", ["conv", "attention"])
+def test_repr_and_reset(name):
+    layer = make_layer(name)
+    assert layer.__class__.__name__ in repr(layer) and "Fiber" in repr(layer)
+    before = [p.clone() for p in layer.parameters()]
+    layer.reset_parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))

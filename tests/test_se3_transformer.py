@@ -1,0 +1,168 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import random_features, random_graph, random_rotations, relative_error
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+
+from pyg_se3 import Fiber
+from pyg_se3.models import SE3Transformer
+
+FIBER_IN = Fiber({0: 2, 1: 1, 2: 1, 3: 1})
+FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
+FIBER_OUT = Fiber({0: 1, 1: 2, 2: 1, 3: 1})
+
+
+def small_model(edge_dim=0, **kwargs):
+    return SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, num_layers=2, num_heads=2, edge_dim=edge_dim, **kwargs)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_equivariance(dtype, tol):
+    model = small_model(edge_dim=1).to(dtype)
+    pos, edge_index = random_graph(10, 45, dtype)
+    x = random_features(FIBER_IN, 10, dtype)
+    edge_attr = torch.rand(45, 1, dtype=dtype)
+    with torch.no_grad():
+        out = model(x, pos, edge_index, edge_attr)
+        errors = [
+            relative_error(
+                model(FIBER_IN.rotate(x, R), pos @ R.T + torch.randn(3, dtype=dtype), edge_index, edge_attr),
+                FIBER_OUT.rotate(out, R),
+            )
+            for R in random_rotations(dtype=dtype)
+        ]
+    assert max(errors) <= tol, max(errors)
+    assert out.abs().max() > 1e-3
+
+
+def test_translation_invariance_and_permutation_equivariance():
+    model = small_model().double()
+    pos, edge_index = random_graph(8, 30)
+    x = random_features(FIBER_IN, 8)
+    out = model(x, pos, edge_index)
+    torch.testing.assert_close(model(x, pos + 10.0, edge_index), out, atol=1e-10, rtol=0)
+    perm = torch.randperm(8)
+    inverse = torch.argsort(perm)
+    torch.testing.assert_close(model(x[perm], pos[perm], inverse[edge_index]), out[perm], atol=1e-12, rtol=0)
+
+
+def test_gradcheck_wrt_positions():
+    model = SE3Transformer(Fiber({0: 1, 1: 1}), Fiber({0: 4, 1: 4, 2: 4}), Fiber({1: 1}), 1, num_heads=2)
+    model = model.double()
+    pos, edge_index = random_graph(4, 8)
+    x = random_features(model.fiber_in, 4)
+    pos.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: model(x, p, edge_index), (pos,))
+
+
+def test_batch_equals_graphs_alone():
+    model = small_model(edge_dim=2).double()
+    graphs = []
+    for seed, n in enumerate([5, 8, 1, 6]):
+        if n > 1:
+            pos, edge_index = random_graph(n, 3 * n, seed=seed)
+        else:  # a single-node graph in the batch
+            pos, edge_index = torch.randn(1, 3, dtype=torch.float64), torch.empty(2, 0, dtype=torch.long)
+        graphs.append(
+            Data(
+                x=random_features(FIBER_IN, n),
+                pos=pos,
+                edge_index=edge_index,
+                edge_attr=torch.randn(edge_index.shape[1], 2, dtype=torch.float64),
+            )
+        )
+    batch = Batch.from_data_list(graphs)
+    out = model(batch.x, batch.pos, batch.edge_index, batch.edge_attr, batch.batch)
+    for i, g in enumerate(graphs):
+        alone = model(g.x, g.pos, g.edge_index, g.edge_attr)
+        torch.testing.assert_close(out[batch.batch == i], alone, atol=1e-12, rtol=0)
+    # and through a DataLoader, with pooling per graph
+    pooled_model = small_model(edge_dim=2, pooling="mean").double()
+    pooled_model.load_state_dict(model.state_dict())
+    loaded = next(iter(DataLoader(graphs, batch_size=4)))
+    pooled = pooled_model(loaded.x, loaded.pos, loaded.edge_index, loaded.edge_attr, loaded.batch)
+    for i, g in enumerate(graphs):
+        torch.testing.assert_close(pooled[i], model(g.x, g.pos, g.edge_index, g.edge_attr).mean(0))
+
+
+def test_degenerate_geometry_is_finite():
+    model = small_model().double()
+    pos = torch.zeros(5, 3, dtype=torch.float64)
+    pos[3:] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # two clusters of coincident points
+    pos.requires_grad_(True)
+    # coincident pairs, a self-loop, and node 4 isolated (no incoming edges)
+    edge_index = torch.tensor([[0, 1, 2, 3, 1, 0], [1, 2, 0, 0, 1, 3]])
+    x = random_features(FIBER_IN, 5).requires_grad_(True)
+    out = model(x, pos, edge_index)
+    out.square().sum().backward()
+    params = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(out).all() and torch.isfinite(pos.grad).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(g).all() for g in params)
+
+
+def test_single_node_graph():
+    model = small_model().double()
+    pos = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
+    x = random_features(FIBER_IN, 1)
+    out = model(x, pos, torch.empty(2, 0, dtype=torch.long))
+    out.sum().backward()
+    assert out.shape == (1, FIBER_OUT.dim) and torch.isfinite(out).all()
+    # no neighbours: only self-interactions act, and rotating the input still rotates the output
+    R = random_rotations(1)[0]
+    rotated = model(FIBER_IN.rotate(x, R), pos.detach() @ R.T, torch.empty(2, 0, dtype=torch.long))
+    assert relative_error(rotated, FIBER_OUT.rotate(out, R)) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: {**a, "x": a["x"][:, :-1]}, "x: expected last dimension"),
+        (lambda a: {**a, "edge_index": a["edge_index"] + 100}, "edge_index: node indices must lie in"),
+        (lambda a: {**a, "edge_index": a["edge_index"][:1]}, r"edge_index: expected a \[2, E\]"),
+        (lambda a: {**a, "edge_index": a["edge_index"].double()}, "edge_index: expected an int64"),
+        (lambda a: {**a, "pos": a["pos"][:, :2]}, r"pos: expected a \[N, 3\]"),
+        (lambda a: {**a, "pos": a["pos"][:-1]}, "pos: expected 6 rows"),
+        (
+            lambda a: {**a, "pos": a["pos"].index_fill(0, torch.tensor([2]), float("nan"))},
+            "pos: contains NaN",
+        ),
+        (
+            lambda a: {**a, "pos": a["pos"].index_fill(0, torch.tensor([0]), float("inf"))},
+            "pos: contains NaN",
+        ),
+        (lambda a: {**a, "edge_attr": torch.randn(3, 1)}, "edge_attr: the layer was built with edge_dim=0"),
+        (lambda a: {**a, "batch": torch.zeros(2, dtype=torch.long)}, "batch: expected"),
+    ],
+)
+def test_bad_input_names_the_argument(change, message):
+    model = small_model()
+    pos, edge_index = random_graph(6, 12, torch.float32)
+    args = {"x": random_features(FIBER_IN, 6, torch.float32), "pos": pos, "edge_index": edge_index}
+    with pytest.raises(ValueError, match=message):
+        model(**change(args))
+
+
+def test_missing_edge_attr_is_an_error():
+    model = small_model(edge_dim=3)
+    pos, edge_index = random_graph(6, 12, torch.float32)
+    with pytest.raises(ValueError, match=r"edge_attr: expected a \[E, 3\]"):
+        model(random_features(FIBER_IN, 6, torch.float32), pos, edge_index)
+    with pytest.raises(ValueError, match=r"edge_attr: expected shape \[12, 3\]"):
+        model(random_features(FIBER_IN, 6, torch.float32), pos, edge_index, torch.randn(12, 2))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="num_heads: 3 does not divide"):
+        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, 1, num_heads=3)
+    with pytest.raises(ValueError, match="pooling"):
+        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, 1, pooling="median")
+
+
+def test_import_emits_no_warnings():
+    code = "import pyg_se3, pyg_se3.nn, pyg_se3.models"
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
