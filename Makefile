@@ -12,9 +12,10 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-stamp
 TORCH_VERSION := 2.13.0
 # torch-scatter / torch-cluster ship only as source: build them against the installed torch,
-# without build isolation (otherwise pip pulls a multi-GB CUDA torch into the build env). The venv's bin/ goes on
-# PATH so torch's extension builder finds ninja (parallel, MAX_JOBS=2) instead of compiling file by file.
-EXT_PKGS := torch-scatter==2.1.2 torch-cluster==1.6.3
+# without build isolation (otherwise pip pulls a multi-GB CUDA torch into the build env). Their setup.py files
+# compile one file at a time, so the two packages build side by side (one per core); pip caches the wheels.
+SCATTER := torch-scatter==2.1.2
+CLUSTER := torch-cluster==1.6.3
 export MAX_JOBS ?= 2
 
 .PHONY: setup test demo lint format clean
@@ -25,7 +26,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" wheel "setuptools>=77"
 	$(PIP) install -q torch==$(TORCH_VERSION) ninja
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PIP) install -q --no-build-isolation $(EXT_PKGS)
+	$(PIP) install -q --no-build-isolation $(SCATTER) & scatter=$$!; \
+	  $(PIP) install -q --no-build-isolation $(CLUSTER); cluster=$$?; \
+	  wait $$scatter && test $$cluster -eq 0
 	$(PIP) install -q --no-build-isolation -e ".[test,dev]"
 	$(PY) -W error -c "import pyg_se3, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
 	touch $(STAMP)

@@ -18,12 +18,31 @@ FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4})
 GRAPHS = {"radius": lambda: Radius(1.6, max_num_neighbors=32), "knn": lambda: KNN(4), "complete": Complete}
 
 
+def unzero_displacements(model):
+    """Blocks start as the identity on positions; give the displacement heads random weights to test motion."""
+    for block in model.blocks:
+        block.output.kernel.radial.net[-1].reset_parameters()
+        block.output.self_interaction.reset_parameters()
+    return model
+
+
 def make_model(graph="complete", share_weights=False, **kwargs):
     kwargs = {"num_iterations": 3, "layers_per_iteration": 2, "num_heads": 2, **kwargs}
     model = IterativeSE3Transformer(
         FIBER_IN, FIBER_HIDDEN, graph=GRAPHS[graph](), share_weights=share_weights, **kwargs
     )
-    return model.double()
+    return unzero_displacements(model.double())
+
+
+def test_untrained_model_leaves_points_in_place_and_learns():
+    model = IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=2, num_heads=2).double()
+    x, pos = point_cloud()
+    out = model(x, pos)
+    torch.testing.assert_close(out.pos, pos, atol=0, rtol=0)
+    assert FIBER_HIDDEN.split(out.x)[1].abs().max() > 1e-3  # the hidden type-1 channels are not zeroed
+    (out.pos - torch.randn_like(pos)).square().sum().backward()
+    head = model.blocks[0].output.kernel.radial.net[-1].weight.grad
+    assert head.abs().max() > 1e-6
 
 
 def point_cloud(n=8, seed=0):
@@ -78,7 +97,8 @@ def test_gradient_through_basis_differs_from_detached():
 def test_gradcheck_whole_model_wrt_input_positions():
     model = IterativeSE3Transformer(
         FIBER_IN, Fiber({0: 2, 1: 2}), num_iterations=2, layers_per_iteration=1, num_heads=2, graph=Complete()
-    ).double()
+    )
+    model = unzero_displacements(model.double())
     x, pos = point_cloud(4)
     pos.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda p: model(x, p).pos, (pos,))
@@ -89,7 +109,8 @@ def test_edge_set_changes_when_points_cross_the_cutoff():
     torch.manual_seed(3)
     model = IterativeSE3Transformer(
         FIBER_IN, FIBER_HIDDEN, num_iterations=3, layers_per_iteration=1, num_heads=2, graph=Radius(1.0)
-    ).double()
+    )
+    model = unzero_displacements(model.double())
     with torch.no_grad():  # make the displacements large so points cross the cutoff
         for block in model.blocks:
             for p in block.output.parameters():
@@ -107,7 +128,8 @@ def test_edge_set_changes_when_points_cross_the_cutoff():
 def test_envelope_makes_output_continuous_across_the_cutoff():
     model = IterativeSE3Transformer(
         FIBER_IN, FIBER_HIDDEN, num_iterations=2, layers_per_iteration=2, num_heads=2, graph=Radius(1.5)
-    ).double()
+    )
+    model = unzero_displacements(model.double())
     x, pos = point_cloud(6, seed=1)
     pos = pos * 0.3
     pos[5] = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64) + pos[0]  # node 5 exactly at the cutoff of 0

@@ -57,7 +57,8 @@ class IterativeSE3Transformer(nn.Module):
 
     Each block is an :class:`~pyg_se3.models.SE3Transformer` with ``layers_per_iteration`` equivariant layers
     (``layers_per_iteration - 1`` attention blocks and a final convolution) whose output fiber is
-    ``fiber_hidden`` plus one type-1 channel, the displacement. The **whole** hidden fiber is carried to the next
+    ``fiber_hidden`` plus one type-1 channel, the displacement; its weights start at zero, so an untrained model
+    leaves the points where they are (and still learns: the gradients of zeroed weights are not zero). The **whole** hidden fiber is carried to the next
     iteration (no bottleneck to type-1). The neighbour graph is rebuilt from the updated positions (indices
     carry no gradient), and the basis is recomputed from them **inside the autograd graph**, so gradients reach
     block ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that
@@ -137,12 +138,21 @@ class IterativeSE3Transformer(nn.Module):
                 [SE3Transformer(fiber_in if t == 0 else fiber_hidden, **block_args) for t in range(num_iterations)]
             )
         self.max_degree = max(block.max_degree for block in self.blocks)
+        self._zero_displacements()
 
     def reset_parameters(self) -> None:
         for block in self.blocks:
             block.reset_parameters()
         if self.embed is not None:
             self.embed.reset_parameters()
+        self._zero_displacements()
+
+    def _zero_displacements(self) -> None:
+        """Every block starts as the identity on positions (as AlphaFold zero-initialises its final layers):
+        an untrained model does not throw points around, and training moves them from where they are."""
+        displacement = slice(self.fiber_hidden[1], self.fiber_hidden[1] + 1)  # after the hidden type-1 channels
+        for block in self.blocks:
+            block.output.zero_output_(1, displacement)
 
     def forward(
         self,

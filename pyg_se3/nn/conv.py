@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
@@ -73,6 +74,16 @@ class SE3Conv(MessagePassing):
         self.kernel.reset_parameters()
         if self.self_interaction is not None:
             self.self_interaction.reset_parameters()
+
+    @torch.no_grad()
+    def zero_output_(self, degree: int, channels: slice) -> None:
+        """Make ``channels`` of output ``degree`` start at exactly 0 (messages and self-interaction); they keep
+        their gradients, so they learn. E.g. a displacement head that starts as the identity on positions."""
+        if degree not in self.fiber_out:
+            raise ValueError(f"degree: {degree} is not a degree of fiber_out {self.fiber_out}")
+        self.kernel.zero_output_(degree, channels)
+        if self.self_interaction is not None and degree in self.self_interaction.fiber_out:
+            self.self_interaction.weights[str(degree)][channels].zero_()
 
     def forward(
         self,

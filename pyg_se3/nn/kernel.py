@@ -58,6 +58,18 @@ class EdgeKernel(nn.Module):
     def reset_parameters(self) -> None:
         self.radial.reset_parameters()
 
+    @torch.no_grad()
+    def zero_output_(self, degree: int, channels: slice) -> None:
+        """Zero the radial weights that produce ``channels`` of output ``degree``: those outputs start at 0
+        (and still receive gradients)."""
+        start = sum(size for (l, _), size in zip(self.fiber_out, self.weight_sizes, strict=True) if l < degree)
+        fan_in = self.fan_in[degree]
+        rows = range(self.fiber_out[degree])[channels]
+        final = self.radial.net[-1]
+        for c in rows:
+            final.weight[start + c * fan_in : start + (c + 1) * fan_in].zero_()
+            final.bias[start + c * fan_in : start + (c + 1) * fan_in].zero_()
+
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
         """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]``."""
         invariants = basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
