@@ -58,7 +58,8 @@ class IterativeSE3Transformer(nn.Module):
     Each block is an :class:`~pyg_se3.models.SE3Transformer` with ``layers_per_iteration`` equivariant layers
     (``layers_per_iteration - 1`` attention blocks and a final convolution) whose output fiber is
     ``fiber_hidden`` plus one type-1 channel, the displacement; its weights start at zero, so an untrained model
-    leaves the points where they are (and still learns: the gradients of zeroed weights are not zero). The **whole** hidden fiber is carried to the next
+    leaves the points where they are (and still learns: the gradients of zeroed weights are not zero).
+    The **whole** hidden fiber is carried to the next
     iteration (no bottleneck to type-1). The neighbour graph is rebuilt from the updated positions (indices
     carry no gradient), and the basis is recomputed from them **inside the autograd graph**, so gradients reach
     block ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that
