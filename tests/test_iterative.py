@@ -21,7 +21,7 @@ GRAPHS = {"radius": lambda: Radius(1.6, max_num_neighbors=32), "knn": lambda: KN
 def unzero_displacements(model):
     """Blocks start as the identity on positions; give the displacement heads random weights to test motion."""
     for block in model.blocks:
-        block.output.kernel.radial.net[-1].reset_parameters()
+        block.output.kernel.radial.heads[1].reset_parameters()
         block.output.self_interaction.reset_parameters()
     return model
 
@@ -41,7 +41,7 @@ def test_untrained_model_leaves_points_in_place_and_learns():
     torch.testing.assert_close(out.pos, pos, atol=0, rtol=0)
     assert FIBER_HIDDEN.split(out.x)[1].abs().max() > 1e-3  # the hidden type-1 channels are not zeroed
     (out.pos - torch.randn_like(pos)).square().sum().backward()
-    head = model.blocks[0].output.kernel.radial.net[-1].weight.grad
+    head = model.blocks[0].output.kernel.radial.heads[1].weight.grad
     assert head.abs().max() > 1e-6
 
 

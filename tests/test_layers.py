@@ -89,7 +89,7 @@ def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
             W = torch.einsum("eacJ,emJo->eaocm", phi, B)  # [E, C_out, 2l+1, C_in, 2k+1]
             total = total + torch.einsum("eaocm,ecm->eao", W, blocks_in[k])
             offset += c_in * n_J
-        out[l] = total / kernel.fan_in[l] ** 0.5
+        out[l] = total
     return kernel.fiber_out.join(out)
 
 

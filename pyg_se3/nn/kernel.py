@@ -19,11 +19,13 @@ class EdgeKernel(nn.Module):
         m_{ij}^l = \sum_k W^{lk}(r_{ij}) f_j^k
                  = \sum_k \sum_J \varphi^{lk}_J(|r_{ij}|, e_{ij}) \, B^{lk}_J(\hat r_{ij}) f_j^k
 
-    One radial MLP produces the weights of all degree pairs at once (shared hidden layers, one output layer).
+    One radial MLP produces the weights of all degree pairs at once (shared hidden layers, one output head per
+    output degree).
     Per output degree ``l`` the contraction is done in the order that never builds a per-edge kernel
     ``[C_out (2l+1), C_in (2k+1)]``: first ``f_j^k [C_k, 2k+1] @ B^{lk} -> [C_k nJ, 2l+1]`` for every input
     degree ``k``; these are stacked to ``[K_l, 2l+1]`` with ``K_l = sum_k C_k nJ(k, l)``; then one batched
-    matmul with the radial weights ``[C_out, K_l]``. Outputs are scaled by ``K_l^{-1/2}``.
+    matmul with the radial weights ``[C_out, K_l]``. The heads are initialised scaled by ``K_l^{-1/2}``, so a
+    kernel roughly preserves the scale of its input features.
 
     Parameters
     ----------
@@ -48,8 +50,13 @@ class EdgeKernel(nn.Module):
             raise ValueError(f"edge_dim: expected >= 0, got {edge_dim}")
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
         self.fan_in = {l: sum(c * num_J(k, l) for k, c in fiber_in) for l in fiber_out.degrees}
-        self.weight_sizes = [c * self.fan_in[l] for l, c in fiber_out]
-        self.radial = RadialMLP(1 + edge_dim, sum(self.weight_sizes), radial_hidden, radial_layers)
+        self.radial = RadialMLP(
+            1 + edge_dim,
+            [c * self.fan_in[l] for l, c in fiber_out],
+            radial_hidden,
+            radial_layers,
+            head_scales=[self.fan_in[l] ** -0.5 for l in fiber_out.degrees],
+        )
 
     @property
     def max_degree(self) -> int:
@@ -62,21 +69,17 @@ class EdgeKernel(nn.Module):
     def zero_output_(self, degree: int, channels: slice) -> None:
         """Zero the radial weights that produce ``channels`` of output ``degree``: those outputs start at 0
         (and still receive gradients)."""
-        start = sum(size for (l, _), size in zip(self.fiber_out, self.weight_sizes, strict=True) if l < degree)
+        head = self.radial.heads[self.fiber_out.degrees.index(degree)]
         fan_in = self.fan_in[degree]
-        rows = range(self.fiber_out[degree])[channels]
-        final = self.radial.net[-1]
-        for c in rows:
-            final.weight[start + c * fan_in : start + (c + 1) * fan_in].zero_()
-            final.bias[start + c * fan_in : start + (c + 1) * fan_in].zero_()
+        for c in range(self.fiber_out[degree])[channels]:
+            head.weight[c * fan_in : (c + 1) * fan_in].zero_()
+            head.bias[c * fan_in : (c + 1) * fan_in].zero_()
 
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
         """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]``."""
         invariants = basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
-        flat = self.radial(invariants)
         return [
-            w.view(-1, c, self.fan_in[l])
-            for (l, c), w in zip(self.fiber_out, flat.split(self.weight_sizes, dim=-1), strict=True)
+            w.view(-1, c, self.fan_in[l]) for (l, c), w in zip(self.fiber_out, self.radial(invariants), strict=True)
         ]
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
@@ -92,7 +95,7 @@ class EdgeKernel(nn.Module):
                 ],
                 dim=1,
             )
-            out[l] = torch.bmm(weights, stacked) * self.fan_in[l] ** -0.5
+            out[l] = torch.bmm(weights, stacked)
         return out
 
     def forward(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 __all__ = ["RadialMLP"]
@@ -11,18 +14,26 @@ class RadialMLP(nn.Module):
     r"""An MLP of the edge invariants (length ``|r|`` and invariant edge features) to per-edge kernel weights.
 
     .. math::
-        \varphi(|r|, e) = W_n \, \sigma(\mathrm{LN}(\cdots \sigma(\mathrm{LN}(W_1 [|r|, e] + b_1)) \cdots)) + b_n
+        \varphi_h(|r|, e) = W_h \, z + b_h, \qquad
+        z = \sigma(\mathrm{LN}(\cdots \sigma(\mathrm{LN}(W_1 [|r|, e] + b_1)) \cdots))
+
+    One trunk ``z`` is shared by all outputs; the final layer is split into one head per output group (in
+    :class:`~pyg_se3.nn.kernel.EdgeKernel`, one per output degree), so every group of weights comes out as its
+    own contiguous tensor, ready for a batched matmul, without a split or a copy.
 
     Parameters
     ----------
     in_dim
         Number of invariant inputs (1 for the length, plus ``edge_dim``).
-    out_dim
-        Number of weights per edge.
+    out_dims
+        Number of weights per edge of each head.
     hidden_dim
         Width of the hidden layers.
     num_layers
         Number of hidden layers (each Linear, LayerNorm, activation).
+    head_scales
+        A factor per head applied to its initial weights and bias (e.g. ``fan_in ** -0.5`` so that the kernel
+        preserves the scale of features); default 1.
     activation
         Non-linearity between layers.
     """
@@ -30,37 +41,48 @@ class RadialMLP(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int,
+        out_dims: Sequence[int],
         hidden_dim: int = 32,
         num_layers: int = 2,
+        head_scales: Sequence[float] | None = None,
         activation: type[nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
-        if in_dim < 1 or out_dim < 1 or hidden_dim < 1 or num_layers < 0:
+        out_dims = list(out_dims)
+        if in_dim < 1 or hidden_dim < 1 or num_layers < 0 or not out_dims or min(out_dims) < 1:
             raise ValueError(
-                f"in_dim/out_dim/hidden_dim/num_layers: expected positive sizes, got "
-                f"{in_dim}/{out_dim}/{hidden_dim}/{num_layers}"
+                f"in_dim/out_dims/hidden_dim/num_layers: expected positive sizes, got "
+                f"{in_dim}/{out_dims}/{hidden_dim}/{num_layers}"
             )
-        self.in_dim, self.out_dim, self.hidden_dim, self.num_layers = in_dim, out_dim, hidden_dim, num_layers
+        self.in_dim, self.out_dims, self.hidden_dim, self.num_layers = in_dim, out_dims, hidden_dim, num_layers
+        self.head_scales = list(head_scales) if head_scales is not None else [1.0] * len(out_dims)
+        if len(self.head_scales) != len(out_dims):
+            raise ValueError(f"head_scales: expected {len(out_dims)} values, got {len(self.head_scales)}")
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers):
             layers += [nn.Linear(width, hidden_dim), nn.LayerNorm(hidden_dim), activation()]
             width = hidden_dim
-        layers.append(nn.Linear(width, out_dim))
-        self.net = nn.Sequential(*layers)
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList([nn.Linear(width, d) for d in out_dims])
+        self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        for module in self.net:
+        for module in [*self.trunk, *self.heads]:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+        for head, scale in zip(self.heads, self.head_scales, strict=True):
+            head.weight.mul_(scale)
+            head.bias.mul_(scale)
 
-    def forward(self, invariants: Tensor) -> Tensor:
-        """``[E, in_dim] -> [E, out_dim]``."""
-        return self.net(invariants)
+    def forward(self, invariants: Tensor) -> list[Tensor]:
+        """``[E, in_dim]`` to one ``[E, out_dims[h]]`` tensor per head."""
+        hidden = self.trunk(invariants)
+        return [head(hidden) for head in self.heads]
 
     def __repr__(self) -> str:
         return (
-            f"{self.__class__.__name__}(in_dim={self.in_dim}, out_dim={self.out_dim}, "
+            f"{self.__class__.__name__}(in_dim={self.in_dim}, out_dims={self.out_dims}, "
             f"hidden_dim={self.hidden_dim}, num_layers={self.num_layers})"
         )
