@@ -25,6 +25,7 @@ __all__ = [
     "Complete",
     "GraphBuilder",
     "Radius",
+    "complete_edge_index",
     "cosine_envelope",
     "polynomial_envelope",
 ]
@@ -163,21 +164,28 @@ class Complete(GraphBuilder):
         self.loop = loop
 
     def build(self, pos: Tensor, batch: Tensor | None) -> Tensor:
-        num_nodes = pos.shape[0]
         if batch is None:
-            batch = torch.zeros(num_nodes, dtype=torch.long, device=pos.device)
-        sizes = torch.bincount(batch)
-        start = torch.cumsum(sizes, 0) - sizes  # first node of each graph (batch is sorted)
-        graph_size = sizes[batch]  # per node: how many nodes its graph has
-        target = torch.repeat_interleave(torch.arange(num_nodes, device=pos.device), graph_size)
-        first_slot = torch.cumsum(graph_size, 0) - graph_size
-        rank = torch.arange(target.numel(), device=pos.device) - first_slot[target]
-        source = start[batch[target]] + rank
-        edge_index = torch.stack([source, target])
-        return edge_index if self.loop else edge_index[:, source != target]
+            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        return complete_edge_index(batch, self.loop)
 
     def __repr__(self) -> str:
         return f"Complete(loop={self.loop})"
+
+
+def complete_edge_index(batch: Tensor | int, loop: bool = False) -> Tensor:
+    """All edges ``(j, i)`` within each graph of a sorted ``batch`` vector (or of one graph of ``batch`` nodes),
+    ordered by target ``i``, then source ``j``."""
+    if isinstance(batch, int):
+        batch = torch.zeros(batch, dtype=torch.long)
+    num_nodes, device = batch.numel(), batch.device
+    sizes = torch.bincount(batch)
+    start = torch.cumsum(sizes, 0) - sizes  # first node of each graph
+    graph_size = sizes[batch]  # per node: how many nodes its graph has
+    target = torch.repeat_interleave(torch.arange(num_nodes, device=device), graph_size)
+    first_slot = torch.cumsum(graph_size, 0) - graph_size
+    source = start[batch[target]] + torch.arange(target.numel(), device=device) - first_slot[target]
+    edge_index = torch.stack([source, target])
+    return edge_index if loop else edge_index[:, source != target]
 
 
 def _check_batch(batch: Tensor, num_nodes: int) -> None:

@@ -1,0 +1,130 @@
+r"""Data augmentation that respects fibers: rotate or translate *every* geometric field of a sample.
+
+PyG's ``RandomRotate`` rotates ``pos`` only, about one axis. For equivariant models the velocities, the
+targets and the type-1 parts of the node features must turn with the positions, or the sample stops being
+physically consistent. :class:`RandomRotation` draws :math:`R` uniformly (Haar measure) from SO(3) and applies
+
+.. math::
+    \text{pos} \mapsto \text{pos}\, R^\top, \quad \text{vel} \mapsto \text{vel}\, R^\top, \quad
+    y \mapsto y\, R^\top, \quad x \mapsto x\, D(R)^\top,
+
+with :math:`D(R)` the block-diagonal Wigner matrix of the fiber of ``x`` (identity on type-0 blocks, :math:`R`
+on type-1 blocks, :math:`D^l(R)` on type-:math:`l` blocks). Invariant attributes (masses, charges, ``p``,
+``edge_attr``, indices) are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from e3nn import o3
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+
+from pyg_se3.fiber import Fiber
+
+__all__ = ["RandomRotation", "RandomTranslation"]
+
+
+def _check_keys(name: str, keys: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(keys, str) or not all(isinstance(key, str) for key in keys):
+        raise ValueError(f"{name}: expected a sequence of attribute names, got {keys!r}")
+    return tuple(keys)
+
+
+def _check_vectors(data: Data, key: str) -> Tensor:
+    value = data[key]
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[-1] != 3:
+        raise ValueError(f"{key}: expected a [N, 3] tensor of vectors, got {getattr(value, 'shape', value)}")
+    return value
+
+
+class RandomRotation(BaseTransform):
+    r"""Rotate a sample by a rotation drawn uniformly from SO(3) (``e3nn.o3.rand_matrix``).
+
+    Parameters
+    ----------
+    fiber
+        The fiber of the attributes in ``fiber_keys`` (default ``Fiber({0: 1, 1: 1})``, e.g. mass or charge and
+        velocity); use the dataset's ``fiber`` class attribute.
+    vector_keys
+        Attributes holding ``[N, 3]`` vectors (rotated as :math:`v R^\top`); missing ones are skipped.
+    fiber_keys
+        Attributes holding flat fiber features (rotated by :meth:`Fiber.rotate`); missing ones are skipped.
+
+    Notes
+    -----
+    The rotation is about the origin; positions keep their centre only if it is the origin. Draws use torch's
+    global random state (seed it with ``torch.manual_seed``).
+    """
+
+    def __init__(
+        self,
+        fiber: Fiber | None = None,
+        vector_keys: Sequence[str] = ("pos", "vel", "y"),
+        fiber_keys: Sequence[str] = ("x",),
+    ) -> None:
+        fiber = Fiber({0: 1, 1: 1}) if fiber is None else fiber
+        if not isinstance(fiber, Fiber):
+            raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
+        self.fiber = fiber
+        self.vector_keys = _check_keys("vector_keys", vector_keys)
+        self.fiber_keys = _check_keys("fiber_keys", fiber_keys)
+
+    def forward(self, data: Data) -> Data:
+        dtype = next((data[key].dtype for key in self.vector_keys if key in data), torch.float64)
+        return self.rotate(data, o3.rand_matrix(dtype=dtype))
+
+    def rotate(self, data: Data, R: Tensor) -> Data:
+        """Apply the fixed rotation ``R`` ``[3, 3]`` to every geometric field of (a copy of) ``data``."""
+        if not isinstance(R, Tensor) or R.shape != (3, 3):
+            raise ValueError(f"R: expected a [3, 3] rotation matrix, got {getattr(R, 'shape', R)}")
+        data = data.clone()
+        for key in self.vector_keys:
+            if key in data:
+                vectors = _check_vectors(data, key)
+                data[key] = vectors @ R.to(vectors.dtype).T
+        for key in self.fiber_keys:
+            if key in data:
+                data[key] = self.fiber.rotate(data[key], R)
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fiber={self.fiber}, vector_keys={self.vector_keys}, fiber_keys={self.fiber_keys})"
+        )
+
+
+class RandomTranslation(BaseTransform):
+    r"""Translate the positions of a sample by :math:`t \sim N(0, \sigma^2 I)`: ``pos`` and ``y`` move, velocities
+    and features (translation-invariant) do not.
+
+    Parameters
+    ----------
+    std
+        :math:`\sigma` (> 0).
+    position_keys
+        Attributes holding ``[N, 3]`` positions; missing ones are skipped.
+    """
+
+    def __init__(self, std: float = 1.0, position_keys: Sequence[str] = ("pos", "y")) -> None:
+        if not (isinstance(std, int | float) and std > 0):
+            raise ValueError(f"std: expected a number > 0, got {std!r}")
+        self.std = float(std)
+        self.position_keys = _check_keys("position_keys", position_keys)
+
+    def forward(self, data: Data) -> Data:
+        data = data.clone()
+        shift = None
+        for key in self.position_keys:
+            if key in data:
+                positions = _check_vectors(data, key)
+                if shift is None:
+                    shift = self.std * torch.randn(3, dtype=positions.dtype, device=positions.device)
+                data[key] = positions + shift
+        return data
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(std={self.std}, position_keys={self.position_keys})"

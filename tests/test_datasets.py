@@ -1,0 +1,415 @@
+"""The three datasets: packaged data, regeneration, sample contents, splits, the energy, bad input, corruption."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+
+import pyg_se3.datasets._base as base
+from pyg_se3 import Fiber
+from pyg_se3.datasets import ALL_DATASETS, SPLITS, EnergyMinimisation, NBodyCharged, ParticleDynamics, packaged_dir
+from pyg_se3.datasets._base import read_npz, sha256_file, write_npz
+from pyg_se3.datasets.simulate import Coulomb, kick_drift
+
+F64 = torch.float64
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """One root per dataset, shared by the tests of this module (each dataset is processed once)."""
+    return {cls: tmp_path_factory.mktemp(cls.name) for cls in ALL_DATASETS}
+
+
+def _sums() -> dict[str, str]:
+    return base.packaged_checksums()
+
+
+# ---------------------------------------------------------------------------------------------- packaged data
+def test_packaged_files_are_listed_intact_and_small():
+    folder = packaged_dir()
+    assert folder == REPO / "datasets"
+    sums = _sums()
+    assert sorted(sums) == sorted(f"{cls.name}/{split}.npz" for cls in ALL_DATASETS for split in SPLITS)
+    for name, digest in sums.items():
+        assert sha256_file(folder / name) == digest, name
+        assert read_npz(folder / name)["config"].item()  # has its generation config
+    total = sum((folder / name).stat().st_size for name in sums)
+    assert total < 6e6, total
+
+
+@pytest.mark.parametrize("cls", [ParticleDynamics, EnergyMinimisation])
+def test_regeneration_reproduces_packaged_files_bit_for_bit(cls, tmp_path):
+    """Whole default configurations (seconds): same sha256 as the packaged files."""
+    for split in SPLITS:
+        digest = write_npz(tmp_path / f"{split}.npz", cls.generate(cls.make_config(split=split)))
+        assert digest == _sums()[f"{cls.name}/{split}.npz"], split
+
+
+def test_nbody_regeneration_of_a_prefix_is_bit_identical():
+    """The full charged N-body regeneration takes ~20 s (``datasets/generate.py --check`` does it); here the
+    first 40 simulations of every split are regenerated and compared bit for bit with the packaged arrays."""
+    for split in SPLITS:
+        packaged = read_npz(packaged_dir() / f"{NBodyCharged.name}/{split}.npz")
+        fresh = NBodyCharged.generate(NBodyCharged.make_config(split=split, num_samples=40))
+        for key in ("charge", "pos", "vel"):
+            assert fresh[key].dtype == packaged[key].dtype
+            assert fresh[key].tobytes() == packaged[key][:40].tobytes(), (split, key)
+
+
+def test_generate_script_checks_checksums():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "datasets" / "generate.py"), "--check", "--quiet", "--only", "energy_minimisation"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "all checksums match" in result.stdout
+
+
+def test_packaged_copy_and_generation_give_identical_raw_files(tmp_path, monkeypatch):
+    copied = ParticleDynamics(tmp_path / "copied", split="val", progress=False)
+    assert sha256_file(copied.raw_paths[0]) == _sums()["particle_dynamics/val.npz"]
+    monkeypatch.setattr(base, "packaged_dir", lambda: tmp_path / "nowhere")  # as in an installed wheel
+    generated = ParticleDynamics(tmp_path / "generated", split="val", progress=False)
+    assert sha256_file(generated.raw_paths[0]) == sha256_file(copied.raw_paths[0])
+    assert torch.equal(generated._data.y, copied._data.y)
+
+
+def test_a_non_default_configuration_is_generated_not_copied(tmp_path):
+    small = ParticleDynamics(tmp_path, split="val", num_simulations=3, num_particles=4, num_steps=20, progress=False)
+    assert len(small) == 3 * 2
+    assert all(data.num_nodes == 4 for data in small)
+    # prefix property: the first simulations of a split do not depend on how many are generated
+    default = read_npz(packaged_dir() / "nbody_charged/val.npz")
+    prefix = NBodyCharged(tmp_path / "nbody", split="val", num_samples=5, progress=False)
+    assert torch.equal(prefix._data.y.view(5, 5, 3), torch.from_numpy(default["pos"][:5, 1]))
+
+
+# ---------------------------------------------------------------------------------------------- ParticleDynamics
+@pytest.fixture(scope="module")
+def dynamics64(roots):
+    return ParticleDynamics(roots[ParticleDynamics], split="val", dtype=F64, progress=False)
+
+
+def test_particle_dynamics_block_target_is_ten_integrated_steps(dynamics64):
+    torch.manual_seed(0)
+    indices = torch.randperm(len(dynamics64))[:25].tolist()
+    for index in indices:
+        data = dynamics64[index]
+        assert torch.equal(dynamics64.integrate_block(data), data.y)  # bit for bit
+        # ... and the target is not trivially predictable: accelerations matter
+        linear = data.pos + 10 * 0.01 * data.vel
+        assert float((linear - data.y).abs().max()) > 1e-6
+
+
+def test_particle_dynamics_samples(dynamics64):
+    config = dynamics64.config
+    assert len(dynamics64) == 20 * 200 // 10
+    assert dynamics64.fiber == Fiber({0: 1, 1: 1})
+    sizes, previous = set(), None
+    for data in dynamics64:
+        n = data.num_nodes
+        sizes.add(n)
+        assert 5 <= n <= 20
+        assert data.pos.dtype == F64 and data.x.shape == (n, 4)
+        torch.testing.assert_close(data.x, torch.cat([data.mass, data.vel], -1), atol=0, rtol=0)
+        assert bool(((data.mass >= 0.005) & (data.mass <= 0.015)).all())
+        assert "edge_index" not in data
+        # consecutive blocks of a simulation chain up: a block starts where the previous one ended
+        if previous is not None and int(previous.sim_id) == int(data.sim_id):
+            assert int(data.block_start) == int(previous.block_start) + config["block_size"]
+            assert torch.equal(data.pos, previous.y)
+            assert torch.equal(data.mass, previous.mass)
+        previous = data
+    assert len(sizes) > 5  # simulations of many different sizes
+
+
+def test_particle_dynamics_float32_is_the_rounded_float64(roots, dynamics64):
+    data32 = ParticleDynamics(roots[ParticleDynamics], split="val", progress=False)
+    assert data32[7].y.dtype == torch.float32
+    assert torch.equal(data32[7].y, dynamics64[7].y.float())
+
+
+def test_particle_dynamics_splits_share_no_simulation():
+    starts = {}
+    for split in SPLITS:
+        config = ParticleDynamics.make_config(split=split)
+        starts[split] = {tuple(s["pos"][0].tolist()) for s in ParticleDynamics.initial_conditions(config)}
+        assert len(starts[split]) == config["num_simulations"]
+    assert not starts["train"] & starts["test"]
+    assert not starts["train"] & starts["val"]
+    assert not starts["val"] & starts["test"]
+
+
+def test_particle_dynamics_variable_lengths_and_lennard_jones(tmp_path):
+    data = ParticleDynamics(
+        tmp_path,
+        split="test",
+        num_simulations=4,
+        num_steps=(20, 45),
+        potential="lennard_jones",
+        num_particles=(3, 8),
+        dtype=F64,
+        progress=False,
+    )
+    blocks = torch.bincount(data._data.sim_id)
+    assert blocks.tolist() != [blocks[0].item()] * 4  # lengths differ between simulations
+    assert bool(((blocks >= 2) & (blocks <= 4)).all())
+    sample = data[len(data) - 1]
+    assert torch.equal(data.integrate_block(sample), sample.y)
+
+
+# ---------------------------------------------------------------------------------------------- EnergyMinimisation
+def test_energy_matches_the_formula_by_hand():
+    # two points at distance 2, p = 0.5: x = 0.5, V = 0.0625 - 0.25 + 0.05 + 0.321919
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=F64)
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    energy = EnergyMinimisation.energy(pos, edge_index, torch.tensor([0.5, 0.5], dtype=F64))
+    torch.testing.assert_close(energy, torch.tensor([0.184419], dtype=F64), atol=1e-12, rtol=0)
+    # a batch: that graph, and a triangle with sides 3, 4, 5 and p = 1, 2, 3 (x = 1, 1, 1: V = 0.421919)
+    tri = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 4.0, 0.0]], dtype=F64)
+    pos = torch.cat([pos, tri])
+    tri_edges = torch.tensor([[2, 3, 2, 4, 3, 4], [3, 2, 4, 2, 4, 3]])
+    edge_index = torch.cat([edge_index, tri_edges], dim=1)
+    p = torch.tensor([0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], dtype=F64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    energy = EnergyMinimisation.energy(pos, edge_index, p, batch)
+    torch.testing.assert_close(energy, torch.tensor([0.184419, 0.421919], dtype=F64), atol=1e-12, rtol=0)
+    # one point far off: x = 10 - 0 - 1 = 9 -> 6561 - 81 + 0.9 + 0.321919, mean with (0.184419, 0.184419)
+    far = torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 10.0]], dtype=F64)
+    edges = torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]])
+    energy = EnergyMinimisation.energy(far, edges, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=F64))
+    expected = (2 * 0.184419 + 2 * (6561 - 81 + 0.9 + 0.321919)) / 4
+    torch.testing.assert_close(energy, torch.tensor([expected], dtype=F64), atol=1e-9, rtol=0)
+
+
+def test_pair_energy_minimum_is_zero_at_r_equal_p_plus_0_269():
+    """V'(x) = 4x^3 - 2x + 0.1 = 0 has the global minimiser x* = -0.7308931..., so r* = p + 1 + x* =
+    p + 0.2691069...; V(r*) = -3.5e-7 (0 to the precision of the constant 0.321919)."""
+    roots = np.roots([4.0, 0.0, -2.0, 0.1])
+    x_star = roots.real.min()
+    assert abs(x_star - -0.7308931) < 1e-7
+    for p in (0.0, 0.25, 0.9):
+        assert abs((p + 1.0 + x_star) - (p + 0.2691069)) < 1e-7
+        r_star = torch.tensor(p + 1.0 + x_star, dtype=F64, requires_grad=True)
+        value = EnergyMinimisation.pair_energy(r_star, torch.tensor(p, dtype=F64))
+        assert abs(value.item()) < 1e-6 and value.item() < 0  # -3.5e-7: the offset is rounded
+        (slope,) = torch.autograd.grad(value, r_star)
+        assert abs(float(slope)) < 1e-12
+        grid = torch.linspace(0.0, 4.0, 400_001, dtype=F64)
+        values = EnergyMinimisation.pair_energy(grid, torch.tensor(p, dtype=F64))
+        assert abs(float(grid[values.argmin()]) - (p + 1.0 + x_star)) < 2e-5  # the global minimum on [0, 4]
+        assert float(values.min()) >= value.item() - 1e-15
+    # the other well, at x = 0.6806, is only a local minimum, 0.1413 higher
+    local = EnergyMinimisation.pair_energy(torch.tensor(1.0 + roots.real.max(), dtype=F64), torch.tensor(0.0))
+    assert abs(float(local) - 0.141332) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def energy64(roots):
+    return EnergyMinimisation(roots[EnergyMinimisation], split="test", dtype=F64, progress=False)
+
+
+def test_energy_minimisation_samples(energy64):
+    assert len(energy64) == 500 and energy64.fiber == Fiber({0: 1})
+    data = energy64[3]
+    n = 10
+    assert data.pos.shape == (n, 3) and torch.equal(data.x, torch.ones(n, 1, dtype=F64))
+    source, target = data.edge_index
+    assert data.edge_index.shape[1] == n * (n - 1) and not bool((source == target).any())
+    assert len(set(zip(source.tolist(), target.tolist(), strict=True))) == n * (n - 1)
+    # both directions of a pair carry the same p, and the 45 pairs have different values
+    lookup = {(int(j), int(i)): float(v) for j, i, v in zip(source, target, data.p, strict=True)}
+    assert all(lookup[(j, i)] == lookup[(i, j)] for j, i in lookup)
+    assert len(set(lookup.values())) == n * (n - 1) // 2
+    assert 0.0 <= float(data.p.min()) and float(data.p.max()) < 1.0
+    # initial positions N(0, 0.5^2): pooled standard deviation of the split
+    assert abs(float(energy64._data.pos.std()) - 0.5) < 0.02
+    assert abs(float(energy64._data.p.mean()) - 0.5) < 0.02
+
+
+def test_energy_is_differentiable_and_gradient_descent_lowers_it(energy64):
+    batch = Batch.from_data_list([energy64[i] for i in range(6)])
+    # autograd gradient against central finite differences
+    pos = batch.pos.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(EnergyMinimisation.energy(pos, batch.edge_index, batch.p, batch.batch).sum(), pos)
+    step = torch.zeros_like(pos)
+    step[4, 1] = 1e-6
+
+    def total(x):
+        return EnergyMinimisation.energy(x, batch.edge_index, batch.p, batch.batch).sum()
+
+    numeric = (total(batch.pos + step) - total(batch.pos - step)) / 2e-6
+    assert abs(float(numeric - grad[4, 1])) < 1e-7
+    initial = EnergyMinimisation.energy(batch.pos, batch.edge_index, batch.p, batch.batch)
+    final_pos, final = EnergyMinimisation.gradient_descent(
+        batch.pos, batch.edge_index, batch.p, batch.batch, num_steps=300
+    )
+    assert bool((final < 0.5 * initial).all())
+    torch.testing.assert_close(final, EnergyMinimisation.energy(final_pos, batch.edge_index, batch.p, batch.batch))
+    # graphs are independent: one graph alone descends to the same point
+    one = energy64[2]
+    alone_pos, alone = EnergyMinimisation.gradient_descent(one.pos, one.edge_index, one.p, num_steps=300)
+    torch.testing.assert_close(alone, final[2:3], atol=1e-12, rtol=0)
+    torch.testing.assert_close(alone_pos, final_pos[20:30], atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- NBodyCharged
+@pytest.fixture(scope="module")
+def nbody(roots):
+    return NBodyCharged(roots[NBodyCharged], split="val", progress=False)
+
+
+def test_nbody_samples(nbody):
+    assert len(nbody) == 2000 and nbody.fiber == Fiber({0: 1, 1: 1})
+    data = nbody[11]
+    q = data.charge.squeeze(-1)
+    assert set(q.tolist()) <= {-1.0, 1.0}
+    torch.testing.assert_close(data.x, torch.cat([data.charge, data.vel], -1), atol=0, rtol=0)
+    source, target = data.edge_index
+    assert data.edge_index.shape == (2, 20) and not bool((source == target).any())
+    torch.testing.assert_close(data.edge_attr.squeeze(-1), q[source] * q[target], atol=0, rtol=0)
+    charges = nbody._data.charge
+    assert abs(float((charges > 0).double().mean()) - 0.5) < 0.03  # +-1 with equal probability
+    sizes = {split: NBodyCharged.make_config(split=split)["num_samples"] for split in SPLITS}
+    assert sizes == {"train": 3000, "val": 2000, "test": 2000}
+
+
+def test_nbody_frames_are_steps_k_plus_one_times_100():
+    """Frame 30 is the state after step 3100 and the target (frame 40) after step 4100; initial speed 0.5."""
+    config = NBodyCharged.make_config(split="test", num_samples=2)
+    initial = NBodyCharged.initial_conditions(config)
+    speed = initial["vel"].norm(dim=-1)
+    torch.testing.assert_close(speed, torch.full_like(speed, 0.5), atol=1e-15, rtol=0)
+    pos, vel = NBodyCharged.simulate(config, initial)
+    assert pos.shape[1] == 41
+    step_by_step = kick_drift(
+        initial["pos"],
+        initial["vel"],
+        torch.ones(2, 5, dtype=F64),
+        Coulomb(initial["charge"], clip=100.0).forces,
+        0.001,
+        4100,
+        save_every=1,
+    )
+    assert torch.equal(pos[:, 30], step_by_step.pos[:, 3099]) and int(step_by_step.steps[3099]) == 3100
+    assert torch.equal(pos[:, 40], step_by_step.pos[:, 4099])
+    assert torch.equal(vel[:, 30], step_by_step.vel[:, 3099])
+    packaged = read_npz(packaged_dir() / "nbody_charged/test.npz")
+    assert torch.equal(torch.from_numpy(packaged["pos"][:2, 1]), pos[:, 40].float())
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@pytest.mark.parametrize("cls", ALL_DATASETS)
+def test_loads_through_pyg_dataloader(cls, roots):
+    dataset = cls(roots[cls], split="test", progress=False)
+    loader = DataLoader(dataset, batch_size=5, shuffle=False)
+    batch = next(iter(loader))
+    assert isinstance(batch, Batch) and batch.num_graphs == 5
+    items = [dataset[i] for i in range(5)]
+    assert torch.equal(batch.x, torch.cat([d.x for d in items]))
+    assert torch.equal(batch.pos, torch.cat([d.pos for d in items]))
+    sizes = torch.tensor([d.num_nodes for d in items])
+    assert torch.equal(batch.batch, torch.repeat_interleave(torch.arange(5), sizes))
+    if "edge_index" in items[0]:
+        offsets = torch.cumsum(sizes, 0) - sizes
+        expected = torch.cat([d.edge_index + o for d, o in zip(items, offsets, strict=True)], dim=1)
+        assert torch.equal(batch.edge_index, expected)
+    ids = batch.sim_id if cls is ParticleDynamics else batch.sample_id
+    assert ids.shape == (5,)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (ParticleDynamics, {"split": "training"}, "split"),
+        (ParticleDynamics, {"num_particles": -3}, "num_particles"),
+        (ParticleDynamics, {"num_particles": (10, 5)}, "num_particles"),
+        (ParticleDynamics, {"num_particles": (1, 5)}, "num_particles"),
+        (ParticleDynamics, {"dt": 0.0}, "dt"),
+        (ParticleDynamics, {"dt": -0.01}, "dt"),
+        (ParticleDynamics, {"dt": float("nan")}, "dt"),
+        (ParticleDynamics, {"num_simulations": 0}, "num_simulations"),
+        (ParticleDynamics, {"num_steps": 5}, "num_steps"),
+        (ParticleDynamics, {"potential": "coulomb"}, "potential"),
+        (ParticleDynamics, {"mass_range": (0.0, 1.0)}, "mass_range"),
+        (ParticleDynamics, {"softening": -0.1}, "softening"),
+        (ParticleDynamics, {"dtype": torch.int64}, "dtype"),
+        (EnergyMinimisation, {"split": "validation"}, "split"),
+        (EnergyMinimisation, {"num_nodes": 1}, "num_nodes"),
+        (EnergyMinimisation, {"num_samples": -5}, "num_samples"),
+        (EnergyMinimisation, {"pos_std": 0}, "pos_std"),
+        (NBodyCharged, {"split": "all"}, "split"),
+        (NBodyCharged, {"num_particles": -5}, "num_particles"),
+        (NBodyCharged, {"dt": 0}, "dt"),
+        (NBodyCharged, {"target_frame": 60}, "target_frame"),
+        (NBodyCharged, {"input_frame": 40, "target_frame": 30}, "target_frame"),
+        (NBodyCharged, {"clip": -1.0}, "clip"),
+    ],
+)
+def test_bad_parameters_raise_value_error(cls, kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        cls(tmp_path, progress=False, **kwargs)
+    assert not (tmp_path / "raw").exists()  # rejected before any work
+
+
+def test_energy_rejects_mismatched_p():
+    with pytest.raises(ValueError, match="p"):
+        EnergyMinimisation.energy(torch.zeros(2, 3), torch.tensor([[0, 1], [1, 0]]), torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------- corruption
+def _corrupt(path: str | Path) -> None:
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+def test_corrupted_processed_file_is_detected_and_rebuilt(tmp_path):
+    dataset = EnergyMinimisation(tmp_path, split="val", progress=False)
+    reference = dataset._data.pos.clone()
+    _corrupt(dataset.processed_paths[0])
+    with pytest.warns(UserWarning, match="processed file fails its sha256"):
+        rebuilt = EnergyMinimisation(tmp_path, split="val", progress=False)
+    assert torch.equal(rebuilt._data.pos, reference)
+    # a truncated file, too
+    path = Path(dataset.processed_paths[0])
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="processed file fails"):
+        rebuilt = EnergyMinimisation(tmp_path, split="val", progress=False)
+    assert torch.equal(rebuilt._data.pos, reference)
+
+
+def test_corrupted_raw_file_is_detected_and_rebuilt(tmp_path):
+    dataset = ParticleDynamics(tmp_path, split="test", progress=False)
+    reference = hashlib.sha256(Path(dataset.raw_paths[0]).read_bytes()).hexdigest()
+    _corrupt(dataset.raw_paths[0])
+    Path(dataset.processed_paths[0]).unlink()
+    with pytest.warns(UserWarning, match="raw file fails its sha256"):
+        ParticleDynamics(tmp_path, split="test", progress=False)
+    assert sha256_file(dataset.raw_paths[0]) == reference
+
+
+def test_corrupted_packaged_file_is_not_copied(tmp_path, monkeypatch):
+    fake = tmp_path / "packaged"
+    shutil.copytree(packaged_dir() / "energy_minimisation", fake / "energy_minimisation")
+    shutil.copy(packaged_dir() / "SHA256SUMS", fake / "SHA256SUMS")
+    path = fake / "energy_minimisation" / "val.npz"
+    data = bytearray(path.read_bytes())
+    data[-2000] ^= 0x01  # inside the float data: np.load would read it without complaint
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(base, "packaged_dir", lambda: fake)
+    with pytest.warns(UserWarning, match="does not match datasets/SHA256SUMS"):
+        dataset = EnergyMinimisation(tmp_path / "root", split="val", progress=False)
+    assert sha256_file(dataset.raw_paths[0]) == _sums()["energy_minimisation/val.npz"]
