@@ -87,6 +87,10 @@ class IterativeSE3Transformer(nn.Module):
     edge_dim
         Number of invariant edge features; they must then come from ``edge_attr_fn`` (recomputed every
         iteration, since the graph changes).
+    displacement_scale
+        The displacement heads' outputs are multiplied by this length. Set it to the typical size of one
+        iteration's update in your data (a target normalisation): the heads then work at unit scale, and the
+        first optimiser steps do not throw the points far from where they start.
     """
 
     def __init__(
@@ -102,8 +106,11 @@ class IterativeSE3Transformer(nn.Module):
         channels_div: int = 2,
         radial_hidden: int = 32,
         radial_layers: int = 2,
+        displacement_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not displacement_scale > 0:
+            raise ValueError(f"displacement_scale: expected > 0, got {displacement_scale}")
         if num_iterations < 1:
             raise ValueError(f"num_iterations: expected >= 1, got {num_iterations}")
         if layers_per_iteration < 1:
@@ -114,6 +121,7 @@ class IterativeSE3Transformer(nn.Module):
         self.num_iterations, self.layers_per_iteration = num_iterations, layers_per_iteration
         self.graph = graph if graph is not None else KNN(k=16)
         self.share_weights, self.edge_dim = share_weights, edge_dim
+        self.displacement_scale = float(displacement_scale)
         block_args = {
             "fiber_hidden": fiber_hidden,
             "fiber_out": fiber_hidden + DISPLACEMENT,
@@ -228,7 +236,7 @@ class IterativeSE3Transformer(nn.Module):
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
         out = block(h, geometry, edge_index, edge_attr, basis=basis)
         h, displacement = Fiber.uncat(out, self.fiber_hidden, DISPLACEMENT)
-        return h, pos + displacement, edge_index
+        return h, pos + self.displacement_scale * displacement, edge_index
 
     def _num_steps(self, tol: float | None, max_iterations: int | None) -> int:
         if not self.share_weights and (tol is not None or max_iterations is not None):
@@ -245,7 +253,8 @@ class IterativeSE3Transformer(nn.Module):
         return (
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_hidden}, num_iterations="
             f"{self.num_iterations}, layers_per_iteration={self.layers_per_iteration}, graph={self.graph}, "
-            f"share_weights={self.share_weights}, edge_dim={self.edge_dim})"
+            f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
+            f"displacement_scale={self.displacement_scale:g})"
         )
 
 

@@ -1,0 +1,7 @@
+"""``python -m pyg_se3``: the ``pyg-se3`` command line."""
+
+import sys
+
+from pyg_se3.cli import main
+
+sys.exit(main())

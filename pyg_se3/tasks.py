@@ -1,0 +1,277 @@
+"""The three experiments as training tasks: datasets, models, losses, metrics and baselines.
+
+- ``dynamics``: :class:`~pyg_se3.datasets.ParticleDynamics`, predict positions 10 steps ahead (MSE).
+- ``energy``: :class:`~pyg_se3.datasets.EnergyMinimisation`, move the points to minimise the pair energy
+  (unsupervised: the loss is the energy of the predicted positions).
+- ``nbody``: :class:`~pyg_se3.datasets.NBodyCharged`, predict positions 1000 steps ahead (MSE), EGNN protocol.
+
+Every task's model is an :class:`~pyg_se3.models.IterativeSE3Transformer`; with ``num_iterations=1`` and all
+layers in that one iteration it is the single-pass SE(3)-Transformer with the same number of layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.loader import DataLoader
+
+from pyg_se3.datasets import EnergyMinimisation, NBodyCharged, ParticleDynamics
+from pyg_se3.fiber import Fiber
+from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
+from pyg_se3.models import IterativeSE3Transformer
+
+__all__ = ["TASKS", "ModelOptions", "build_graph", "build_model", "get_task"]
+
+
+@dataclass
+class ModelOptions:
+    """Model options shared by the CLI and the examples."""
+
+    num_iterations: int = 4
+    layers_per_iteration: int = 2
+    num_degrees: int = 2
+    channels: int = 16
+    num_heads: int = 4
+    graph: str = "complete"
+    radius: float = 2.5
+    k: int = 16
+    share_weights: bool = False
+    detach_basis: bool = False
+    start: str = "linear"
+
+
+def build_graph(options: ModelOptions) -> GraphBuilder:
+    if options.graph == "complete":
+        return Complete()
+    if options.graph == "knn":
+        return KNN(options.k)
+    if options.graph == "radius":
+        return Radius(options.radius, max_num_neighbors=64)
+    raise ValueError(f"graph: expected 'complete', 'knn' or 'radius', got {options.graph!r}")
+
+
+def build_model(
+    fiber_in: Fiber, options: ModelOptions, edge_dim: int = 0, displacement_scale: float = 1.0
+) -> IterativeSE3Transformer:
+    return IterativeSE3Transformer(
+        fiber_in,
+        Fiber.create(options.num_degrees, options.channels),
+        num_iterations=options.num_iterations,
+        layers_per_iteration=options.layers_per_iteration,
+        num_heads=options.num_heads,
+        graph=build_graph(options),
+        share_weights=options.share_weights,
+        edge_dim=edge_dim,
+        displacement_scale=displacement_scale,
+    )
+
+
+def _folder(root: str, dataset_cls: Any) -> str:
+    """Each dataset in its own folder under ``root`` (``root/particle_dynamics``, ...)."""
+    return str(Path(root) / dataset_cls.name)
+
+
+def _mse_per_graph(pred: Tensor, target: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Mean squared error of each graph (over its nodes and coordinates)."""
+    per_node = (pred - target).square().mean(-1)
+    total = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, per_node)
+    count = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
+    return total / count
+
+
+class _RegressionTask:
+    """Predict future positions; the loss is the MSE averaged per graph, then over graphs.
+
+    The iterations start from ``options.start``: ``"linear"`` (default), the constant-velocity guess
+    ``pos + vel * horizon``, which the model refines (its displacement heads start at zero, so an untrained
+    model *is* that baseline); or ``"constant"``, the input positions, as in the original blog post.
+    """
+
+    dataset_cls: Any = None
+    horizon: float = 1.0  # time between input and target, for the linear baseline
+
+    def __init__(self, options: ModelOptions) -> None:
+        if options.start not in ("linear", "constant"):
+            raise ValueError(f"start: expected 'linear' or 'constant', got {options.start!r}")
+        self.options = options
+
+    def edge_attr_fn(self, batch: Any):
+        return None
+
+    def features(self, batch: Any) -> Tensor:
+        return batch.x
+
+    def initial_positions(self, batch: Any) -> Tensor:
+        return batch.pos + batch.vel * self.horizon if self.options.start == "linear" else batch.pos
+
+    @torch.no_grad()
+    def displacement_scale(self, dataset: Any) -> float:
+        """RMS per coordinate of what the model must add to its starting positions (over the first 256 samples
+        of ``dataset``), divided by the number of iterations: the typical size of one update."""
+        batch = next(iter(DataLoader(dataset[:256], batch_size=256)))
+        rms = float((batch.y - self.initial_positions(batch)).square().mean().sqrt())
+        return rms / self.options.num_iterations
+
+    def predict(self, model: nn.Module, batch: Any) -> Tensor:
+        out = model(
+            self.features(batch),
+            self.initial_positions(batch),
+            batch.batch,
+            edge_attr_fn=self.edge_attr_fn(batch),
+            detach_basis=self.options.detach_basis,
+        )
+        return out.pos
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        return _mse_per_graph(self.predict(model, batch), batch.y, batch.batch, batch.num_graphs).mean()
+
+    def metrics(self, model: nn.Module, batch: Any) -> dict[str, tuple[float, int]]:
+        n = batch.num_graphs
+        mse = _mse_per_graph(self.predict(model, batch), batch.y, batch.batch, n)
+        constant = _mse_per_graph(batch.pos, batch.y, batch.batch, n)
+        linear = _mse_per_graph(batch.pos + batch.vel * self.horizon, batch.y, batch.batch, n)
+        return {
+            "loss": (float(mse.sum()), n),
+            "mse": (float(mse.sum()), n),
+            "constant_mse": (float(constant.sum()), n),
+            "linear_mse": (float(linear.sum()), n),
+        }
+
+
+class DynamicsTask(_RegressionTask):
+    """Particle dynamics, 10 steps ahead; inputs: mass (type 0, divided by the mean of the mass range so that it
+    is of order 1) and velocity (type 1)."""
+
+    name = "dynamics"
+    dataset_cls = ParticleDynamics
+    edge_dim = 0
+
+    def __init__(self, options: ModelOptions) -> None:
+        super().__init__(options)
+        self.horizon, self.mass_unit = 0.0, 1.0  # set from the dataset's configuration
+
+    def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
+        sets = {
+            split: ParticleDynamics(_folder(root, ParticleDynamics), split=split, **kwargs)
+            for split in ("train", "val", "test")
+        }
+        config = sets["train"].config
+        self.horizon = config["block_size"] * config["dt"]
+        self.mass_unit = sum(config["mass_range"]) / 2
+        return sets
+
+    def features(self, batch: Any) -> Tensor:
+        return torch.cat([batch.x[:, :1] / self.mass_unit, batch.x[:, 1:]], dim=-1)
+
+
+class NBodyTask(_RegressionTask):
+    """Charged 5-body, frame 30 -> frame 40 (1000 steps of 0.001); inputs: charge (type 0) and velocity
+    (type 1), edge feature ``q_i q_j`` recomputed on every rebuilt graph."""
+
+    name = "nbody"
+    dataset_cls = NBodyCharged
+    edge_dim = 1
+
+    def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
+        sets = {
+            split: NBodyCharged(_folder(root, NBodyCharged), split=split, **kwargs)
+            for split in ("train", "val", "test")
+        }
+        config = sets["train"].config
+        self.horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
+        return sets
+
+    def edge_attr_fn(self, batch: Any):
+        charge = batch.charge.squeeze(-1)
+        return lambda pos, edge_index: (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1).to(pos.dtype)
+
+
+class EnergyTask:
+    """Energy minimisation: the loss is the mean pair energy of the predicted positions. Edge features: the
+    pair parameter ``p_ij`` and the current pair energy, recomputed after every update."""
+
+    name = "energy"
+    dataset_cls = EnergyMinimisation
+    edge_dim = 2
+
+    def __init__(self, options: ModelOptions) -> None:
+        self.options = options
+
+    def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
+        return {
+            split: EnergyMinimisation(_folder(root, EnergyMinimisation), split=split, **kwargs)
+            for split in ("train", "val", "test")
+        }
+
+    def edge_attr_fn(self, batch: Any):
+        lookup = _EdgeLookup(batch.edge_index, batch.p, batch.num_nodes)
+
+        def features(pos: Tensor, edge_index: Tensor) -> Tensor:
+            p = lookup(edge_index)
+            r = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
+            return torch.stack([p, EnergyMinimisation.pair_energy(r, p)], dim=-1)
+
+        return features
+
+    def predict(self, model: nn.Module, batch: Any) -> Tensor:
+        out = model(
+            batch.x,
+            batch.pos,
+            batch.batch,
+            edge_attr_fn=self.edge_attr_fn(batch),
+            detach_basis=self.options.detach_basis,
+        )
+        return out.pos
+
+    @torch.no_grad()
+    def displacement_scale(self, dataset: Any) -> float:
+        """RMS per coordinate of the moves that gradient descent makes on the first 64 samples of ``dataset``,
+        divided by the number of iterations: the typical size of one update."""
+        batch = next(iter(DataLoader(dataset[:64], batch_size=64)))
+        final, _ = EnergyMinimisation.gradient_descent(batch.pos, batch.edge_index, batch.p, batch.batch, 200)
+        return float((final - batch.pos).square().mean().sqrt()) / self.options.num_iterations
+
+    def energies(self, pos: Tensor, batch: Any) -> Tensor:
+        return EnergyMinimisation.energy(pos, batch.edge_index, batch.p, batch.batch, batch.num_graphs)
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        return self.energies(self.predict(model, batch), batch).mean()
+
+    def metrics(self, model: nn.Module, batch: Any) -> dict[str, tuple[float, int]]:
+        n = batch.num_graphs
+        final = self.energies(self.predict(model, batch), batch)
+        initial = self.energies(batch.pos, batch)
+        return {
+            "loss": (float(final.sum()), n),
+            "energy": (float(final.sum()), n),
+            "initial_energy": (float(initial.sum()), n),
+        }
+
+
+class _EdgeLookup:
+    """Values stored per edge of one graph structure, looked up for the edges of another (same nodes)."""
+
+    def __init__(self, edge_index: Tensor, values: Tensor, num_nodes: int) -> None:
+        keys = edge_index[0] * num_nodes + edge_index[1]
+        self.keys, order = torch.sort(keys)
+        self.values, self.num_nodes = values[order], num_nodes
+
+    def __call__(self, edge_index: Tensor) -> Tensor:
+        keys = edge_index[0] * self.num_nodes + edge_index[1]
+        slot = torch.searchsorted(self.keys, keys).clamp_max(len(self.keys) - 1)
+        if not bool((self.keys[slot] == keys).all()):
+            raise ValueError("edge_index: contains pairs the dataset has no value for")
+        return self.values[slot]
+
+
+TASKS = {"dynamics": DynamicsTask, "energy": EnergyTask, "nbody": NBodyTask}
+
+
+def get_task(name: str, options: ModelOptions):
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name](options)
