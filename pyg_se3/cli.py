@@ -156,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     trainer = Trainer(model, task, sets["train"], None, config)
     results = {split: trainer.evaluate(dataset) for split, dataset in sets.items()}
-    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"], **results}, indent=1))
+    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"] - 1, **results}, indent=1))
     return results
 
 

@@ -11,6 +11,7 @@ layers in that one iteration it is the single-pass SE(3)-Transformer with the sa
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,22 @@ def _mse_per_graph(pred: Tensor, target: Tensor, batch: Tensor, num_graphs: int)
     return total / count
 
 
-class _RegressionTask:
+class _Task:
+    """What every task has: its model options."""
+
+    def __init__(self, options: ModelOptions) -> None:
+        if options.start not in ("linear", "constant"):
+            raise ValueError(f"start: expected 'linear' or 'constant', got {options.start!r}")
+        self.options = options
+
+    def with_options(self, options: ModelOptions):
+        """The same task (same data settings) for a model with other options."""
+        task = copy.copy(self)
+        _Task.__init__(task, options)
+        return task
+
+
+class _RegressionTask(_Task):
     """Predict future positions; the loss is the MSE averaged per graph, then over graphs.
 
     The iterations start from ``options.start``: ``"linear"`` (default), the constant-velocity guess
@@ -93,11 +109,6 @@ class _RegressionTask:
 
     dataset_cls: Any = None
     horizon: float = 1.0  # time between input and target, for the linear baseline
-
-    def __init__(self, options: ModelOptions) -> None:
-        if options.start not in ("linear", "constant"):
-            raise ValueError(f"start: expected 'linear' or 'constant', got {options.start!r}")
-        self.options = options
 
     def edge_attr_fn(self, batch: Any):
         return None
@@ -190,16 +201,13 @@ class NBodyTask(_RegressionTask):
         return lambda pos, edge_index: (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1).to(pos.dtype)
 
 
-class EnergyTask:
+class EnergyTask(_Task):
     """Energy minimisation: the loss is the mean pair energy of the predicted positions. Edge features: the
     pair parameter ``p_ij`` and the current pair energy, recomputed after every update."""
 
     name = "energy"
     dataset_cls = EnergyMinimisation
     edge_dim = 2
-
-    def __init__(self, options: ModelOptions) -> None:
-        self.options = options
 
     def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
         return {

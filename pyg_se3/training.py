@@ -2,7 +2,7 @@
 
 The loop is task-agnostic: a :class:`Task` says how to compute the loss and the evaluation metrics of a batch.
 Every epoch writes ``metrics.csv`` and ``metrics.json`` (one row per epoch), ``last.pt`` (model, optimizer,
-scheduler, history, RNG states) and, when validation improves, ``best.pt``; ``loss.png`` plots the curves.
+history, RNG states) and, when validation improves, ``best.pt``; ``loss.png`` plots the curves.
 Checkpoints are written to a temporary file and renamed, so a killed run never leaves a half-written one.
 ``resume=True`` continues from ``last.pt`` with the identical optimizer state; batch order is a function of
 ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
@@ -46,7 +46,7 @@ class TrainConfig:
     Attributes
     ----------
     epochs, batch_size, lr, weight_decay
-        The optimisation (AdamW with a cosine schedule over ``epochs``).
+        The optimisation (AdamW; the learning rate of epoch ``e`` is ``lr (1 + cos(pi e / epochs)) / 2``).
     seed
         Seeds initialisation and the batch order of every epoch.
     device
@@ -139,7 +139,6 @@ class Trainer:
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.epochs, 1))
         self.history: list[dict[str, float]] = []
         self.best_val = math.inf
         self.start_epoch = 0
@@ -152,7 +151,6 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "epoch": self.start_epoch,
             "history": self.history,
             "best_val": self.best_val,
@@ -165,7 +163,6 @@ class Trainer:
         state = torch.load(path, map_location=self.config.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.history, self.best_val = state["epoch"], state["history"], state["best_val"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -175,11 +172,19 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=generator)
 
+    def learning_rate(self, epoch: int) -> float:
+        """Cosine decay from ``lr`` over ``epochs``: a function of the epoch alone, so a run resumed with a larger
+        ``--epochs`` continues on the longer schedule."""
+        return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(self.config.epochs, 1)))
+
     def train_epoch(self, epoch: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(epoch)
         self.model.train()
         total, count = 0.0, 0
         loader = self.loader(self.train_set, shuffle=True, epoch=epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.config.progress)
+        num_batches = len(loader) if self.config.max_batches is None else min(len(loader), self.config.max_batches)
+        bar = tqdm(loader, desc=f"epoch {epoch}", total=num_batches, leave=False, disable=not self.config.progress)
         for index, batch in enumerate(bar):
             if self.config.max_batches is not None and index >= self.config.max_batches:
                 break
@@ -187,7 +192,6 @@ class Trainer:
             if loss is not None:
                 total, count = total + loss, count + 1
                 bar.set_postfix(loss=f"{loss:.4g}")
-        self.scheduler.step()
         return total / max(count, 1)
 
     def step(self, batch: Any, epoch: int, index: int) -> float | None:
@@ -228,12 +232,15 @@ class Trainer:
         """Train from ``start_epoch`` to ``config.epochs``; returns the history (one dict per epoch)."""
         epochs = range(self.start_epoch, self.config.epochs)
         for epoch in tqdm(epochs, desc="training", disable=not self.config.progress):
-            row: dict[str, float] = {"epoch": epoch, "train_loss": self.train_epoch(epoch)}
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "lr": self.learning_rate(epoch),
+                "train_loss": self.train_epoch(epoch),
+            }
             if self.val_set is not None:
                 row.update({f"val_{k}": v for k, v in self.evaluate(self.val_set).items()})
             for name, dataset in self.eval_sets.items():
                 row.update({f"{name}_{k}": v for k, v in self.evaluate(dataset).items()})
-            row["lr"] = self.scheduler.get_last_lr()[0]
             self.history.append(row)
             self.start_epoch = epoch + 1
             self._checkpoint(row)

@@ -1,0 +1,176 @@
+"""Particle dynamics with the Iterative SE(3)-Transformer: predict where every particle is 10 steps later.
+
+Reproduces the experiment of the Iterative SE(3)-Transformer blog post (Dauparas & Fuchs, 2021) on the packaged
+``ParticleDynamics`` data (softened gravity, 5-20 particles, velocity Verlet, blocks of 10 steps): an iterative
+model that moves the particles in 4 updates on the complete graph, trained on the mean squared error of the
+final positions, reported every epoch next to two baselines: constant positions and linear extrapolation
+``pos + vel * horizon`` (where the iterations start).
+
+The defaults are a quick look (800 training blocks, 8 channels: a few minutes on 2 CPU cores). Full size:
+
+    python examples/train_dynamics.py --epochs 100 --train-samples 3200 --channels 16 --out runs/dynamics_full
+
+Writes ``--out/metrics.csv`` (one row per epoch) and ``--out/last.pt`` (every epoch); ``--resume`` continues
+from ``last.pt`` with the same weights, optimizer state and batch order as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import torch
+from torch_geometric.loader import DataLoader
+from torch_geometric.utils import scatter
+from tqdm import tqdm
+
+from pyg_se3 import Fiber
+from pyg_se3.datasets import ParticleDynamics
+from pyg_se3.graph import Complete
+from pyg_se3.models import IterativeSE3Transformer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
+    parser.add_argument("--degrees", type=int, default=2, help="hidden fiber degrees 0 .. degrees-1")
+    parser.add_argument("--iterations", type=int, default=4, help="position updates")
+    parser.add_argument("--layers", type=int, default=2, help="equivariant layers per iteration")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--train-samples", type=int, default=800, help="first N training blocks (3200: all)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="first N val/test blocks (default: all 400)")
+    parser.add_argument("--root", default="data", help="datasets folder (shared with the pyg-se3 CLI)")
+    parser.add_argument("--out", default="runs/example_dynamics", help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    return parser.parse_args(argv)
+
+
+def mse_per_graph(pred: torch.Tensor, target: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each graph, over its particles and coordinates (as ``pyg-se3`` reports it)."""
+    return scatter((pred - target).square().mean(-1), batch, reduce="mean")
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """Write to a temporary file, then rename: a run killed mid-save never leaves a broken checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    root = Path(args.root) / "particle_dynamics"
+    train = ParticleDynamics(root, split="train")
+    config = train.config
+    train = train[: args.train_samples]
+    val = ParticleDynamics(root, split="val")[: args.eval_samples]
+    test = ParticleDynamics(root, split="test")[: args.eval_samples]
+
+    horizon = config["block_size"] * config["dt"]  # time between a block's input and its target
+    mass_unit = sum(config["mass_range"]) / 2  # the mean mass: inputs of order 1
+
+    def features(batch):  # Fiber({0: 1, 1: 1}): mass (type 0), velocity (type 1)
+        return torch.cat([batch.mass / mass_unit, batch.vel], dim=-1)
+
+    def start(batch):  # the iterations refine linear extrapolation
+        return batch.pos + batch.vel * horizon
+
+    # One update's typical size: the model's displacement heads then work at unit scale.
+    sample = next(iter(DataLoader(train[:256], batch_size=256)))
+    displacement_scale = float((sample.y - start(sample)).square().mean().sqrt()) / args.iterations
+
+    model = IterativeSE3Transformer(
+        Fiber({0: 1, 1: 1}),
+        Fiber.create(args.degrees, args.channels),
+        num_iterations=args.iterations,
+        layers_per_iteration=args.layers,
+        num_heads=args.heads,
+        graph=Complete(),
+        displacement_scale=displacement_scale,
+    ).to(args.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training blocks")
+
+    @torch.no_grad()
+    def evaluate(dataset) -> dict[str, float]:
+        model.eval()
+        sums = {"mse": 0.0, "constant_mse": 0.0, "linear_mse": 0.0}
+        for batch in DataLoader(dataset, batch_size=128):
+            batch = batch.to(args.device)
+            pred = model(features(batch), start(batch), batch.batch).pos
+            for name, guess in (("mse", pred), ("constant_mse", batch.pos), ("linear_mse", start(batch))):
+                sums[name] += float(mse_per_graph(guess, batch.y, batch.batch).sum())
+        return {name: value / len(dataset) for name, value in sums.items()}
+
+    history, first_epoch = [], 0
+    checkpoint = out / "last.pt"
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=args.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        print(f"resuming from {checkpoint} at epoch {first_epoch}")
+
+    for epoch in range(first_epoch, args.epochs):
+        model.train()
+        # The batch order depends only on (seed, epoch): a resumed run sees the batches an uninterrupted one sees.
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator)
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False)
+        for batch in bar:
+            batch = batch.to(args.device)
+            out_pos = model(features(batch), start(batch), batch.batch).pos
+            loss = mse_per_graph(out_pos, batch.y, batch.batch).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(mse=f"{losses[-1]:.3g}")
+
+        val_metrics, test_metrics = evaluate(val), evaluate(test)
+        row = {
+            "epoch": epoch,
+            "train_mse": sum(losses) / len(losses),
+            "val_mse": val_metrics["mse"],
+            "test_mse": test_metrics["mse"],
+            "test_constant_mse": test_metrics["constant_mse"],
+            "test_linear_mse": test_metrics["linear_mse"],
+        }
+        history.append(row)
+        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        write_csv(history, out / "metrics.csv")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
+
+    if history:
+        last = history[-1]
+        print(f"\ntest MSE after {last['epoch'] + 1} epochs: {last['test_mse']:.4g}")
+        print(f"  constant position:    {last['test_constant_mse']:.4g}")
+        print(f"  linear extrapolation: {last['test_linear_mse']:.4g}")
+    return history
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Charged N-body with the Iterative SE(3)-Transformer: positions 1000 steps ahead, the EGNN benchmark protocol.
+
+Reproduces the charged 5-body experiment of NRI (Kipf et al., 2018) as EGNN (Satorras et al., 2021) runs it, on the
+packaged ``NBodyCharged`` data: from positions, velocities and charges at frame 30, predict the positions at frame
+40. Inputs are the charge (type 0) and velocity (type 1), the edge feature is ``q_i q_j`` on every rebuilt graph,
+the iterations start from linear extrapolation ``pos + vel * horizon``, and the loss is the MSE. The script
+reports the test MSE at the epoch of best validation MSE, next to linear extrapolation. Published test MSEs
+(EGNN's table): Linear 0.0819, SE(3)-Transformer 0.0244, TFN 0.0155, EGNN 0.0071, SEGNN 0.0043.
+
+The defaults are a quick look (1000 training systems, 8 channels: a few minutes on 2 CPU cores). Full size
+(EGNN: 3000 training systems, batch 100, lr 5e-4, up to 10000 epochs; hours on a CPU):
+
+    python examples/train_nbody.py --epochs 1000 --train-samples 3000 --batch-size 100 --lr 5e-4 \
+        --channels 16 --out runs/nbody_full
+
+Writes ``--out/metrics.csv`` (one row per epoch), ``--out/last.pt`` (every epoch) and ``--out/best.pt`` (the
+best validation epoch); ``--resume`` continues from ``last.pt`` with the same weights, optimizer state and batch
+order as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.loader import DataLoader
+from tqdm import tqdm
+
+from pyg_se3 import Fiber
+from pyg_se3.datasets import NBodyCharged
+from pyg_se3.graph import Complete
+from pyg_se3.models import IterativeSE3Transformer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
+    parser.add_argument("--degrees", type=int, default=2, help="hidden fiber degrees 0 .. degrees-1")
+    parser.add_argument("--iterations", type=int, default=4, help="position updates")
+    parser.add_argument("--layers", type=int, default=2, help="equivariant layers per iteration")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--train-samples", type=int, default=1000, help="first N training systems (3000: all)")
+    parser.add_argument("--eval-samples", type=int, default=None, help="first N val/test systems (default: all 2000)")
+    parser.add_argument("--root", default="data", help="datasets folder (shared with the pyg-se3 CLI)")
+    parser.add_argument("--out", default="runs/example_nbody", help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    return parser.parse_args(argv)
+
+
+def edge_features(batch):
+    """``(pos, edge_index) -> [E, 1]``: the charge product ``q_i q_j`` of every edge of a rebuilt graph."""
+    charge = batch.charge.squeeze(-1)
+    return lambda pos, edge_index: (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1).to(pos.dtype)
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """Write to a temporary file, then rename: a run killed mid-save never leaves a broken checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    root = Path(args.root) / "nbody_charged"
+    train = NBodyCharged(root, split="train")
+    config = train.config
+    train = train[: args.train_samples]
+    val = NBodyCharged(root, split="val")[: args.eval_samples]
+    test = NBodyCharged(root, split="test")[: args.eval_samples]
+
+    # Time between frame 30 and frame 40 (frames are saved every `save_every` steps of `dt`).
+    horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
+
+    def start(batch):  # the iterations refine linear extrapolation
+        return batch.pos + batch.vel * horizon
+
+    # One update's typical size: the model's displacement heads then work at unit scale.
+    sample = next(iter(DataLoader(train[:256], batch_size=256)))
+    displacement_scale = float((sample.y - start(sample)).square().mean().sqrt()) / args.iterations
+
+    model = IterativeSE3Transformer(
+        Fiber({0: 1, 1: 1}),  # batch.x = [charge, velocity]
+        Fiber.create(args.degrees, args.channels),
+        num_iterations=args.iterations,
+        layers_per_iteration=args.layers,
+        num_heads=args.heads,
+        graph=Complete(),
+        edge_dim=1,
+        displacement_scale=displacement_scale,
+    ).to(args.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training systems")
+
+    def predict(batch) -> torch.Tensor:
+        return model(batch.x, start(batch), batch.batch, edge_attr_fn=edge_features(batch)).pos
+
+    @torch.no_grad()
+    def evaluate(dataset) -> tuple[float, float]:
+        """MSE of the model and of linear extrapolation (every system has 5 particles: a mean over all of them)."""
+        model.eval()
+        model_sum = linear_sum = count = 0.0
+        for batch in DataLoader(dataset, batch_size=256):
+            batch = batch.to(args.device)
+            model_sum += float(F.mse_loss(predict(batch), batch.y, reduction="sum"))
+            linear_sum += float(F.mse_loss(start(batch), batch.y, reduction="sum"))
+            count += batch.y.numel()
+        return model_sum / count, linear_sum / count
+
+    history, first_epoch = [], 0
+    checkpoint = out / "last.pt"
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=args.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, first_epoch = state["history"], state["epoch"] + 1
+        print(f"resuming from {checkpoint} at epoch {first_epoch}")
+
+    for epoch in range(first_epoch, args.epochs):
+        model.train()
+        # The batch order depends only on (seed, epoch): a resumed run sees the batches an uninterrupted one sees.
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator)
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False)
+        for batch in bar:
+            batch = batch.to(args.device)
+            loss = F.mse_loss(predict(batch), batch.y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(mse=f"{losses[-1]:.4f}")
+
+        (val_mse, _), (test_mse, test_linear_mse) = evaluate(val), evaluate(test)
+        row = {
+            "epoch": epoch,
+            "train_mse": sum(losses) / len(losses),
+            "val_mse": val_mse,
+            "test_mse": test_mse,
+            "test_linear_mse": test_linear_mse,
+        }
+        history.append(row)
+        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        write_csv(history, out / "metrics.csv")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
+        if val_mse <= min(r["val_mse"] for r in history):
+            shutil.copyfile(checkpoint, out / "best.pt.tmp")
+            os.replace(out / "best.pt.tmp", out / "best.pt")
+
+    if history:
+        best = min(history, key=lambda r: r["val_mse"])
+        print(f"\ntest MSE at the best validation epoch ({best['epoch']}): {best['test_mse']:.4g}")
+        print(f"  linear extrapolation: {best['test_linear_mse']:.4g}")
+        print("  published (EGNN's table): Linear 0.0819 (a learned linear model), EGNN 0.0071, SEGNN 0.0043")
+    return history
+
+
+if __name__ == "__main__":
+    main()
