@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--max-batches", type=int, default=None, help="training batches per epoch (default all)")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: no clipping)")
     train.add_argument("--on-nan", choices=["skip", "stop"], default="skip")
     train.add_argument("--out", default="runs/default", help="output folder")
     train.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
@@ -122,6 +123,7 @@ def train(args: argparse.Namespace) -> dict:
         out=args.out,
         resume=args.resume,
         on_nan=args.on_nan,
+        grad_clip=args.grad_clip or None,
         max_batches=args.max_batches,
         progress=not args.no_progress,
         extra={"task": args.task, "model": asdict(options), "displacement_scale": scale},

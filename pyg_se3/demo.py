@@ -66,7 +66,9 @@ def train_model(name: str, options: ModelOptions, task: DynamicsTask, sets: dict
             f"  ({time.perf_counter() - start:.0f} s)"
         )
     )
-    trainer.load(Path(config.out) / "best.pt")
+    history = trainer.history
+    trainer.load(Path(config.out) / "best.pt")  # evaluate the best-validation weights...
+    trainer.history = history  # ...but keep the whole curve for the plots
     return trainer
 
 

@@ -73,7 +73,7 @@ class TrainConfig:
     device: str = "cpu"
     out: str = "runs/default"
     resume: bool = False
-    grad_clip: float | None = 10.0
+    grad_clip: float | None = 1.0
     on_nan: str = "skip"
     max_batches: int | None = None
     progress: bool = True

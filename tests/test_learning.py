@@ -10,22 +10,12 @@ an independent random stream). Measured (one thread, shared machine): test MSE ~
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.tasks import ModelOptions, build_model, get_task
 from pyg_se3.training import TrainConfig, Trainer, seed_everything
 
 STEPS = 160
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny batches: one intra-op thread is as fast on an idle machine, and far faster on a busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -27,7 +27,10 @@ def prepare_basis(
     layer.fiber_in.check(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
-    check_edge_index(edge_index, x.shape[0])
+    if basis is None or basis.edge_index is not edge_index:
+        # A model that built the basis from this very edge_index has checked it already (the range check
+        # synchronises with the device, so it is worth skipping once per layer).
+        check_edge_index(edge_index, x.shape[0])
     check_edge_attr(edge_attr, edge_index.shape[1], layer.edge_dim)
     if basis is None:
         if pos is None:
