@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,7 +208,7 @@ class Trainer:
             message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={float(loss.detach()):.4g})"
             if self.config.on_nan == "stop":
                 raise NonFiniteLossError(message + "; stopping (on_nan='stop'); weights and checkpoints untouched")
-            tqdm.write(f"warning: {message}; batch skipped")
+            tqdm.write(f"warning: {message}; batch skipped", file=sys.stderr)
             self.skipped_batches.append((epoch, index))
             self.optimizer.zero_grad(set_to_none=True)
             return None
