@@ -251,6 +251,7 @@ def wigner_D(degree: int, R: Tensor) -> Tensor:
     """
     if degree == 0:
         return R.new_ones(1, 1)
+    R = R.contiguous()  # torch.kron views its inputs (R from a QR factorisation is column-major)
     D = R
     for l in range(2, degree + 1):
         C = _coupling(l, R.dtype, R.device)

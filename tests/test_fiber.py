@@ -55,6 +55,8 @@ def test_wigner_D_is_an_exact_representation(degree):
     torch.testing.assert_close(D12, D1 @ D2, atol=1e-14, rtol=0)
     torch.testing.assert_close(D1 @ D1.T, torch.eye(2 * degree + 1, dtype=D1.dtype), atol=1e-14, rtol=0)
     assert abs(torch.linalg.det(D1) - 1) < 1e-13
+    # any memory layout of R (a QR factor is column-major)
+    torch.testing.assert_close(wigner_D(degree, R1.T.contiguous().T), D1, atol=0, rtol=0)
 
 
 def test_type1_features_rotate_like_positions():
