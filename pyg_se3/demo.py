@@ -55,7 +55,7 @@ def train_model(name: str, options: ModelOptions, task: DynamicsTask, sets: dict
         out=str(Path(args.out) / name),
         max_batches=args.batches_per_epoch,
     )
-    trainer = Trainer(model, task, sets["train"], sets["val"], config)
+    trainer = Trainer(model, task, sets["train"], sets["val"], config, eval_sets={"test": sets["test"]})
     params = sum(p.numel() for p in model.parameters())
     shape = f"{options.num_iterations} iteration(s) x {options.layers_per_iteration} layers"
     print(f"\n[{name}] {shape}, {params:,} parameters")
@@ -63,6 +63,7 @@ def train_model(name: str, options: ModelOptions, task: DynamicsTask, sets: dict
     trainer.fit(
         on_epoch_end=lambda row: tqdm.write(
             f"  epoch {row['epoch']:2d}  train {row['train_loss']:.3e}  val {row['val_mse']:.3e}"
+            f"  test {row['test_mse']:.3e}"
             f"  ({time.perf_counter() - start:.0f} s)"
         )
     )
