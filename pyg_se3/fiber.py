@@ -211,6 +211,19 @@ class Fiber:
         part_b = {d: blocks[d][..., fiber_a[d] :, :] for d in fiber_b.degrees}
         return fiber_a.join(part_a), fiber_b.join(part_b)
 
+    def embed(self, x: Tensor, source: Fiber) -> Tensor:
+        """Place features of ``source`` (degrees a subset of this fiber's, same channels) into this fiber's layout,
+        with zeros for the degrees ``source`` lacks."""
+        if any(source[d] != self[d] for d in source.degrees):
+            raise ValueError(f"source: {source} is not a sub-fiber of {self} (same channels per degree)")
+        if source == self:
+            return x
+        blocks = source.split(x)
+        lead = x.shape[:-1]
+        return self.join(
+            {d: blocks[d] if d in blocks else x.new_zeros(*lead, c, 2 * d + 1) for d, c in self._structure}
+        )
+
     # ------------------------------------------------------------------ rotations
     def D_from_matrix(self, R: Tensor) -> Tensor:
         """The ``[dim, dim]`` block-diagonal representation of the rotation matrix ``R`` (``[3, 3]``).

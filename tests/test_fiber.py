@@ -103,3 +103,14 @@ def test_width_mismatch_names_argument():
         Fiber({0: 1, 1: 1}).split(torch.randn(3, 5))
     with pytest.raises(ValueError, match="R:"):
         Fiber({1: 1}).D_from_matrix(torch.eye(2))
+
+
+def test_embed_places_a_sub_fiber_and_zero_fills():
+    target, source = Fiber({0: 2, 1: 1, 2: 1}), Fiber({0: 2, 2: 1})
+    x = torch.randn(3, source.dim)
+    out = target.split(target.embed(x, source))
+    torch.testing.assert_close(out[0], source.split(x)[0])
+    torch.testing.assert_close(out[2], source.split(x)[2])
+    assert out[1].abs().max() == 0
+    with pytest.raises(ValueError, match=r"source: .* is not a sub-fiber"):
+        target.embed(torch.randn(3, 3), Fiber({0: 3}))

@@ -219,11 +219,7 @@ class IterativeSE3Transformer(nn.Module):
         """The features the first block sees: ``x`` itself, or its embedding into ``fiber_hidden``."""
         if self.embed is None:
             return x
-        embedded = self.fiber_hidden.split(
-            torch.zeros(*x.shape[:-1], self.fiber_hidden.dim, dtype=x.dtype, device=x.device)
-        )
-        embedded.update(self.embed.fiber_out.split(self.embed(x)))
-        return self.fiber_hidden.join(embedded)
+        return self.fiber_hidden.embed(self.embed(x), self.embed.fiber_out)
 
     def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis):
         edge_index = self.graph(pos, batch)

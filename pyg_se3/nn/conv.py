@@ -97,7 +97,7 @@ class SE3Conv(MessagePassing):
         basis = prepare_basis(self, x, pos, edge_index, edge_attr, basis)
         out = self.propagate(edge_index, x=x, basis=basis, edge_attr=edge_attr)
         if self.self_interaction is not None:
-            out = out + _embed(self.self_interaction(x), self.self_interaction.fiber_out, self.fiber_out)
+            out = out + self.fiber_out.embed(self.self_interaction(x), self.self_interaction.fiber_out)
         return out
 
     def message(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None) -> Tensor:
@@ -111,12 +111,3 @@ class SE3Conv(MessagePassing):
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}, "
             f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r})"
         )
-
-
-def _embed(x: Tensor, fiber: Fiber, target: Fiber) -> Tensor:
-    """Place features of a sub-fiber (same channels per degree) into ``target``'s layout, zeros elsewhere."""
-    if fiber == target:
-        return x
-    blocks = fiber.split(x)
-    lead = x.shape[:-1]
-    return target.join({d: blocks[d] if d in blocks else x.new_zeros(*lead, c, 2 * d + 1) for d, c in target})
