@@ -3,6 +3,7 @@
 #   make setup   create .venv and install everything (re-runs when pyproject.toml or this file changes)
 #   make test    the whole test suite (warnings are errors, see pyproject.toml)
 #   make demo    the main job
+#   make bench   speed and memory over graph sizes (benchmarks/results/)
 #   make lint    ruff
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ SCATTER := torch-scatter==2.1.2
 CLUSTER := torch-cluster==1.6.3
 export MAX_JOBS ?= 2
 
-.PHONY: setup test demo lint format clean
+.PHONY: setup test demo bench lint format clean
 
 setup: $(STAMP)
 
@@ -38,6 +39,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pyg_se3.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
 
 LINT_DIRS := pyg_se3 tests $(wildcard examples benchmarks datasets)
 
