@@ -150,8 +150,9 @@ def plot(rows: list[dict]) -> None:
     for key in series:
         points = sorted((r for r in rows if (r["model"], r["graph"], r["degrees"]) == key), key=lambda r: r["N"])
         label = f"{key[0]} ({key[1]}, degrees {key[2]})"
-        axes[0].plot([r["N"] for r in points], [r["forward_backward_s"] for r in points], "o-", label=label)
-        axes[1].plot([r["N"] for r in points], [r["peak_GB"] for r in points], "o-", label=label)
+        style = {"marker": "o", "linestyle": "-" if key[1] == "knn" else "--", "label": label}
+        axes[0].plot([r["N"] for r in points], [r["forward_backward_s"] for r in points], **style)
+        axes[1].plot([r["N"] for r in points], [r["peak_GB"] for r in points], **style)
     for ax, ylabel in zip(axes, ["forward+backward (s)", "peak memory (GB)"], strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
