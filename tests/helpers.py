@@ -30,3 +30,13 @@ def random_features(fiber: Fiber, num_nodes: int, dtype: torch.dtype = torch.flo
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(((actual - expected).norm() / expected.norm().clamp_min(1e-300)).detach())
+
+
+def unzero_displacements(model):
+    """Iterative blocks start as the identity on positions (zeroed displacement heads); give every block's
+    displacement head random weights again, to test models whose points move."""
+    for block in model.blocks:
+        output = block.output
+        output.kernel.radial.heads[output.fiber_out.degrees.index(1)].reset_parameters()
+        output.self_interaction.reset_parameters()
+    return model

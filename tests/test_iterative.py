@@ -5,7 +5,7 @@ from itertools import pairwise
 
 import pytest
 import torch
-from helpers import random_rotations, relative_error
+from helpers import random_rotations, relative_error, unzero_displacements
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
@@ -16,14 +16,6 @@ from pyg_se3.models import IterativeSE3Transformer
 FIBER_IN = Fiber({0: 1, 1: 1})
 FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4})
 GRAPHS = {"radius": lambda: Radius(1.6, max_num_neighbors=32), "knn": lambda: KNN(4), "complete": Complete}
-
-
-def unzero_displacements(model):
-    """Blocks start as the identity on positions; give the displacement heads random weights to test motion."""
-    for block in model.blocks:
-        block.output.kernel.radial.heads[1].reset_parameters()
-        block.output.self_interaction.reset_parameters()
-    return model
 
 
 def make_model(graph="complete", share_weights=False, **kwargs):

@@ -70,10 +70,9 @@ class EdgeKernel(nn.Module):
         """Zero the radial weights that produce ``channels`` of output ``degree``: those outputs start at 0
         (and still receive gradients)."""
         head = self.radial.heads[self.fiber_out.degrees.index(degree)]
-        fan_in = self.fan_in[degree]
-        for c in range(self.fiber_out[degree])[channels]:
-            head.weight[c * fan_in : (c + 1) * fan_in].zero_()
-            head.bias[c * fan_in : (c + 1) * fan_in].zero_()
+        per_channel = (self.fiber_out[degree], self.fan_in[degree])  # the head's outputs are [C_out, K_l]
+        head.weight.unflatten(0, per_channel)[channels].zero_()
+        head.bias.unflatten(0, per_channel)[channels].zero_()
 
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
         """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]``."""
