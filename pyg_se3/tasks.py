@@ -43,6 +43,7 @@ class ModelOptions:
     share_weights: bool = False
     detach_basis: bool = False
     start: str = "linear"
+    kernel: str = "full"
 
 
 def build_graph(options: ModelOptions) -> GraphBuilder:
@@ -68,6 +69,7 @@ def build_model(
         share_weights=options.share_weights,
         edge_dim=edge_dim,
         displacement_scale=displacement_scale,
+        kernel=options.kernel,
     )
 
 

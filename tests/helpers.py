@@ -1,4 +1,4 @@
-"""Shared test helpers: random rotations, random graphs, equivariance measurement."""
+"""Shared test helpers: random rotations, random graphs, equivariance measurement, checkpoint comparison."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ def unzero_displacements(model):
     displacement head random weights again, to test models whose points move."""
     for block in model.blocks:
         output = block.output
-        output.kernel.radial.heads[output.fiber_out.degrees.index(1)].reset_parameters()
+        output.kernel.reset_parameters()
         output.self_interaction.reset_parameters()
     return model
+
+
+def assert_identical(a, b, where: str = "checkpoint") -> None:
+    """Checkpoint contents equal bit for bit: tensors with ``torch.equal``, everything else with ``==``."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {a.keys()} != {b.keys()}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -26,15 +26,17 @@ def make_model(graph="complete", share_weights=False, **kwargs):
     return unzero_displacements(model.double())
 
 
-def test_untrained_model_leaves_points_in_place_and_learns():
-    model = IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=2, num_heads=2).double()
+@pytest.mark.parametrize("kernel", ["full", "depthwise"])
+def test_untrained_model_leaves_points_in_place_and_learns(kernel):
+    model = IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=2, num_heads=2, kernel=kernel).double()
     x, pos = point_cloud()
     out = model(x, pos)
     torch.testing.assert_close(out.pos, pos, atol=0, rtol=0)
     assert FIBER_HIDDEN.split(out.x)[1].abs().max() > 1e-3  # the hidden type-1 channels are not zeroed
     (out.pos - torch.randn_like(pos)).square().sum().backward()
-    head = model.blocks[0].output.kernel.radial.heads[1].weight.grad
-    assert head.abs().max() > 1e-6
+    output_kernel = model.blocks[0].output.kernel
+    zeroed = output_kernel.radial.heads[1] if kernel == "full" else output_kernel.mix  # what zero_output_ zeroed
+    assert max(float(p.grad.abs().max()) for p in zeroed.parameters()) > 1e-6
 
 
 def point_cloud(n=8, seed=0):
@@ -44,10 +46,12 @@ def point_cloud(n=8, seed=0):
     )
 
 
-@pytest.mark.parametrize("graph", list(GRAPHS))
-@pytest.mark.parametrize("share_weights", [False, True])
-def test_equivariance_including_graph_rebuilds(graph, share_weights):
-    model = make_model(graph, share_weights)
+@pytest.mark.parametrize(
+    "graph, share_weights, kernel",
+    [(g, s, "full") for g in GRAPHS for s in (False, True)] + [("radius", False, "depthwise")],
+)
+def test_equivariance_including_graph_rebuilds(graph, share_weights, kernel):
+    model = make_model(graph, share_weights, kernel=kernel)
     x, pos = point_cloud()
     with torch.no_grad():
         out = model(x, pos)

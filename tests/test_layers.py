@@ -7,7 +7,8 @@ from helpers import random_features, random_graph, random_rotations, relative_er
 
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.basis import num_J
-from pyg_se3.nn import EdgeKernel, SE3Attention, SE3Conv, SE3GlobalPool, SE3Linear, SE3Norm
+from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel, SE3Attention, SE3Conv, SE3GlobalPool, SE3Linear, SE3Norm
+from pyg_se3.nn.kernel import kernel_contraction
 
 FIBER_IN = Fiber({0: 3, 1: 2, 2: 2, 3: 1})
 FIBER_OUT = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
@@ -19,13 +20,17 @@ def make_layer(name: str, edge_dim: int = 0):
         return SE3Linear(FIBER_IN, Fiber({0: 2, 1: 3, 2: 1, 3: 2}), bias=True)
     if name == "norm":
         return SE3Norm(FIBER_IN)
-    if name == "conv":
-        return SE3Conv(FIBER_IN, FIBER_OUT, edge_dim=edge_dim)
-    if name == "attention":
-        return SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2, edge_dim=edge_dim)
+    if name in ("conv", "conv_depthwise"):
+        return SE3Conv(FIBER_IN, FIBER_OUT, edge_dim=edge_dim, kernel=_kernel_kind(name))
+    if name in ("attention", "attention_depthwise"):
+        return SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2, edge_dim=edge_dim, kernel=_kernel_kind(name))
     if name == "pool":
         return SE3GlobalPool(FIBER_IN, "mean")
     raise AssertionError(name)
+
+
+def _kernel_kind(name: str) -> str:
+    return "depthwise" if name.endswith("_depthwise") else "full"
 
 
 def fiber_out_of(layer):
@@ -40,16 +45,17 @@ def apply(layer, x, pos, edge_index, edge_attr=None):
     return layer(x)
 
 
-LAYERS = ["linear", "norm", "conv", "attention", "pool"]
+LAYERS = ["linear", "norm", "conv", "attention", "conv_depthwise", "attention_depthwise", "pool"]
+GRAPH_LAYERS = ("conv", "attention", "conv_depthwise", "attention_depthwise")
 
 
 @pytest.mark.parametrize("name", LAYERS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 def test_equivariance(name, dtype, tol):
-    layer = make_layer(name, edge_dim=2 if name in ("conv", "attention") else 0).to(dtype)
+    layer = make_layer(name, edge_dim=2 if name in GRAPH_LAYERS else 0).to(dtype)
     pos, edge_index = random_graph(NUM_NODES, NUM_EDGES, dtype)
     x = random_features(FIBER_IN, NUM_NODES, dtype)
-    edge_attr = torch.randn(NUM_EDGES, 2, dtype=dtype) if name in ("conv", "attention") else None
+    edge_attr = torch.randn(NUM_EDGES, 2, dtype=dtype) if name in GRAPH_LAYERS else None
     fiber_out = fiber_out_of(layer)
     with torch.no_grad():
         out = apply(layer, x, pos, edge_index, edge_attr)
@@ -62,7 +68,7 @@ def test_equivariance(name, dtype, tol):
     assert worst <= tol, f"{name}: relative equivariance error {worst:.2e} > {tol:.0e}"
 
 
-@pytest.mark.parametrize("name", ["conv", "attention"])
+@pytest.mark.parametrize("name", GRAPH_LAYERS)
 def test_permutation_equivariance(name):
     layer = make_layer(name).double()
     pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
@@ -100,6 +106,102 @@ def test_kernel_matches_explicit_kernels():
     x_j = random_features(FIBER_IN, NUM_EDGES)
     edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64)
     torch.testing.assert_close(kernel(x_j, basis, edge_attr), reference_messages(kernel, x_j, basis, edge_attr))
+
+
+def reference_depthwise_messages(kernel: DepthwiseEdgeKernel, x_j, basis, edge_attr=None):
+    """Per edge, input channel and path J: weight * (B_J x), summed over J, then the channel-mixing matrix."""
+    weights = kernel.radial_weights(basis, edge_attr)
+    blocks_in = kernel.fiber_in.split(x_j)
+    out = {}
+    for (l, _), w in zip(kernel.fiber_out, weights, strict=True):
+        per_channel, offset = [], 0
+        for k, c_in in kernel.fiber_in:
+            n_J = num_J(k, l)
+            phi = w[:, offset : offset + c_in * n_J].reshape(-1, c_in, n_J)
+            B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
+            per_channel.append(torch.einsum("ecJ,emJo,ecm->eco", phi, B, blocks_in[k]))
+            offset += c_in * n_J
+        out[l] = torch.einsum("as,eso->eao", kernel.mix.weights[str(l)], torch.cat(per_channel, dim=1))
+    return kernel.fiber_out.join(out)
+
+
+def test_depthwise_kernel_matches_its_formula():
+    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    basis = compute_basis(pos, edge_index, 3)
+    x_j = random_features(FIBER_IN, NUM_EDGES)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64)
+    expected = reference_depthwise_messages(kernel, x_j, basis, edge_attr)
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(kernel(x_j, basis, edge_attr), expected)
+    # 4 output channels from 8 input channels: far fewer radial weights than the full kernel's
+    full = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3)
+    assert sum(kernel.radial.out_dims) * 4 == sum(full.radial.out_dims)
+
+
+def _contraction_inputs(num_edges: int, degree: int, num_degrees: int = 3):
+    """Random inputs of :func:`kernel_contraction` for input degrees 0..num_degrees-1 with 2 channels each."""
+    hidden = torch.randn(num_edges, 5, dtype=torch.float64, requires_grad=True)
+    xs = [torch.randn(num_edges, 2, 2 * k + 1, dtype=torch.float64, requires_grad=True) for k in range(num_degrees)]
+    bs = [
+        torch.randn(num_edges, 2 * k + 1, num_J(k, degree) * (2 * degree + 1), dtype=torch.float64, requires_grad=True)
+        for k in range(num_degrees)
+    ]
+    head = torch.nn.Linear(5, 3 * sum(2 * num_J(k, degree) for k in range(num_degrees))).double()
+    return hidden, head, xs, bs
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_chunked_contraction_equals_whole(chunk):
+    degree, num_edges = 2, 7
+    hidden, head, xs, bs = _contraction_inputs(num_edges, degree)
+
+    def whole(hidden, *blocks):
+        stacked = torch.cat([torch.matmul(x, b).view(num_edges, -1, 5) for x, b in zip(xs, bs, strict=True)], 1)
+        return torch.bmm(head(hidden).view(num_edges, 3, -1), stacked)
+
+    inputs = (hidden, *xs, *bs)
+    out = kernel_contraction(hidden, head, xs, bs, degree, chunk=chunk)
+    torch.testing.assert_close(out, whole(*inputs), atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(out.square().sum(), [*inputs, head.weight, head.bias])
+    expected = torch.autograd.grad(whole(*inputs).square().sum(), [*inputs, head.weight, head.bias])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_chunked_contraction_double_backward():
+    hidden, head, xs, bs = _contraction_inputs(3, degree=1, num_degrees=2)
+
+    def chunked(hidden, *blocks):
+        return kernel_contraction(hidden, head, blocks[:2], blocks[2:], 1, chunk=2)
+
+    assert torch.autograd.gradgradcheck(chunked, (hidden, *xs, *bs))
+
+
+def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch):
+    """Double backward through a whole layer: a loss on forces (-dE/dpos) gives the same parameter gradients
+    as with the explicit per-edge kernels of :func:`reference_messages` (plain autograd)."""
+    conv = SE3Conv(FIBER_IN, Fiber({0: 1}), kernel="full").double()
+    conv.kernel.chunk = 3
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x = random_features(FIBER_IN, NUM_NODES)
+
+    def force_loss_grads():
+        pos_ = pos.clone().requires_grad_(True)
+        energy = conv(x, pos_, edge_index).sum()
+        forces = -torch.autograd.grad(energy, pos_, create_graph=True)[0]
+        return torch.autograd.grad(forces.square().sum(), list(conv.kernel.parameters()))
+
+    got = force_loss_grads()
+    monkeypatch.setattr(
+        conv.kernel,
+        "forward",
+        lambda x_j, basis, edge_attr=None: reference_messages(conv.kernel, x_j, basis, edge_attr),
+    )
+    want = force_loss_grads()
+    assert max(float(w.abs().max()) for w in want) > 1e-3
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-11, rtol=1e-9)
 
 
 def test_conv_sums_messages_and_self_interaction():
@@ -196,7 +298,7 @@ def test_pool_values_and_max_restriction():
         SE3GlobalPool(FIBER_IN, "max")(x, batch)
 
 
-@pytest.mark.parametrize("name", ["conv", "attention"])
+@pytest.mark.parametrize("name", GRAPH_LAYERS)
 def test_repr_and_reset(name):
     layer = make_layer(name)
     assert layer.__class__.__name__ in repr(layer) and "Fiber" in repr(layer)

@@ -20,8 +20,9 @@ def small_model(edge_dim=0, **kwargs):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_equivariance(dtype, tol):
-    model = small_model(edge_dim=1).to(dtype)
+@pytest.mark.parametrize("kernel", ["full", "depthwise"])
+def test_equivariance(dtype, tol, kernel):
+    model = small_model(edge_dim=1, kernel=kernel).to(dtype)
     pos, edge_index = random_graph(10, 45, dtype)
     x = random_features(FIBER_IN, 10, dtype)
     edge_attr = torch.rand(45, 1, dtype=dtype)
@@ -166,3 +167,22 @@ def test_import_emits_no_warnings():
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("kernel", ["full", "depthwise"])
+def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel):
+    model = small_model(edge_dim=1, kernel=kernel).double()
+    pos, edge_index = random_graph(10, 45)
+    x = random_features(FIBER_IN, 10)
+    edge_attr = torch.rand(45, 1, dtype=torch.float64)
+
+    def values_and_gradients(checkpoint):
+        model.checkpoint = checkpoint
+        model.zero_grad()
+        pos_ = pos.clone().requires_grad_(True)
+        out = model(x, pos_, edge_index, edge_attr)
+        out.square().sum().backward()
+        return [out, pos_.grad, *[p.grad for p in model.parameters()]]
+
+    for got, want in zip(values_and_gradients(True), values_and_gradients(False), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute
 
 from pyg_se3.basis import Basis, compute_basis
 from pyg_se3.checks import check_graph_inputs
@@ -42,6 +44,12 @@ class SE3Transformer(nn.Module):
         Put an :class:`~pyg_se3.nn.SE3Norm` after each attention block.
     radial_hidden, radial_layers
         Width and depth of every radial network.
+    kernel
+        ``"full"`` or ``"depthwise"`` edge kernels in every layer (see :class:`~pyg_se3.nn.SE3Conv`).
+    checkpoint
+        Activation checkpointing: keep only each equivariant layer's inputs during the forward pass and
+        recompute its activations in the backward pass (``torch.utils.checkpoint``). For large graphs: less
+        memory for about one more forward pass of time.
     pooling
         ``None`` for node outputs ``[N, fiber_out.dim]``, or ``"mean"``/``"sum"`` to pool per graph of
         ``batch`` to ``[B, fiber_out.dim]``.
@@ -60,6 +68,8 @@ class SE3Transformer(nn.Module):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         pooling: str | None = None,
+        kernel: str = "full",
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -68,7 +78,13 @@ class SE3Transformer(nn.Module):
             raise ValueError(f"pooling: expected None, 'mean' or 'sum', got {pooling!r}")
         self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
         self.num_layers, self.edge_dim, self.pooling = num_layers, edge_dim, pooling
-        radial = {"edge_dim": edge_dim, "radial_hidden": radial_hidden, "radial_layers": radial_layers}
+        self.checkpoint = checkpoint
+        radial = {
+            "edge_dim": edge_dim,
+            "radial_hidden": radial_hidden,
+            "radial_layers": radial_layers,
+            "kernel": kernel,
+        }
         layers: list[nn.Module] = []
         fiber = fiber_in
         for _ in range(num_layers):
@@ -121,11 +137,20 @@ class SE3Transformer(nn.Module):
             basis = compute_basis(pos, edge_index, self.max_degree)
         h = x
         for layer in self.layers:
-            h = layer(h, pos, edge_index, edge_attr, basis) if isinstance(layer, SE3Attention) else layer(h)
-        out = self.output(h, pos, edge_index, edge_attr, basis)
+            h = (
+                self._graph_layer(layer, h, pos, edge_index, edge_attr, basis)
+                if isinstance(layer, SE3Attention)
+                else layer(h)
+            )
+        out = self._graph_layer(self.output, h, pos, edge_index, edge_attr, basis)
         if self.pooling is not None:
             out = global_pool(out, batch, self.fiber_out, self.pooling)
         return out
+
+    def _graph_layer(self, layer: nn.Module, *inputs) -> Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            return recompute(layer, *inputs, use_reentrant=False)
+        return layer(*inputs)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate([*self.layers, self.output]))

@@ -2,13 +2,15 @@
 
 from pyg_se3.nn.attention import SE3Attention
 from pyg_se3.nn.conv import SE3Conv
-from pyg_se3.nn.kernel import EdgeKernel
+from pyg_se3.nn.kernel import KERNELS, DepthwiseEdgeKernel, EdgeKernel, make_kernel
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.norm import SE3Norm
 from pyg_se3.nn.pooling import SE3GlobalPool, global_pool
 from pyg_se3.nn.radial import RadialMLP
 
 __all__ = [
+    "KERNELS",
+    "DepthwiseEdgeKernel",
     "EdgeKernel",
     "RadialMLP",
     "SE3Attention",
@@ -17,4 +19,5 @@ __all__ = [
     "SE3Linear",
     "SE3Norm",
     "global_pool",
+    "make_kernel",
 ]

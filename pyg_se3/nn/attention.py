@@ -8,7 +8,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
-from pyg_se3.nn.kernel import EdgeKernel
+from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.utils import edge_softmax, prepare_basis
 
@@ -47,6 +47,10 @@ class SE3Attention(MessagePassing):
         Number of invariant edge features for the radial networks.
     radial_hidden, radial_layers
         Width and depth of the radial network.
+    kernel
+        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
+        (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
+        several times faster).
 
     Shapes
     ------
@@ -63,6 +67,7 @@ class SE3Attention(MessagePassing):
         edge_dim: int = 0,
         radial_hidden: int = 32,
         radial_layers: int = 2,
+        kernel: str = "full",
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
         if num_heads < 1:
@@ -83,8 +88,13 @@ class SE3Attention(MessagePassing):
                         f"{degree} (fiber_out {fiber_out}, channels_div {channels_div})"
                     )
         self.key_dim_per_head = self.key_fiber.dim // num_heads
-        self.to_key_value = EdgeKernel(
-            fiber_in, self.key_fiber + self.value_fiber, edge_dim, radial_hidden, radial_layers
+        self.to_key_value = make_kernel(
+            kernel,
+            fiber_in,
+            self.key_fiber + self.value_fiber,
+            edge_dim=edge_dim,
+            radial_hidden=radial_hidden,
+            radial_layers=radial_layers,
         )
         self.to_query = SE3Linear(fiber_in, self.key_fiber)
         self.project = SE3Linear(self.value_fiber + fiber_in, fiber_out, bias=True)
@@ -144,5 +154,6 @@ class SE3Attention(MessagePassing):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, num_heads={self.num_heads}, "
-            f"key_fiber={self.key_fiber}, value_fiber={self.value_fiber}, edge_dim={self.edge_dim})"
+            f"key_fiber={self.key_fiber}, value_fiber={self.value_fiber}, edge_dim={self.edge_dim}, "
+            f"kernel={type(self.to_key_value).__name__})"
         )

@@ -8,7 +8,7 @@ from torch_geometric.nn import MessagePassing
 
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
-from pyg_se3.nn.kernel import EdgeKernel
+from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.utils import prepare_basis
 
@@ -41,6 +41,10 @@ class SE3Conv(MessagePassing):
         when an envelope switches edges on and off.
     radial_hidden, radial_layers
         Width and depth of the radial network.
+    kernel
+        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
+        (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
+        several times faster).
 
     Shapes
     ------
@@ -57,10 +61,13 @@ class SE3Conv(MessagePassing):
         aggr: str = "add",
         radial_hidden: int = 32,
         radial_layers: int = 2,
+        kernel: str = "full",
     ) -> None:
         super().__init__(aggr=aggr, node_dim=0)
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
-        self.kernel = EdgeKernel(fiber_in, fiber_out, edge_dim, radial_hidden, radial_layers)
+        self.kernel = make_kernel(
+            kernel, fiber_in, fiber_out, edge_dim=edge_dim, radial_hidden=radial_hidden, radial_layers=radial_layers
+        )
         common = fiber_out & fiber_in
         self.self_interaction = SE3Linear(fiber_in, common) if self_interaction and len(common) else None
         self.reset_parameters()
@@ -109,5 +116,6 @@ class SE3Conv(MessagePassing):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}, "
-            f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r})"
+            f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r}, "
+            f"kernel={type(self.kernel).__name__})"
         )

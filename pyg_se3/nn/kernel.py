@@ -2,17 +2,170 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from pyg_se3.basis import Basis, num_J
 from pyg_se3.fiber import Fiber
+from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.radial import RadialMLP
 
-__all__ = ["EdgeKernel"]
+__all__ = ["KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
+
+# Edges per chunk are chosen so that one chunk's radial weights take about this many bytes: on a CPU they then
+# stay in cache between the matmul that writes them and the one that reads them; on a GPU chunks only bound
+# the transient memory.
+_CHUNK_BYTES = {"cpu": 2**21, "cuda": 2**28}
 
 
-class EdgeKernel(nn.Module):
+def _edges_per_chunk(weights_per_edge: int, element_size: int, device: torch.device) -> int:
+    budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"])
+    return max(8, budget // (weights_per_edge * element_size))
+
+
+def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int) -> Tensor:
+    """``[n, K, m]``: every input block ``x_k [n, C_k, 2k+1]`` times its basis ``[n, 2k+1, nJ m]``, stacked."""
+    return torch.cat(
+        [torch.matmul(x[start:stop], b[start:stop]).view(stop - start, -1, m) for x, b in zip(xs, bs, strict=True)], 1
+    )
+
+
+class _KernelContraction(torch.autograd.Function):
+    """``out[e] = (hidden[e] W^T + b).view(C, K) @ stacked[e]``, chunked over edges, weights recomputed.
+
+    Neither the radial weights ``[E, C, K]`` nor the stacked features ``[E, K, m]`` of all edges are ever held:
+    each chunk builds its own, uses them and drops them; the backward pass rebuilds them chunk by chunk. Only
+    the inputs are saved. The backward is written with differentiable operations, so double backward (e.g.
+    training on forces, the gradient of an energy with respect to positions) works too.
+    """
+
+    @staticmethod
+    def forward(ctx, chunk: int, m: int, hidden: Tensor, weight: Tensor, bias: Tensor, *blocks: Tensor) -> Tensor:
+        num_in = len(blocks) // 2
+        xs, bs = blocks[:num_in], blocks[num_in:]
+        num_edges, fan_in = hidden.shape[0], sum(x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True))
+        out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
+        for start in range(0, num_edges, chunk):
+            stop = min(start + chunk, num_edges)
+            weights = torch.addmm(bias, hidden[start:stop], weight.t()).view(stop - start, -1, fan_in)
+            torch.bmm(weights, _stacked_features(xs, bs, start, stop, m), out=out[start:stop])
+        ctx.save_for_backward(hidden, weight, bias, *blocks)
+        ctx.chunk, ctx.m, ctx.num_in, ctx.fan_in = chunk, m, num_in, fan_in
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, bias, *blocks = ctx.saved_tensors
+        num_in, m = ctx.num_in, ctx.m
+        xs, bs = blocks[:num_in], blocks[num_in:]
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
+        need_x, need_b = ctx.needs_input_grad[5 : 5 + num_in], ctx.needs_input_grad[5 + num_in :]
+        sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
+        d_hidden, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
+        d_weight = d_bias = None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            stop = min(start + ctx.chunk, hidden.shape[0])
+            n, g = stop - start, grad[start:stop]
+            stacked = _stacked_features(xs, bs, start, stop, m)
+            d_weights = torch.bmm(g, stacked.transpose(1, 2)).view(n, -1)
+            if need_hidden:
+                d_hidden.append(d_weights @ weight)
+            if need_weight:
+                part = d_weights.t() @ hidden[start:stop]
+                d_weight = part if d_weight is None else d_weight + part
+            if need_bias:
+                part = d_weights.sum(0)
+                d_bias = part if d_bias is None else d_bias + part
+            if any(need_x) or any(need_b):
+                weights = torch.addmm(bias, hidden[start:stop], weight.t()).view(n, -1, ctx.fan_in)
+                d_stacked = torch.bmm(weights.transpose(1, 2), g).split(sizes, dim=1)
+                for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked, strict=True)):
+                    d_s = d_s.reshape(n, x.shape[1], -1)  # [n, C_k, nJ m]
+                    if need_x[i]:
+                        d_xs[i].append(d_s @ b[start:stop].transpose(1, 2))
+                    if need_b[i]:
+                        d_bs[i].append(x[start:stop].transpose(1, 2) @ d_s)
+        # None (a zero gradient) for inputs that need none, and when there are no edges
+        return (
+            None,
+            None,
+            torch.cat(d_hidden) if d_hidden else None,
+            d_weight,
+            d_bias,
+            *[torch.cat(parts) if parts else None for parts in d_xs],
+            *[torch.cat(parts) if parts else None for parts in d_bs],
+        )
+
+
+def kernel_contraction(
+    hidden: Tensor,
+    head: nn.Linear,
+    xs: Sequence[Tensor],
+    bs: Sequence[Tensor],
+    degree: int,
+    chunk: int | None = None,
+) -> Tensor:
+    r"""Messages of one output degree: the radial head's weights contracted with the stacked basis features.
+
+    .. math::
+        m_e = \big(W_h z_e + b_h\big)_{[C, K]} \; \big[\, x_e^k B_e^{k l} \,\big]_{k}  \in \mathbb{R}^{C \times (2l+1)}
+
+    computed chunk by chunk over the edges (see :class:`_KernelContraction`): memory ``O(E (H + \dim x))``
+    instead of ``O(E C K)``.
+
+    Parameters
+    ----------
+    hidden
+        ``[E, H]`` last hidden layer of the radial network.
+    head
+        The radial network's output layer for this degree (``H -> C K``).
+    xs, bs
+        Per input degree ``k``: source features ``[E, C_k, 2k+1]`` and basis ``[E, 2k+1, nJ(k, l) (2l+1)]``.
+    degree
+        The output degree ``l``.
+    chunk
+        Edges per chunk; by default sized so that one chunk's weights take about 2 MiB on a CPU.
+    """
+    if chunk is None:
+        chunk = _edges_per_chunk(head.out_features, hidden.element_size(), hidden.device)
+    return _KernelContraction.apply(chunk, 2 * degree + 1, hidden, head.weight, head.bias, *xs, *bs)
+
+
+class _KernelBase(nn.Module):
+    """What every edge kernel shares: fibers, edge features, the radial network's inputs and the flat output."""
+
+    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None) -> None:
+        super().__init__()
+        if edge_dim < 0:
+            raise ValueError(f"edge_dim: expected >= 0, got {edge_dim}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk: expected None or >= 1, got {chunk}")
+        self.fiber_in, self.fiber_out, self.edge_dim, self.chunk = fiber_in, fiber_out, edge_dim, chunk
+        # K_l: the stacked basis features per output degree, sum_k C_k nJ(k, l)
+        self.fan_in = {l: sum(c * num_J(k, l) for k, c in fiber_in) for l in fiber_out.degrees}
+
+    @property
+    def max_degree(self) -> int:
+        return max(self.fiber_in.max_degree, self.fiber_out.max_degree)
+
+    @staticmethod
+    def _invariants(basis: Basis, edge_attr: Tensor | None) -> Tensor:
+        return basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
+
+    def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> Tensor:
+        """Messages as a flat ``[E, fiber_out.dim]`` tensor."""
+        return self.fiber_out.join(self.forward_blocks(x_j, basis, edge_attr))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim})"
+
+
+class EdgeKernel(_KernelBase):
     r"""Apply the equivariant kernel of every edge to the features of its source node.
 
     .. math::
@@ -24,8 +177,11 @@ class EdgeKernel(nn.Module):
     Per output degree ``l`` the contraction is done in the order that never builds a per-edge kernel
     ``[C_out (2l+1), C_in (2k+1)]``: first ``f_j^k [C_k, 2k+1] @ B^{lk} -> [C_k nJ, 2l+1]`` for every input
     degree ``k``; these are stacked to ``[K_l, 2l+1]`` with ``K_l = sum_k C_k nJ(k, l)``; then one batched
-    matmul with the radial weights ``[C_out, K_l]``. The heads are initialised scaled by ``K_l^{-1/2}``, so a
-    kernel roughly preserves the scale of its input features.
+    matmul with the radial weights ``[C_out, K_l]``. This runs in chunks of edges, and the backward pass
+    recomputes each chunk's weights (:func:`kernel_contraction`): the ``[E, C_out, K_l]`` weights of all edges,
+    by far the largest tensor of the layer, never exist at once, and each chunk's weights are still in cache
+    when the batched matmul reads them. The heads are initialised scaled by ``K_l^{-1/2}``, so a kernel roughly
+    preserves the scale of its input features.
 
     Parameters
     ----------
@@ -35,6 +191,8 @@ class EdgeKernel(nn.Module):
         Number of invariant edge features fed to the radial network besides the edge length.
     radial_hidden, radial_layers
         Width and depth of the radial MLP.
+    chunk
+        Edges per chunk of the contraction (:func:`kernel_contraction`); ``None`` sizes chunks automatically.
     """
 
     def __init__(
@@ -44,12 +202,9 @@ class EdgeKernel(nn.Module):
         edge_dim: int = 0,
         radial_hidden: int = 32,
         radial_layers: int = 2,
+        chunk: int | None = None,
     ) -> None:
-        super().__init__()
-        if edge_dim < 0:
-            raise ValueError(f"edge_dim: expected >= 0, got {edge_dim}")
-        self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
-        self.fan_in = {l: sum(c * num_J(k, l) for k, c in fiber_in) for l in fiber_out.degrees}
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk)
         self.radial = RadialMLP(
             1 + edge_dim,
             [c * self.fan_in[l] for l, c in fiber_out],
@@ -57,10 +212,6 @@ class EdgeKernel(nn.Module):
             radial_layers,
             head_scales=[self.fan_in[l] ** -0.5 for l in fiber_out.degrees],
         )
-
-    @property
-    def max_degree(self) -> int:
-        return max(self.fiber_in.max_degree, self.fiber_out.max_degree)
 
     def reset_parameters(self) -> None:
         self.radial.reset_parameters()
@@ -75,31 +226,102 @@ class EdgeKernel(nn.Module):
         head.bias.unflatten(0, per_channel)[channels].zero_()
 
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
-        """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]``."""
-        invariants = basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
-        return [
-            w.view(-1, c, self.fan_in[l]) for (l, c), w in zip(self.fiber_out, self.radial(invariants), strict=True)
-        ]
+        """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]`` of all edges at once (for inspection
+        and tests; the forward pass never holds them)."""
+        weights = self.radial(self._invariants(basis, edge_attr))
+        return [w.view(-1, c, self.fan_in[l]) for (l, c), w in zip(self.fiber_out, weights, strict=True)]
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
         """Messages as ``{l: [E, C_out^l, 2l+1]}``; ``x_j`` is ``[E, fiber_in.dim]`` (source features)."""
         blocks_in = self.fiber_in.split(x_j)
-        num_edges = x_j.shape[0]
-        out = {}
-        for (l, _), weights in zip(self.fiber_out, self.radial_weights(basis, edge_attr), strict=True):
-            stacked = torch.cat(
-                [
-                    torch.matmul(blocks_in[k], basis[(k, l)]).view(num_edges, c_k * num_J(k, l), 2 * l + 1)
-                    for k, c_k in self.fiber_in
-                ],
-                dim=1,
-            )
-            out[l] = torch.bmm(weights, stacked)
-        return out
+        hidden = self.radial.trunk(self._invariants(basis, edge_attr))
+        xs = [blocks_in[k] for k in self.fiber_in.degrees]
+        return {
+            l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
+            for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
+        }
 
-    def forward(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> Tensor:
-        """Messages as a flat ``[E, fiber_out.dim]`` tensor."""
-        return self.fiber_out.join(self.forward_blocks(x_j, basis, edge_attr))
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim})"
+class DepthwiseEdgeKernel(_KernelBase):
+    r"""A cheaper equivariant kernel: radial weights per path and channel, channels mixed afterwards.
+
+    .. math::
+        m_{ij}^l = L^l \Big[\, \textstyle\sum_J \varphi^{lk}_{cJ}(|r_{ij}|, e_{ij}) \,
+                   \big(B^{lk}_J(\hat r_{ij}) f_{j,c}^k\big) \Big]_{k, c}
+
+    Every input channel ``c`` of every input degree ``k`` reaches output degree ``l`` through its own paths
+    ``J``, each scaled by one radial weight (a depthwise tensor product, e3nn's ``"uvu"``); a linear map
+    ``L^l`` (:class:`~pyg_se3.nn.SE3Linear`) then mixes the ``sum_k C_k`` resulting channels into
+    ``fiber_out``. The radial network thus produces ``K_l = sum_k C_k nJ(k, l)`` weights per edge and output
+    degree instead of the full kernel's ``C_out K_l`` (32 times fewer for 32 output channels), which is where
+    the full kernel spends its time. Equivariant for the same reason as :class:`EdgeKernel`: the weights are
+    invariant, each path transforms as degree ``l``, and ``L^l`` acts on channels only.
+
+    Parameters
+    ----------
+    fiber_in, fiber_out, edge_dim, radial_hidden, radial_layers
+        As for :class:`EdgeKernel`.
+    chunk
+        Accepted for a common signature; the depthwise contraction is not chunked (its weights are small).
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_out: Fiber,
+        edge_dim: int = 0,
+        radial_hidden: int = 32,
+        radial_layers: int = 2,
+        chunk: int | None = None,
+    ) -> None:
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk)
+        channels_in = sum(c for _, c in fiber_in)
+        # sum_J of nJ unit-variance terms, then L: scale each weight by nJ^{-1/2} on average
+        self.radial = RadialMLP(
+            1 + edge_dim,
+            [self.fan_in[l] for l in fiber_out.degrees],
+            radial_hidden,
+            radial_layers,
+            head_scales=[(self.fan_in[l] / channels_in) ** -0.5 for l in fiber_out.degrees],
+        )
+        self.mix = SE3Linear(Fiber({l: channels_in for l in fiber_out.degrees}), fiber_out)
+
+    def reset_parameters(self) -> None:
+        self.radial.reset_parameters()
+        self.mix.reset_parameters()
+
+    @torch.no_grad()
+    def zero_output_(self, degree: int, channels: slice) -> None:
+        """Zero the mixing weights that produce ``channels`` of output ``degree``: those outputs start at 0
+        (and still receive gradients)."""
+        self.mix.weights[str(degree)][channels].zero_()
+
+    def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
+        """Per output degree ``l``, the radial weights ``[E, K_l]`` (one per input channel and path)."""
+        return self.radial(self._invariants(basis, edge_attr))
+
+    def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
+        """Messages as ``{l: [E, C_out^l, 2l+1]}``; ``x_j`` is ``[E, fiber_in.dim]`` (source features)."""
+        blocks_in = self.fiber_in.split(x_j)
+        mixed_in = {}
+        for l, weights in zip(self.fiber_out.degrees, self.radial_weights(basis, edge_attr), strict=True):
+            per_degree, offset = [], 0
+            for k, c_k in self.fiber_in:
+                n_J = num_J(k, l)
+                paths = torch.matmul(blocks_in[k], basis[(k, l)]).unflatten(-1, (n_J, 2 * l + 1))
+                phi = weights[:, offset : offset + c_k * n_J].view(-1, c_k, n_J, 1)
+                per_degree.append((paths * phi).sum(2))  # [E, C_k, 2l+1]
+                offset += c_k * n_J
+            mixed_in[l] = torch.cat(per_degree, dim=1)
+        return self.mix.forward_blocks(mixed_in)
+
+
+KERNELS = {"full": EdgeKernel, "depthwise": DepthwiseEdgeKernel}
+
+
+def make_kernel(kind: str, fiber_in: Fiber, fiber_out: Fiber, **kwargs) -> _KernelBase:
+    """The edge kernel named ``kind`` (``"full"``: :class:`EdgeKernel`, ``"depthwise"``:
+    :class:`DepthwiseEdgeKernel`)."""
+    if kind not in KERNELS:
+        raise ValueError(f"kernel: expected one of {sorted(KERNELS)}, got {kind!r}")
+    return KERNELS[kind](fiber_in, fiber_out, **kwargs)

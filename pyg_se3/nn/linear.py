@@ -48,11 +48,14 @@ class SE3Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., fiber_in.dim] -> [..., fiber_out.dim]``."""
-        blocks = self.fiber_in.split(x)
+        return self.fiber_out.join(self.forward_blocks(self.fiber_in.split(x)))
+
+    def forward_blocks(self, blocks: dict[int, Tensor]) -> dict[int, Tensor]:
+        """``{l: [..., C_in^l, 2l+1]} -> {l: [..., C_out^l, 2l+1]}``."""
         out = {d: torch.matmul(self.weights[str(d)], blocks[d]) for d in self.fiber_out.degrees}
         if self.bias is not None:
             out[0] = out[0] + self.bias.unsqueeze(-1)
-        return self.fiber_out.join(out)
+        return out
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, bias={self.bias is not None})"
