@@ -12,6 +12,11 @@ The defaults are a quick look (800 training blocks, 8 channels: a few minutes on
 
 Writes ``--out/metrics.csv`` (one row per epoch) and ``--out/last.pt`` (every epoch); ``--resume`` continues
 from ``last.pt`` with the same weights, optimizer state and batch order as an uninterrupted run.
+
+Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
+``batch-size x processes`` blocks; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+
+    torchrun --nproc_per_node=2 examples/train_dynamics.py --batch-size 8 --out runs/dynamics_ddp
 """
 
 from __future__ import annotations
@@ -24,9 +29,8 @@ from pathlib import Path
 import torch
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
-from tqdm import tqdm
 
-from pyg_se3 import Fiber
+from pyg_se3 import Fiber, distributed
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
@@ -35,7 +39,7 @@ from pyg_se3.models import IterativeSE3Transformer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="per process under torchrun")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
     parser.add_argument("--degrees", type=int, default=2, help="hidden fiber degrees 0 .. degrees-1")
@@ -75,16 +79,19 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     root = Path(args.root) / "particle_dynamics"
-    train = ParticleDynamics(root, split="train")
+    with distributed.main_first():  # one process prepares the dataset files, the others then load them
+        train = ParticleDynamics(root, split="train")
+        val = ParticleDynamics(root, split="val")[: args.eval_samples]
+        test = ParticleDynamics(root, split="test")[: args.eval_samples]
     config = train.config
     train = train[: args.train_samples]
-    val = ParticleDynamics(root, split="val")[: args.eval_samples]
-    test = ParticleDynamics(root, split="test")[: args.eval_samples]
 
     horizon = config["block_size"] * config["dt"]  # time between a block's input and its target
     mass_unit = sum(config["mass_range"]) / 2  # the mean mass: inputs of order 1
@@ -107,41 +114,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
         num_heads=args.heads,
         graph=Complete(),
         displacement_scale=displacement_scale,
-    ).to(args.device)
+    ).to(device)
+    net = distributed.wrap(model, device)  # under torchrun: DDP, whose forward sets up the gradient all-reduce
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training blocks")
+    distributed.print_main(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training blocks")
 
     @torch.no_grad()
     def evaluate(dataset) -> dict[str, float]:
         model.eval()
         sums = {"mse": 0.0, "constant_mse": 0.0, "linear_mse": 0.0}
-        for batch in DataLoader(dataset, batch_size=128):
-            batch = batch.to(args.device)
+        shard = distributed.eval_sampler(dataset)  # under torchrun: this process's shard (None: everything)
+        for batch in DataLoader(dataset, batch_size=128, sampler=shard):
+            batch = batch.to(device)
             pred = model(features(batch), start(batch), batch.batch).pos
             for name, guess in (("mse", pred), ("constant_mse", batch.pos), ("linear_mse", start(batch))):
                 sums[name] += float(mse_per_graph(guess, batch.y, batch.batch).sum())
-        return {name: value / len(dataset) for name, value in sums.items()}
+        totals = distributed.sum_floats(*sums.values())  # over the processes
+        return {name: value / len(dataset) for name, value in zip(sums, totals, strict=True)}
 
     history, first_epoch = [], 0
     checkpoint = out / "last.pt"
     if args.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=args.device)
+        state = torch.load(checkpoint, map_location=device)  # every process loads it (a shared folder)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         history, first_epoch = state["history"], state["epoch"] + 1
-        print(f"resuming from {checkpoint} at epoch {first_epoch}")
+        distributed.print_main(f"resuming from {checkpoint} at epoch {first_epoch}")
 
     for epoch in range(first_epoch, args.epochs):
         model.train()
         # The batch order depends only on (seed, epoch): a resumed run sees the batches an uninterrupted one sees.
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator)
+        sampler = distributed.train_sampler(train, args.seed * 1_000_003, epoch)  # torchrun: this process's share
+        loader = DataLoader(train, args.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator)
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False)
+        bar = distributed.progress(loader, desc=f"epoch {epoch}", leave=False)  # torchrun: on rank 0 only
         for batch in bar:
-            batch = batch.to(args.device)
-            out_pos = model(features(batch), start(batch), batch.batch).pos
+            batch = batch.to(device)
+            out_pos = net(features(batch), start(batch), batch.batch).pos
             loss = mse_per_graph(out_pos, batch.y, batch.batch).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -150,21 +161,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bar.set_postfix(mse=f"{losses[-1]:.3g}")
 
         val_metrics, test_metrics = evaluate(val), evaluate(test)
+        loss_sum, steps = distributed.sum_floats(sum(losses), len(losses))  # the mean over every process's steps
         row = {
             "epoch": epoch,
-            "train_mse": sum(losses) / len(losses),
+            "train_mse": loss_sum / steps,
             "val_mse": val_metrics["mse"],
             "test_mse": test_metrics["mse"],
             "test_constant_mse": test_metrics["constant_mse"],
             "test_linear_mse": test_metrics["linear_mse"],
         }
         history.append(row)
+        if not distributed.is_main():
+            continue
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
         save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
 
-    if history:
+    if history and distributed.is_main():
         last = history[-1]
         print(f"\ntest MSE after {last['epoch'] + 1} epochs: {last['test_mse']:.4g}")
         print(f"  constant position:    {last['test_constant_mse']:.4g}")
@@ -173,4 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.cleanup()  # leave the torchrun process group, if any

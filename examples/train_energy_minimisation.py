@@ -18,6 +18,11 @@ The defaults are a quick look (500 training samples, 8 channels: a few minutes o
 
 Writes ``--out/metrics.csv`` (one row per epoch) and ``--out/last.pt`` (every epoch); ``--resume`` continues
 from ``last.pt`` with the same weights, optimizer state and batch order as an uninterrupted run.
+
+Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
+``batch-size x processes`` samples; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+
+    torchrun --nproc_per_node=2 examples/train_energy_minimisation.py --batch-size 8 --out runs/energy_ddp
 """
 
 from __future__ import annotations
@@ -29,9 +34,8 @@ from pathlib import Path
 
 import torch
 from torch_geometric.loader import DataLoader
-from tqdm import tqdm
 
-from pyg_se3 import Fiber
+from pyg_se3 import Fiber, distributed
 from pyg_se3.datasets import EnergyMinimisation
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
@@ -40,7 +44,7 @@ from pyg_se3.models import IterativeSE3Transformer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="per process under torchrun")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
     parser.add_argument("--degrees", type=int, default=2, help="hidden fiber degrees 0 .. degrees-1")
@@ -102,13 +106,16 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
 
     root = Path(args.root) / "energy_minimisation"
-    train = EnergyMinimisation(root, split="train")[: args.train_samples]
-    val = EnergyMinimisation(root, split="val")[: args.eval_samples]
-    test = EnergyMinimisation(root, split="test")[: args.eval_samples]
+    with distributed.main_first():  # one process prepares the dataset files, the others then load them
+        train = EnergyMinimisation(root, split="train")[: args.train_samples]
+        val = EnergyMinimisation(root, split="val")[: args.eval_samples]
+        test = EnergyMinimisation(root, split="test")[: args.eval_samples]
 
     # Typical length of the moves gradient descent makes: one update's scale is that over the iterations.
     sample = next(iter(DataLoader(train[:64], batch_size=64)))
@@ -132,22 +139,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     single_pass = build(1, args.iterations * args.layers)
     for name, candidate in (("iterative", iterative), ("single-pass", single_pass)):
         layout = f"{candidate.num_iterations} x {candidate.layers_per_iteration} layers"
-        print(f"{name:>11}: {layout}, {sum(p.numel() for p in candidate.parameters()):,} parameters")
-    model = (single_pass if args.single_pass else iterative).to(args.device)
-    print(f"training the {'single-pass' if args.single_pass else 'iterative'} model on {len(train)} samples")
+        parameters = sum(p.numel() for p in candidate.parameters())
+        distributed.print_main(f"{name:>11}: {layout}, {parameters:,} parameters")
+    model = (single_pass if args.single_pass else iterative).to(device)
+    net = distributed.wrap(model, device)  # under torchrun: DDP, whose forward sets up the gradient all-reduce
+    which = "single-pass" if args.single_pass else "iterative"
+    distributed.print_main(f"training the {which} model on {len(train)} samples")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    def predict(batch) -> torch.Tensor:
-        out = model(batch.x, batch.pos, batch.batch, edge_attr_fn=edge_features(batch), detach_basis=args.detach_basis)
-        return out.pos
+    def predict(batch, module: torch.nn.Module = model) -> torch.Tensor:
+        features = edge_features(batch)
+        return module(batch.x, batch.pos, batch.batch, edge_attr_fn=features, detach_basis=args.detach_basis).pos
 
     @torch.no_grad()
     def evaluate(dataset) -> float:
         model.eval()
         total = 0.0
-        for batch in DataLoader(dataset, batch_size=128):
-            batch = batch.to(args.device)
+        shard = distributed.eval_sampler(dataset)  # under torchrun: this process's shard (None: everything)
+        for batch in DataLoader(dataset, batch_size=128, sampler=shard):
+            batch = batch.to(device)
             total += float(energy(predict(batch), batch).sum())
+        (total,) = distributed.sum_floats(total)  # over the processes
         return total / len(dataset)
 
     # Baselines on the test set: the initial positions, and 1000 steps of gradient descent on the energy.
@@ -155,28 +167,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     initial_energy = float(energy(whole.pos, whole).mean())
     _, descended = EnergyMinimisation.gradient_descent(whole.pos, whole.edge_index, whole.p, whole.batch, 1000)
     gd_energy = float(descended.mean())
-    print(f"test energy: initial {initial_energy:.4f}, gradient descent (1000 steps) {gd_energy:.4f}")
+    distributed.print_main(f"test energy: initial {initial_energy:.4f}, gradient descent (1000 steps) {gd_energy:.4f}")
 
     history, first_epoch = [], 0
     checkpoint = out / "last.pt"
     if args.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=args.device)
+        state = torch.load(checkpoint, map_location=device)  # every process loads it (a shared folder)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         history, first_epoch = state["history"], state["epoch"] + 1
-        print(f"resuming from {checkpoint} at epoch {first_epoch}")
+        distributed.print_main(f"resuming from {checkpoint} at epoch {first_epoch}")
 
     for epoch in range(first_epoch, args.epochs):
         model.train()
         # The batch order depends only on (seed, epoch): a resumed run sees the batches an uninterrupted one sees.
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator)
+        sampler = distributed.train_sampler(train, args.seed * 1_000_003, epoch)  # torchrun: this process's share
+        loader = DataLoader(train, args.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator)
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False)
+        bar = distributed.progress(loader, desc=f"epoch {epoch}", leave=False)  # torchrun: on rank 0 only
         for batch in bar:
-            batch = batch.to(args.device)
-            loss = energy(predict(batch), batch).mean()
+            batch = batch.to(device)
+            loss = energy(predict(batch, net), batch).mean()
             optimizer.zero_grad()
             loss.backward()
             if args.grad_clip > 0:  # measured: without it, the energy jumps back up now and then during training
@@ -185,21 +198,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
             losses.append(loss.item())
             bar.set_postfix(energy=f"{losses[-1]:.4f}")
 
+        loss_sum, steps = distributed.sum_floats(sum(losses), len(losses))  # the mean over every process's steps
         row = {
             "epoch": epoch,
-            "train_energy": sum(losses) / len(losses),
+            "train_energy": loss_sum / steps,
             "val_energy": evaluate(val),
             "test_energy": evaluate(test),
             "test_initial_energy": initial_energy,
             "test_gd_energy": gd_energy,
         }
         history.append(row)
+        if not distributed.is_main():
+            continue
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
         save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
 
-    if history:
+    if history and distributed.is_main():
         final = history[-1]["test_energy"]
         print(f"\nmean test energy after {history[-1]['epoch'] + 1} epochs: {final:.4f}")
         print(f"  initial positions:       {initial_energy:.4f}  (model / initial = {final / initial_energy:.3f})")
@@ -208,4 +224,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.cleanup()  # leave the torchrun process group, if any

@@ -16,6 +16,11 @@ The defaults are a quick look (1000 training systems, 8 channels: a few minutes 
 Writes ``--out/metrics.csv`` (one row per epoch), ``--out/last.pt`` (every epoch) and ``--out/best.pt`` (the
 best validation epoch); ``--resume`` continues from ``last.pt`` with the same weights, optimizer state and batch
 order as an uninterrupted run.
+
+Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
+``batch-size x processes`` systems; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+
+    torchrun --nproc_per_node=2 examples/train_nbody.py --batch-size 8 --out runs/nbody_ddp
 """
 
 from __future__ import annotations
@@ -29,9 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch_geometric.loader import DataLoader
-from tqdm import tqdm
 
-from pyg_se3 import Fiber
+from pyg_se3 import Fiber, distributed
 from pyg_se3.datasets import NBodyCharged
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
@@ -40,7 +44,7 @@ from pyg_se3.models import IterativeSE3Transformer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="per process under torchrun")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--channels", type=int, default=8, help="hidden channels per degree")
     parser.add_argument("--degrees", type=int, default=2, help="hidden fiber degrees 0 .. degrees-1")
@@ -81,16 +85,19 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     root = Path(args.root) / "nbody_charged"
-    train = NBodyCharged(root, split="train")
+    with distributed.main_first():  # one process prepares the dataset files, the others then load them
+        train = NBodyCharged(root, split="train")
+        val = NBodyCharged(root, split="val")[: args.eval_samples]
+        test = NBodyCharged(root, split="test")[: args.eval_samples]
     config = train.config
     train = train[: args.train_samples]
-    val = NBodyCharged(root, split="val")[: args.eval_samples]
-    test = NBodyCharged(root, split="test")[: args.eval_samples]
 
     # Time between frame 30 and frame 40 (frames are saved every `save_every` steps of `dt`).
     horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
@@ -111,45 +118,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
         graph=Complete(),
         edge_dim=1,
         displacement_scale=displacement_scale,
-    ).to(args.device)
+    ).to(device)
+    net = distributed.wrap(model, device)  # under torchrun: DDP, whose forward sets up the gradient all-reduce
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training systems")
+    distributed.print_main(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training systems")
 
-    def predict(batch) -> torch.Tensor:
-        return model(batch.x, start(batch), batch.batch, edge_attr_fn=edge_features(batch)).pos
+    def predict(batch, module: torch.nn.Module = model) -> torch.Tensor:
+        return module(batch.x, start(batch), batch.batch, edge_attr_fn=edge_features(batch)).pos
 
     @torch.no_grad()
     def evaluate(dataset) -> tuple[float, float]:
         """MSE of the model and of linear extrapolation (every system has 5 particles: a mean over all of them)."""
         model.eval()
         model_sum = linear_sum = count = 0.0
-        for batch in DataLoader(dataset, batch_size=256):
-            batch = batch.to(args.device)
+        shard = distributed.eval_sampler(dataset)  # under torchrun: this process's shard (None: everything)
+        for batch in DataLoader(dataset, batch_size=256, sampler=shard):
+            batch = batch.to(device)
             model_sum += float(F.mse_loss(predict(batch), batch.y, reduction="sum"))
             linear_sum += float(F.mse_loss(start(batch), batch.y, reduction="sum"))
             count += batch.y.numel()
+        model_sum, linear_sum, count = distributed.sum_floats(model_sum, linear_sum, count)  # over the processes
         return model_sum / count, linear_sum / count
 
     history, first_epoch = [], 0
     checkpoint = out / "last.pt"
     if args.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=args.device)
+        state = torch.load(checkpoint, map_location=device)  # every process loads it (a shared folder)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         history, first_epoch = state["history"], state["epoch"] + 1
-        print(f"resuming from {checkpoint} at epoch {first_epoch}")
+        distributed.print_main(f"resuming from {checkpoint} at epoch {first_epoch}")
 
     for epoch in range(first_epoch, args.epochs):
         model.train()
         # The batch order depends only on (seed, epoch): a resumed run sees the batches an uninterrupted one sees.
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator)
+        sampler = distributed.train_sampler(train, args.seed * 1_000_003, epoch)  # torchrun: this process's share
+        loader = DataLoader(train, args.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator)
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False)
+        bar = distributed.progress(loader, desc=f"epoch {epoch}", leave=False)  # torchrun: on rank 0 only
         for batch in bar:
-            batch = batch.to(args.device)
-            loss = F.mse_loss(predict(batch), batch.y)
+            batch = batch.to(device)
+            loss = F.mse_loss(predict(batch, net), batch.y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -157,14 +168,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bar.set_postfix(mse=f"{losses[-1]:.4f}")
 
         (val_mse, _), (test_mse, test_linear_mse) = evaluate(val), evaluate(test)
+        loss_sum, steps = distributed.sum_floats(sum(losses), len(losses))  # the mean over every process's steps
         row = {
             "epoch": epoch,
-            "train_mse": sum(losses) / len(losses),
+            "train_mse": loss_sum / steps,
             "val_mse": val_mse,
             "test_mse": test_mse,
             "test_linear_mse": test_linear_mse,
         }
         history.append(row)
+        if not distributed.is_main():
+            continue
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
@@ -173,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             shutil.copyfile(checkpoint, out / "best.pt.tmp")
             os.replace(out / "best.pt.tmp", out / "best.pt")
 
-    if history:
+    if history and distributed.is_main():
         best = min(history, key=lambda r: r["val_mse"])
         print(f"\ntest MSE at the best validation epoch ({best['epoch']}): {best['test_mse']:.4g}")
         print(f"  linear extrapolation: {best['test_linear_mse']:.4g}")
@@ -182,4 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.cleanup()  # leave the torchrun process group, if any

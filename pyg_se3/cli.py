@@ -5,18 +5,26 @@ Examples
     pyg-se3 train --task dynamics --epochs 20 --out runs/dynamics
     pyg-se3 train --task dynamics --epochs 40 --out runs/dynamics --resume     # continue to epoch 40
     pyg-se3 evaluate --task dynamics --checkpoint runs/dynamics/best.pt
+    torchrun --nproc_per_node=2 -m pyg_se3 train --task dynamics --out runs/ddp  # data parallel, 2 processes
+
+Under ``torchrun`` (several processes: CPU cores, GPUs or nodes), ``--batch-size`` is per process, so one step
+sees ``batch-size x processes`` samples; see :mod:`pyg_se3.distributed`. Only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from pyg_se3 import distributed
 from pyg_se3.tasks import TASKS, ModelOptions, build_model, get_task
 from pyg_se3.training import TrainConfig, Trainer, seed_everything
 
@@ -53,6 +61,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--radius", type=float, default=defaults.radius, help="cutoff of --graph radius")
     group.add_argument("--k", type=int, default=defaults.k, help="neighbours of --graph knn")
     group.add_argument("--share-weights", action="store_true", help="one block for all iterations")
+    group.add_argument(
+        "--kernel",
+        choices=["full", "depthwise"],
+        default=defaults.kernel,
+        help="edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
+    )
     group.add_argument("--detach-basis", action="store_true", help="no gradient through the basis")
     group.add_argument(
         "--start",
@@ -68,8 +82,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-samples", type=int, default=None, help="use only the first N training samples (default: all)"
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16, help="per process under torchrun")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (torchrun: cuda means cuda:LOCAL_RANK)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -88,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--on-nan", choices=["skip", "stop"], default="skip")
     train.add_argument("--out", default="runs/default", help="output folder")
     train.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    train.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="only deterministic PyTorch kernels (torch.use_deterministic_algorithms): bit-reproducible runs, "
+        "e.g. a killed run resumed with --resume ends with the weights of an uninterrupted one (slower on CUDA)",
+    )
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on every split")
     _add_data_arguments(evaluate)
     evaluate.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
@@ -106,10 +126,31 @@ def _subset(dataset, n: int | None):
     return dataset[:n]
 
 
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """With ``enabled``: deterministic kernels only (an error for an operation that has none; cuBLAS needs a
+    fixed workspace) inside the block; the previous setting is restored after it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def train(args: argparse.Namespace) -> dict:
+    with _deterministic(args.deterministic):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    device = distributed.setup(args.device)
     options = _model_options(args)
     task = get_task(args.task, options)
-    sets = task.datasets(args.root)
+    with distributed.main_first():  # the first process prepares the dataset files, the others then load them
+        sets = task.datasets(args.root)
     scale = task.displacement_scale(sets["train"])
     seed_everything(args.seed)
     model = build_model(task.dataset_cls.fiber, options, task.edge_dim, scale)
@@ -119,7 +160,7 @@ def train(args: argparse.Namespace) -> dict:
         lr=args.lr,
         weight_decay=args.weight_decay,
         seed=args.seed,
-        device=args.device,
+        device=device,
         out=args.out,
         resume=args.resume,
         on_nan=args.on_nan,
@@ -131,34 +172,44 @@ def train(args: argparse.Namespace) -> dict:
     trainer = Trainer(
         model, task, _subset(sets["train"], args.train_samples), sets["val"], config, eval_sets={"test": sets["test"]}
     )
-    print(
-        f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(trainer.train_set)} train samples; writing to {config.out}",
-        file=sys.stderr,
-    )
-    history = trainer.fit(on_epoch_end=lambda row: print(json.dumps(row), flush=True))
+    if distributed.is_main():
+        processes = f" in {distributed.world_size()} processes" if distributed.is_distributed() else ""
+        print(
+            f"{args.task}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+            f"{len(trainer.train_set)} train samples{processes}; writing to {config.out}",
+            file=sys.stderr,
+        )
+
+    def report(row: dict[str, float]) -> None:
+        if distributed.is_main():
+            print(json.dumps(row), flush=True)
+
+    history = trainer.fit(on_epoch_end=report)
     return history[-1] if history else {}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    state = torch.load(args.checkpoint, map_location=args.device, weights_only=False)
+    device = distributed.setup(args.device)
+    state = torch.load(args.checkpoint, map_location=device, weights_only=False)
     extra = state["config"]["extra"]
     if extra.get("task") != args.task:
         raise ValueError(f"--task: the checkpoint was trained on {extra.get('task')!r}, not {args.task!r}")
     options = ModelOptions(**extra["model"])
     task = get_task(args.task, options)
-    sets = task.datasets(args.root)
+    with distributed.main_first():
+        sets = task.datasets(args.root)
     model = build_model(task.dataset_cls.fiber, options, task.edge_dim, extra["displacement_scale"])
     model.load_state_dict(state["model"])
     config = TrainConfig(
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         out=str(Path(args.checkpoint).parent),
         progress=not args.no_progress,
     )
     trainer = Trainer(model, task, sets["train"], None, config)
     results = {split: trainer.evaluate(dataset) for split, dataset in sets.items()}
-    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"] - 1, **results}, indent=1))
+    if distributed.is_main():
+        print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"] - 1, **results}, indent=1))
     return results
 
 
@@ -169,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"pyg-se3: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 
