@@ -3,7 +3,7 @@
 #   make setup   create .venv and install everything (re-runs when pyproject.toml or this file changes)
 #   make test    the whole test suite (warnings are errors, see pyproject.toml)
 #   make demo    the main job
-#   make bench   speed and memory over graph sizes (benchmarks/results/)
+#   make bench   speed and memory over graph sizes, against the peers (benchmarks/results/; installs the bench extra)
 #   make lint    ruff
 
 PYTHON ?= python3
@@ -11,6 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 TORCH_VERSION := 2.13.0
 # torch-scatter / torch-cluster ship only as source: build them against the installed torch,
 # without build isolation (otherwise pip pulls a multi-GB CUDA torch into the build env). Their setup.py files
@@ -40,7 +41,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pyg_se3.demo
 
-bench: $(STAMP)
+# The peers of the benchmark (the `bench` extra of pyproject.toml); re-installed whenever setup re-runs.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q --no-build-isolation -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
 
 LINT_DIRS := pyg_se3 tests $(wildcard examples benchmarks datasets)

@@ -1,16 +1,23 @@
-"""Speed and memory of pyg_se3's layers and models over graph sizes (``make bench``).
+"""Speed and memory of pyg_se3's layers and models over graph sizes, and of peer implementations (``make bench``).
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``, minus the process's
 memory before building the inputs) belongs to that configuration alone. Times are medians of ``--repeats``
-runs after one warm-up. Results: ``benchmarks/results/bench.md`` (table) and ``bench.png`` (time and memory
-against N, log-log), with the command line that produced them.
+runs after one warm-up. Our models and the peers (``benchmarks/peers.py``: lucidrains' se3-transformer-pytorch
+and e3nn's gated tensor-field network, at our fibers, neighbours and depth) go through the same code, and the
+report gives each peer's time and memory as a ratio to those of its counterpart among ours. Every subprocess has
+an address-space limit (``--memory-cap``); a size whose memory, extrapolated linearly in N from the previous
+size, would exceed it is skipped, as is one whose time would exceed ``--timeout``. Results:
+``benchmarks/results/bench.md`` (tables), ``bench.json`` and ``bench.png`` (time and memory against N, log-log),
+with the command line that produced them.
 
     python benchmarks/bench.py --sizes 64 256 1024 4096 --threads 2
+    python benchmarks/bench.py --no-peers --models SE3Transformer --sizes 64 256
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,137 +27,413 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import peers as peer_adapters
+
+if TYPE_CHECKING:
+    from peers import Inputs, Workload
 
 RESULTS = Path(__file__).parent / "results"
+OUR_MODELS = ["SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
+K = 16  # neighbours of the kNN graphs
+RADIUS = 1.0  # cutoff of the radius graphs (on average ~16 neighbours at the benchmark's density)
+RADIUS_MAX_NEIGHBORS = 64
+OOM_EXIT = 3  # a measuring subprocess that ran out of memory exits with this
 
 
-# ---------------------------------------------------------------------------------------------- one measurement
-def measure(model_name: str, num_nodes: int, graph: str, max_degree: int, channels: int, repeats: int) -> dict:
-    """Build inputs and a model, run forward and forward+backward; return times (s) and peak memory (GB)."""
+# ---------------------------------------------------------------------------------------------- workloads
+def make_inputs(num_nodes: int, graph: str) -> Inputs:
+    """Random points at constant density (~16 neighbours within ``RADIUS``), features and the graph.
+
+    Parameters
+    ----------
+    num_nodes
+        Number of points.
+    graph
+        ``"knn"`` (``K`` nearest neighbours) or ``"radius"`` (within ``RADIUS``).
+
+    Returns
+    -------
+    Inputs
+        Shared by our models and the peers; ``pos`` requires grad.
+    """
     import torch
+
+    from pyg_se3.graph import KNN, Radius
+
+    pos = torch.rand(num_nodes, 3) * (num_nodes / 16 * 4.19) ** (1 / 3)
+    x = torch.randn(num_nodes, 4)
+    builder = KNN(K) if graph == "knn" else Radius(RADIUS, max_num_neighbors=RADIUS_MAX_NEIGHBORS)
+    edge_index = builder(pos)
+    return peer_adapters.Inputs(graph, pos.requires_grad_(True), x, edge_index, K, RADIUS)
+
+
+def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) -> Workload:
+    """One of ``OUR_MODELS`` at the benchmark's configuration (attention: 4 heads, ``channels_div`` 2).
+
+    ``SE3ConvNet`` is our tensor-field network, the layer-for-layer counterpart of e3nn's gated network:
+    ``SE3Conv`` + ``SE3Norm`` twice, then an output ``SE3Conv``, on one basis per forward.
+
+    Parameters
+    ----------
+    model_name
+        One of ``OUR_MODELS``.
+    inputs
+        The problem (:func:`make_inputs`).
+    max_degree, channels
+        Hidden degrees ``0..max_degree`` with ``channels`` channels each; inputs and outputs are one scalar and
+        one vector per point.
+
+    Returns
+    -------
+    Workload
+    """
+    from torch import nn
 
     from pyg_se3 import Fiber, compute_basis
     from pyg_se3.graph import KNN, Radius
     from pyg_se3.models import IterativeSE3Transformer, SE3Transformer
-    from pyg_se3.nn import SE3Attention
+    from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm
 
-    torch.manual_seed(0)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    num_layers, num_heads, channels_div = peer_adapters.NUM_LAYERS, peer_adapters.NUM_HEADS, peer_adapters.CHANNELS_DIV
     hidden = Fiber.create(max_degree + 1, channels)
-    fiber_in = Fiber({0: 1, 1: 1})
-    # Constant density: on average ~16 neighbours within the radius.
-    pos = torch.rand(num_nodes, 3) * (num_nodes / 16 * 4.19) ** (1 / 3)
-    x = torch.randn(num_nodes, fiber_in.dim)
-    builder = KNN(16) if graph == "knn" else Radius(1.0, max_num_neighbors=64)
-    edge_index = builder(pos)
+    fiber_io = Fiber({0: 1, 1: 1})
+    pos, x, edge_index = inputs.pos, inputs.x, inputs.edge_index
+    builder = KNN(K) if inputs.graph == "knn" else Radius(RADIUS, max_num_neighbors=RADIUS_MAX_NEIGHBORS)
     if model_name == "SE3Attention":
-        layer = SE3Attention(hidden, hidden, num_heads=4, channels_div=2)
-        h = torch.randn(num_nodes, hidden.dim)
+        module = SE3Attention(hidden, hidden, num_heads=num_heads, channels_div=channels_div)
+        h = x.new_empty(inputs.num_nodes, hidden.dim).normal_()
 
         def run():
-            basis = compute_basis(
-                pos,
-                edge_index,
-                max_degree,
-                edge_weight=builder.edge_weight((pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)),
-            )
-            return layer(h, pos, edge_index, basis=basis)
+            lengths = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
+            basis = compute_basis(pos, edge_index, max_degree, edge_weight=builder.edge_weight(lengths))
+            return module(h, pos, edge_index, basis=basis)
 
-        module = layer
     elif model_name == "SE3Transformer":
-        module = SE3Transformer(fiber_in, hidden, fiber_in, num_layers=2, num_heads=4, channels_div=2)
+        module = SE3Transformer(
+            fiber_io, hidden, fiber_io, num_layers=num_layers, num_heads=num_heads, channels_div=channels_div
+        )
 
         def run():
             return module(x, pos, edge_index)
-    else:
+
+    elif model_name == "SE3ConvNet":
+        module = nn.ModuleDict(
+            {
+                "convs": nn.ModuleList(SE3Conv(hidden if i else fiber_io, hidden) for i in range(num_layers)),
+                "norms": nn.ModuleList(SE3Norm(hidden) for _ in range(num_layers)),
+                "output": SE3Conv(hidden, fiber_io),
+            }
+        )
+
+        def run():
+            basis = compute_basis(pos, edge_index, max_degree)
+            out = x
+            for conv, norm in zip(module["convs"], module["norms"], strict=True):
+                out = norm(conv(out, pos, edge_index, basis=basis))
+            return module["output"](out, pos, edge_index, basis=basis)
+
+    elif model_name == "IterativeSE3Transformer":
         module = IterativeSE3Transformer(
-            fiber_in, hidden, num_iterations=2, layers_per_iteration=2, num_heads=4, graph=builder
+            fiber_io, hidden, num_iterations=2, layers_per_iteration=num_layers, num_heads=num_heads, graph=builder
         )
 
         def run():
             return module(x, pos).pos
 
-    pos.requires_grad_(True)
-    times = {"forward": [], "forward_backward": []}
+    else:
+        raise ValueError(f"model: expected one of {OUR_MODELS} or a peer {sorted(peer_adapters.PEERS)}")
+    return peer_adapters.Workload(module, run, pos, inputs.num_edges)
+
+
+# ---------------------------------------------------------------------------------------------- one measurement
+def time_workload(workload: Workload, repeats: int) -> dict[str, float]:
+    """Median forward and forward+backward times (s) of ``repeats`` runs after one warm-up."""
+    import torch
+
+    times: dict[str, list[float]] = {"forward": [], "forward_backward": []}
     for i in range(repeats + 1):
         with torch.no_grad():
             start = time.perf_counter()
-            run()
+            workload.run()
             forward = time.perf_counter() - start
         start = time.perf_counter()
-        run().square().sum().backward()
+        workload.run().square().sum().backward()
         both = time.perf_counter() - start
-        module.zero_grad(set_to_none=True)
-        pos.grad = None
+        workload.module.zero_grad(set_to_none=True)
+        workload.pos.grad = None
         if i:  # the first run is a warm-up
             times["forward"].append(forward)
             times["forward_backward"].append(both)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def import_modules(model: str) -> peer_adapters.Peer | None:
+    """Import what measuring ``model`` needs (so that imports are not counted in its memory); its peer if any."""
+    import importlib
+
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+
+    import pyg_se3.graph
+    import pyg_se3.models
+    import pyg_se3.nn  # noqa: F401
+
+    peer = peer_adapters.PEERS.get(model)
+    if peer is not None:
+        importlib.import_module(peer.module)
+    return peer
+
+
+def measure(model: str, num_nodes: int, graph: str, max_degree: int, channels: int, repeats: int) -> dict:
+    """Build inputs and a model (ours or a peer's), run forward and forward+backward.
+
+    Parameters
+    ----------
+    model
+        One of ``OUR_MODELS`` or a peer's name (``peers.PEERS``).
+    num_nodes, graph
+        Problem size and ``"knn"`` or ``"radius"``.
+    max_degree, channels
+        Hidden degrees ``0..max_degree`` with ``channels`` channels each.
+    repeats
+        Timed runs after the warm-up.
+
+    Returns
+    -------
+    dict
+        The result row: median times (s), peak memory (GB: peak RSS minus the RSS before the inputs were
+        built), edges, parameters, and the configuration.
+    """
+    import torch
+
+    import pyg_se3
+
+    peer = import_modules(model)
+    torch.manual_seed(0)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    inputs = make_inputs(num_nodes, graph)
+    if peer is not None:
+        workload = peer.build(inputs, max_degree, channels)
+    else:
+        workload = build_ours(model, inputs, max_degree, channels)
+    times = time_workload(workload, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "model": model_name,
+        "model": model,
+        "version": peer.version() if peer else pyg_se3.__version__,
         "N": num_nodes,
-        "E": int(edge_index.shape[1]),
+        "E": workload.num_edges,
         "graph": graph,
         "degrees": f"0..{max_degree}",
         "channels": channels,
-        "parameters": sum(p.numel() for p in module.parameters()),
-        "forward_s": statistics.median(times["forward"]),
-        "forward_backward_s": statistics.median(times["forward_backward"]),
+        "parameters": sum(p.numel() for p in workload.module.parameters()),
+        "forward_s": times["forward"],
+        "forward_backward_s": times["forward_backward"],
         "peak_GB": (peak - base_rss) / 1e6,  # ru_maxrss is in kB on Linux
     }
 
 
-def run_isolated(args: argparse.Namespace, model: str, n: int, graph: str, degree: int) -> dict | None:
-    command = [sys.executable, __file__, "--one", json.dumps([model, n, graph, degree, args.channels, args.repeats])]
+def limit_memory(cap_gb: float) -> None:
+    """Let this process map at most ``cap_gb`` GB more than it has now (``RLIMIT_AS``; Linux only)."""
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + int(cap_gb * 1e9)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def measure_child(spec: dict) -> None:
+    """The subprocess: one measurement under the memory cap, printed as the last line of stdout."""
+    import_modules(spec["model"])  # libraries map (and numpy's BLAS reserves) much address space: before the cap
+    limit_memory(spec.pop("memory_cap"))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # peers print progress; stdout is for the result
+            row = measure(**spec)
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, MemoryError) or "alloc" in str(error).lower():
+            print(f"out of memory: {str(error)[:300]}", file=sys.stderr)
+            sys.exit(OOM_EXIT)
+        raise
+    print(json.dumps(row))
+
+
+def run_isolated(args: argparse.Namespace, model: str, n: int, graph: str, degree: int) -> dict:
+    """Measure one configuration in a fresh subprocess (``OMP_NUM_THREADS=--threads``, ``--timeout``).
+
+    Returns
+    -------
+    dict
+        The row of :func:`measure`, or the configuration with an ``error``: ``"out of memory"``, ``"over T s"``
+        or ``"failed: <last line of stderr>"``.
+    """
+    spec = {"model": model, "num_nodes": n, "graph": graph, "max_degree": degree, "channels": args.channels}
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        json.dumps({**spec, "repeats": args.repeats, "memory_cap": args.memory_cap}),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    failed = {"model": model, "N": n, "graph": graph, "degrees": f"0..{degree}", "channels": args.channels}
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
-        print(f"  {model} N={n}: over {args.timeout} s, skipped", flush=True)
-        return None
+        return {**failed, "error": f"over {args.timeout:g} s"}
+    if result.returncode == OOM_EXIT:
+        return {**failed, "error": f"out of memory (--memory-cap {args.memory_cap:g} GB)"}
+    if result.returncode in (-9, 137):  # killed, most likely by the kernel's OOM killer
+        return {**failed, "error": "out of memory (killed)"}
     if result.returncode != 0:
-        reason = "out of memory" if result.returncode in (-9, 137) else result.stderr.strip().splitlines()[-1:]
-        print(f"  {model} N={n}: failed ({reason})", flush=True)
-        return None
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        # Allocators other than torch's (e.g. OpenBLAS) report a failed allocation and exit by themselves.
+        return {**failed, "error": "out of memory" if "alloc" in last.lower() else f"failed: {last[:200]}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def sweep(args: argparse.Namespace, model: str, graph: str, degree: int) -> list[dict]:
+    """All ``--sizes`` of one series, smallest first, up to the first failure or the first size whose
+    extrapolated memory or time is over the limits."""
+    rows: list[dict] = []
+    previous: dict | None = None
+    for n in sorted(args.sizes):
+        if previous is not None:
+            growth = n / previous["N"]
+            memory = previous["peak_GB"] * growth
+            seconds = (args.repeats + 1) * (previous["forward_s"] + previous["forward_backward_s"]) * growth
+            reason = (
+                f"skipped: ~{memory:.1f} GB expected, over --memory-cap {args.memory_cap:g} GB"
+                if memory > args.memory_cap
+                else f"skipped: ~{seconds:.0f} s expected, over --timeout {args.timeout:g} s"
+                if seconds > args.timeout
+                else None
+            )
+            if reason:
+                rows.append({**{k: previous[k] for k in ("model", "graph", "degrees", "channels")}, "N": n})
+                rows[-1]["error"] = reason
+                print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {reason}", flush=True)
+                break
+        row = run_isolated(args, model, n, graph, degree)
+        rows.append(row)
+        if "error" in row:
+            print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {row['error']}", flush=True)
+            break
+        print(
+            f"{model:26s} {graph:6s} 0..{degree} N={n:6d} E={row['E']:7d}  fwd {row['forward_s']:.3f} s"
+            f"  fwd+bwd {row['forward_backward_s']:.3f} s  peak {row['peak_GB']:.2f} GB",
+            flush=True,
+        )
+        previous = row
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- reporting
-def write_results(rows: list[dict], argv: list[str]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]:
+    """Each peer measurement next to its reference's at the same graph, degrees and N; ratios are peer / ours
+    (above 1: ours is faster or smaller)."""
+    ours = {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+    ratios = []
+    for peer in peers:
+        for row in (r for r in rows if r["model"] == peer.name):
+            ref = ours.get((peer.reference, row["graph"], row["degrees"], row["N"]))
+            entry = {"peer": peer.name, "reference": peer.reference, "graph": row["graph"], "degrees": row["degrees"]}
+            entry |= {"N": row["N"], "peer_row": row, "reference_row": ref}
+            if ref is not None and "error" not in row:
+                for key in ("forward_s", "forward_backward_s", "peak_GB"):
+                    entry[f"{key}_ratio"] = row[key] / ref[key] if ref[key] > 0 else None
+            ratios.append(entry)
+    return ratios
+
+
+def _cells(row: dict | None) -> list[str]:
+    """Forward, forward+backward and memory cells of a row (a failed row's error in the first two)."""
+    if row is None:
+        return ["—"] * 3
+    if "error" in row:
+        return [row["error"], row["error"], "—"]
+    return [f"{row['forward_s']:.3f}", f"{row['forward_backward_s']:.3f}", f"{row['peak_GB']:.2f}"]
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
+
+
+def write_results(
+    rows: list[dict], ratios: list[dict], peers: list[peer_adapters.Peer], argv: list[str], out: Path
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    command = f"python benchmarks/bench.py {' '.join(argv)}".strip()
     header = "| model | graph | degrees | N | E | parameters | forward (s) | forward+backward (s) | peak memory (GB) |"
     lines = [
         "# pyg_se3 benchmark",
         "",
-        f"Command: `python benchmarks/bench.py {' '.join(argv)}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; median of repeats after a "
-        "warm-up; peak memory = the subprocess's peak RSS minus its RSS before the inputs were built.",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs; median "
+        "of repeats after a warm-up; peak memory = the subprocess's peak RSS minus its RSS before the inputs were "
+        "built.",
         "",
         header,
         "|" + "---|" * 9,
     ]
     for r in rows:
+        version = "" if r["model"] in OUR_MODELS or "version" not in r else f" {r['version']}"
+        edges = f"{r['E']} | {r['parameters']:,}" if "E" in r else "— | —"
+        cells = [r["error"], "—", "—"] if "error" in r else _cells(r)
         lines.append(
-            f"| {r['model']} | {r['graph']} | {r['degrees']} | {r['N']} | {r['E']} | {r['parameters']:,} | "
-            f"{r['forward_s']:.3f} | {r['forward_backward_s']:.3f} | {r['peak_GB']:.2f} |"
+            f"| {r['model']}{version} | {r['graph']} | {r['degrees']} | {r['N']} | {edges} | "
+            + " | ".join(cells)
+            + " |"
         )
-    (RESULTS / "bench.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "bench.json").write_text(json.dumps(rows, indent=1))
-    plot(rows)
+    if ratios:
+        lines += [
+            "",
+            "## Peers",
+            "",
+            "Ratios are peer / ours: above 1, ours is faster (time) or smaller (memory). Same inputs, graph, process "
+            "settings and measurement as above.",
+            "",
+            "| peer | ours | graph | degrees | N | peer fwd+bwd (s) | ours fwd+bwd (s) | forward ratio | "
+            "forward+backward ratio | peer memory (GB) | ours memory (GB) | memory ratio |",
+            "|" + "---|" * 12,
+        ]
+        for e in ratios:
+            peer_cells, ref_cells = _cells(e["peer_row"]), _cells(e["reference_row"])
+            lines.append(
+                f"| {e['peer']} | {e['reference']} | {e['graph']} | {e['degrees']} | {e['N']} | {peer_cells[1]} | "
+                f"{ref_cells[1]} | {_ratio(e.get('forward_s_ratio'))} | {_ratio(e.get('forward_backward_s_ratio'))} | "
+                f"{peer_cells[2]} | {ref_cells[2]} | {_ratio(e.get('peak_GB_ratio'))} |"
+            )
+        for peer in peers:
+            lines += ["", f"**{peer.name}** against our `{peer.reference}`:", ""]
+            lines += [f"- {note}" for note in peer.notes]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    flat_ratios = [{k: v for k, v in e.items() if not k.endswith("_row")} for e in ratios]
+    (out / "bench.json").write_text(json.dumps({"command": command, "rows": rows, "peers": flat_ratios}, indent=1))
+    measured = [r for r in rows if "error" not in r]
+    if measured:
+        plot(measured, out)
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     series = sorted({(r["model"], r["graph"], r["degrees"]) for r in rows})
     for key in series:
         points = sorted((r for r in rows if (r["model"], r["graph"], r["degrees"]) == key), key=lambda r: r["N"])
         label = f"{key[0]} ({key[1]}, degrees {key[2]})"
-        style = {"marker": "o", "linestyle": "-" if key[1] == "knn" else "--", "label": label}
+        style = {
+            "marker": "o" if key[0] in OUR_MODELS else "s",
+            "linestyle": "-" if key[1] == "knn" else "--",
+            "label": label,
+        }
         axes[0].plot([r["N"] for r in points], [r["forward_backward_s"] for r in points], **style)
         axes[1].plot([r["N"] for r in points], [r["peak_GB"] for r in points], **style)
     for ax, ylabel in zip(axes, ["forward+backward (s)", "peak memory (GB)"], strict=True):
@@ -159,16 +442,47 @@ def plot(rows: list[dict]) -> None:
         ax.set_xlabel("N (nodes)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench.png", dpi=110)
+    fig.savefig(out / "bench.png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def default_memory_cap() -> float:
+    """16 GB, or 80 % of the machine's memory when that is less."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        return 16.0
+    return round(min(16.0, 0.8 * total), 1)
+
+
+def select_peers(args: argparse.Namespace) -> list[peer_adapters.Peer]:
+    """The requested peers that are installed (the others are skipped with a message)."""
+    chosen = []
+    for name in args.peers:
+        peer = peer_adapters.PEERS[name]
+        reason = peer_adapters.missing(peer)
+        if reason:
+            print(f"skipping peer {name}: {reason}", flush=True)
+        else:
+            chosen.append(peer)
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["SE3Attention", "SE3Transformer", "IterativeSE3Transformer"])
+    parser.add_argument("--models", nargs="+", default=OUR_MODELS, choices=OUR_MODELS, help="our models")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(peer_adapters.PEERS),
+        choices=list(peer_adapters.PEERS),
+        help="peers to compare with (default: all installed); their reference models are measured too",
+    )
+    parser.add_argument("--no-peers", dest="peers", action="store_const", const=[], help="our models only")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024, 4096])
     parser.add_argument("--graphs", nargs="+", default=["knn", "radius"], choices=["knn", "radius"])
     parser.add_argument("--max-degrees", nargs="+", type=int, default=[2, 3])
@@ -176,27 +490,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
+    parser.add_argument(
+        "--memory-cap", type=float, default=default_memory_cap(), help="GB per configuration (address space)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for bench.md, bench.json, bench.png")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # child process: one measurement, printed as JSON
-        print(json.dumps(measure(*json.loads(args.one))))
+        measure_child(json.loads(args.one))
         return
+    peers = select_peers(args)
+    models = args.models + [p.reference for p in peers if p.reference not in args.models]
     rows = []
-    for model in args.models:
+    for model in [*dict.fromkeys(models), *(p.name for p in peers)]:
         for graph in args.graphs:
             for degree in args.max_degrees:
-                for n in args.sizes:
-                    row = run_isolated(args, model, n, graph, degree)
-                    if row is None:
-                        break  # larger N will not fit either
-                    rows.append(row)
-                    print(
-                        f"{model:24s} {graph:6s} 0..{degree} N={n:6d} E={row['E']:7d}  fwd {row['forward_s']:.3f} s"
-                        f"  fwd+bwd {row['forward_backward_s']:.3f} s  peak {row['peak_GB']:.2f} GB",
-                        flush=True,
-                    )
-    write_results(rows, argv)
-    print(f"wrote {RESULTS / 'bench.md'} and {RESULTS / 'bench.png'}")
+                rows += sweep(args, model, graph, degree)
+    ratios = peer_ratios(rows, peers)
+    for e in ratios:
+        if "forward_backward_s_ratio" in e:
+            print(
+                f"{e['peer']} / {e['reference']} {e['graph']} 0..{e['degrees'][-1]} N={e['N']}: forward+backward "
+                f"{_ratio(e['forward_backward_s_ratio'])}, memory {_ratio(e['peak_GB_ratio'])}",
+                flush=True,
+            )
+    write_results(rows, ratios, peers, argv, args.out)
+    print(f"wrote {args.out / 'bench.md'}, bench.json and bench.png")
 
 
 if __name__ == "__main__":
