@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from peers import Inputs, Workload
 
 RESULTS = Path(__file__).parent / "results"
-OUR_MODELS = ["SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
+BASE_MODELS = ["SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
+# Variants: "+depthwise" uses the depthwise edge kernel, "+checkpoint" activation checkpointing (SE3Transformer).
+OUR_MODELS = [
+    *BASE_MODELS,
+    "SE3Transformer+depthwise",
+    "SE3ConvNet+depthwise",
+    "SE3Transformer+checkpoint",
+]
 K = 16  # neighbours of the kNN graphs
 RADIUS = 1.0  # cutoff of the radius graphs (on average ~16 neighbours at the benchmark's density)
 RADIUS_MAX_NEIGHBORS = 64
@@ -97,12 +104,15 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
     from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm
 
     num_layers, num_heads, channels_div = peer_adapters.NUM_LAYERS, peer_adapters.NUM_HEADS, peer_adapters.CHANNELS_DIV
+    model_name, *variant = model_name.split("+")
+    kernel = "depthwise" if "depthwise" in variant else "full"
+    checkpoint = "checkpoint" in variant
     hidden = Fiber.create(max_degree + 1, channels)
     fiber_io = Fiber({0: 1, 1: 1})
     pos, x, edge_index = inputs.pos, inputs.x, inputs.edge_index
     builder = KNN(K) if inputs.graph == "knn" else Radius(RADIUS, max_num_neighbors=RADIUS_MAX_NEIGHBORS)
     if model_name == "SE3Attention":
-        module = SE3Attention(hidden, hidden, num_heads=num_heads, channels_div=channels_div)
+        module = SE3Attention(hidden, hidden, num_heads=num_heads, channels_div=channels_div, kernel=kernel)
         h = x.new_empty(inputs.num_nodes, hidden.dim).normal_()
 
         def run():
@@ -112,7 +122,14 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
 
     elif model_name == "SE3Transformer":
         module = SE3Transformer(
-            fiber_io, hidden, fiber_io, num_layers=num_layers, num_heads=num_heads, channels_div=channels_div
+            fiber_io,
+            hidden,
+            fiber_io,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            channels_div=channels_div,
+            kernel=kernel,
+            checkpoint=checkpoint,
         )
 
         def run():
@@ -121,9 +138,11 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
     elif model_name == "SE3ConvNet":
         module = nn.ModuleDict(
             {
-                "convs": nn.ModuleList(SE3Conv(hidden if i else fiber_io, hidden) for i in range(num_layers)),
+                "convs": nn.ModuleList(
+                    SE3Conv(hidden if i else fiber_io, hidden, kernel=kernel) for i in range(num_layers)
+                ),
                 "norms": nn.ModuleList(SE3Norm(hidden) for _ in range(num_layers)),
-                "output": SE3Conv(hidden, fiber_io),
+                "output": SE3Conv(hidden, fiber_io, kernel=kernel),
             }
         )
 
@@ -136,7 +155,14 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
 
     elif model_name == "IterativeSE3Transformer":
         module = IterativeSE3Transformer(
-            fiber_io, hidden, num_iterations=2, layers_per_iteration=num_layers, num_heads=num_heads, graph=builder
+            fiber_io,
+            hidden,
+            num_iterations=2,
+            layers_per_iteration=num_layers,
+            num_heads=num_heads,
+            graph=builder,
+            kernel=kernel,
+            checkpoint=checkpoint,
         )
 
         def run():
@@ -333,14 +359,18 @@ def sweep(args: argparse.Namespace, model: str, graph: str, degree: int) -> list
 
 # ---------------------------------------------------------------------------------------------- reporting
 def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]:
-    """Each peer measurement next to its reference's at the same graph, degrees and N; ratios are peer / ours
-    (above 1: ours is faster or smaller)."""
+    """Each peer measurement next to its reference's at the same graph, degrees and N (and next to the
+    reference's depthwise-kernel variant, when that was measured too); ratios are peer / ours (above 1: ours is
+    faster or smaller)."""
     ours = {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+    measured = {r["model"] for r in rows}
     ratios = []
-    for peer in peers:
+    for peer, reference in ((p, ref) for p in peers for ref in (p.reference, f"{p.reference}+depthwise")):
+        if reference != peer.reference and reference not in measured:
+            continue
         for row in (r for r in rows if r["model"] == peer.name):
-            ref = ours.get((peer.reference, row["graph"], row["degrees"], row["N"]))
-            entry = {"peer": peer.name, "reference": peer.reference, "graph": row["graph"], "degrees": row["degrees"]}
+            ref = ours.get((reference, row["graph"], row["degrees"], row["N"]))
+            entry = {"peer": peer.name, "reference": reference, "graph": row["graph"], "degrees": row["degrees"]}
             entry |= {"N": row["N"], "peer_row": row, "reference_row": ref}
             if ref is not None and "error" not in row:
                 for key in ("forward_s", "forward_backward_s", "peak_GB"):
@@ -474,7 +504,9 @@ def select_peers(args: argparse.Namespace) -> list[peer_adapters.Peer]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=OUR_MODELS, choices=OUR_MODELS, help="our models")
+    parser.add_argument(
+        "--models", nargs="+", default=BASE_MODELS, choices=OUR_MODELS, help="our models (and variants)"
+    )
     parser.add_argument(
         "--peers",
         nargs="*",

@@ -29,6 +29,8 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
+from pyg_se3._amp import autocast_disabled
+
 __all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_vectors", "num_J"]
 
 
@@ -52,15 +54,40 @@ def _clebsch_gordan_block_cpu(k: int, l: int) -> Tensor:
     return Q.reshape(width, -1)
 
 
+def _clebsch_gordan_shape(k: int, l: int) -> tuple[int, int]:
+    J_min, J_max = abs(k - l), k + l
+    return (J_max + 1) ** 2 - J_min**2, (2 * k + 1) * num_J(k, l) * (2 * l + 1)
+
+
 @functools.lru_cache(maxsize=256)
+def _clebsch_gordan_block_cached(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _clebsch_gordan_block_cpu(k, l).to(dtype=dtype, device=device)
+
+
+# What torch.compile sees instead of the cache: an opaque operator that Dynamo does not trace into (tracing the
+# caches, here and in e3nn, would warn, and trace e3nn's float64 computation of the coefficients). Its output is
+# a copy, since compiled code may reuse an operator's output buffer in place.
+@torch.library.custom_op("pyg_se3::clebsch_gordan_block", mutates_args=())
+def _clebsch_gordan_block_op(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _clebsch_gordan_block_cached(k, l, dtype, device).clone()
+
+
+@_clebsch_gordan_block_op.register_fake
+def _(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(_clebsch_gordan_shape(k, l), dtype=dtype, device=device)
+
+
 def clebsch_gordan_block(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Clebsch–Gordan coefficients for the pair (input degree ``k``, output degree ``l``), stacked over ``J``.
 
     Returns ``[sum_J (2J+1), (2k+1) * nJ * (2l+1)]``: rows are the spherical harmonics ``Y_J`` for
     ``J = |k-l| .. k+l`` in order (a contiguous slice of the harmonics of all degrees), so that
-    ``Y @ Q`` is the flattened basis of :func:`compute_basis`. Cached in memory per dtype and device.
+    ``Y @ Q`` is the flattened basis of :func:`compute_basis`. Cached in memory per dtype and device (under
+    ``torch.compile``: a copy of the cached tensor, from an operator that the compiler does not trace into).
     """
-    return _clebsch_gordan_block_cpu(k, l).to(dtype=dtype, device=device)
+    if torch.compiler.is_compiling():
+        return _clebsch_gordan_block_op(k, l, dtype, device)
+    return _clebsch_gordan_block_cached(k, l, dtype, device)
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor) -> Tensor:
@@ -151,22 +178,29 @@ def compute_basis(
     e3nn's polynomial (Cartesian) form. Harmonics of degree ``J > 0`` are homogeneous polynomials, so a
     zero-length edge (coincident points, self-loops) gets ``Y_J = 0`` for ``J > 0`` and ``Y_0 = 1``: finite,
     still equivariant, with finite gradients.
+
+    Under ``torch.autocast`` the basis is still computed in the dtype of ``pos`` (autocast is switched off here):
+    it is cheap next to the layers that share it, and a 16-bit basis would double the error of the gradients with
+    respect to positions (see :mod:`pyg_se3._amp`).
     """
     if max_degree < 0:
         raise ValueError(f"max_degree: expected >= 0, got {max_degree}")
     if detach:
         pos = pos.detach()
-    rel_pos = edge_vectors(pos, edge_index)
-    dist = _safe_norm(rel_pos).unsqueeze(-1)
-    directions = rel_pos / dist
-    sh = o3.spherical_harmonics(list(range(2 * max_degree + 1)), directions, normalize=False, normalization="component")
-    pairs: dict[tuple[int, int], Tensor] = {}
-    for k in range(max_degree + 1):
-        for l in range(max_degree + 1):
-            J_min, J_max = abs(k - l), k + l
-            Y = sh[:, J_min * J_min : (J_max + 1) * (J_max + 1)]
-            Q = clebsch_gordan_block(k, l, sh.dtype, sh.device)
-            pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l) * (2 * l + 1))
+    with autocast_disabled(pos.device):  # see Notes
+        rel_pos = edge_vectors(pos, edge_index)
+        dist = _safe_norm(rel_pos).unsqueeze(-1)
+        directions = rel_pos / dist
+        sh = o3.spherical_harmonics(
+            list(range(2 * max_degree + 1)), directions, normalize=False, normalization="component"
+        )
+        pairs: dict[tuple[int, int], Tensor] = {}
+        for k in range(max_degree + 1):
+            for l in range(max_degree + 1):
+                J_min, J_max = abs(k - l), k + l
+                Y = sh[:, J_min * J_min : (J_max + 1) * (J_max + 1)]
+                Q = clebsch_gordan_block(k, l, sh.dtype, sh.device)
+                pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l) * (2 * l + 1))
     return Basis(
         edge_index=edge_index,
         rel_pos=rel_pos,

@@ -1,4 +1,10 @@
-"""Input validation shared by layers and models: bad input gets a ``ValueError`` naming the argument."""
+"""Input validation shared by layers and models: bad input gets a ``ValueError`` naming the argument.
+
+Checks of shapes, dtypes and sizes are static and run everywhere. Checks of *values* (finite positions, node
+indices in range) read tensor data back to Python: in eager mode they always run; inside ``torch.compile`` (and
+``torch.export``) they are skipped, since reading data back would split the graph at every layer
+(:func:`checking_values`).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,47 @@ from torch import Tensor
 
 from pyg_se3.fiber import Fiber
 
-__all__ = ["check_edge_index", "check_graph_inputs", "check_pos"]
+__all__ = ["check_edge_index", "check_graph_inputs", "check_pos", "checking_values"]
+
+
+def checking_values() -> bool:
+    """Whether value checks run: always in eager mode, never while ``torch.compile`` traces.
+
+    Value checks (``bool(tensor)``, ``int(tensor)``) are data-dependent: under Dynamo each would be a graph
+    break (and a device synchronisation). A compiled model is expected to be checked once in eager mode, as
+    compiled code is usually compared with eager code anyway.
+    """
+    return not torch.compiler.is_compiling()
 
 
 def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos") -> None:
-    """``pos`` must be a finite floating ``[N, 3]`` tensor (with ``N == num_nodes`` when given)."""
+    """``pos`` must be a finite floating ``[N, 3]`` tensor (with ``N == num_nodes`` when given).
+
+    Finiteness is a value check, skipped under ``torch.compile`` (:func:`checking_values`).
+    """
     if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
         raise ValueError(f"{name}: expected a [N, 3] tensor of positions, got {_shape(pos)}")
     if not pos.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {pos.dtype}")
     if num_nodes is not None and pos.shape[0] != num_nodes:
         raise ValueError(f"{name}: expected {num_nodes} rows (one per node of x), got {pos.shape[0]}")
-    if not bool(torch.isfinite(pos).all()):
+    if checking_values() and not bool(torch.isfinite(pos).all()):
         raise ValueError(f"{name}: contains NaN or inf")
 
 
 def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index") -> None:
-    """``edge_index`` must be an integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``."""
+    """``edge_index`` must be an integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``.
+
+    The range is a value check, skipped under ``torch.compile`` (:func:`checking_values`).
+    """
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"{name}: expected a [2, E] tensor, got {_shape(edge_index)}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name}: expected an int64 tensor, got {edge_index.dtype}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(
-            f"{name}: node indices must lie in [0, {num_nodes}), got range "
-            f"[{int(edge_index.min())}, {int(edge_index.max())}]"
-        )
+    if edge_index.numel() and checking_values():
+        low, high = int(edge_index.min()), int(edge_index.max())
+        if low < 0 or high >= num_nodes:
+            raise ValueError(f"{name}: node indices must lie in [0, {num_nodes}), got range [{low}, {high}]")
 
 
 def check_graph_inputs(

@@ -61,7 +61,13 @@ class GraphBuilder(ABC):
     def build(self, pos: Tensor, batch: Tensor | None) -> Tensor: ...
 
     def __call__(self, pos: Tensor, batch: Tensor | None = None) -> Tensor:
-        """``edge_index [2, E]`` (int64, on ``pos.device``); sources in row 0, targets in row 1."""
+        """``edge_index [2, E]`` (int64, on ``pos.device``); sources in row 0, targets in row 1.
+
+        Under ``torch.compile`` this runs eagerly, between compiled graphs: torch-cluster's operators cannot be
+        traced, and the number of edges depends on the positions.
+        """
+        if torch.compiler.is_compiling():
+            return _call_eagerly(self, pos, batch)
         check_pos(pos)
         if batch is not None:
             _check_batch(batch, pos.shape[0])
@@ -186,6 +192,12 @@ def complete_edge_index(batch: Tensor | int, loop: bool = False) -> Tensor:
     source = start[batch[target]] + torch.arange(target.numel(), device=device) - first_slot[target]
     edge_index = torch.stack([source, target])
     return edge_index if loop else edge_index[:, source != target]
+
+
+# Under torch.compile only (in eager mode its frames would shift the `stacklevel` of Radius's warning).
+_call_eagerly = torch.compiler.disable(
+    GraphBuilder.__call__, reason="neighbour search: torch-cluster operators, a data-dependent number of edges"
+)
 
 
 def _check_batch(batch: Tensor, num_nodes: int) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
+from pyg_se3._amp import upcast
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
@@ -137,7 +138,8 @@ class SE3Attention(MessagePassing):
         key_value = self.to_key_value.forward_blocks(x_j, basis, edge_attr)
         keys = {d: key_value[d][:, :c] for d, c in self.key_fiber}
         values = {d: key_value[d][:, self.key_fiber[d] :] for d in self.value_fiber.degrees}
-        logits = (self._heads(keys) * self._heads(self.key_fiber.split(query_i))).sum(-1)
+        # logits, softmax and the weighted values (summed over edges) in float32 under autocast (see _amp.py)
+        logits = (upcast(self._heads(keys)) * upcast(self._heads(self.key_fiber.split(query_i)))).sum(-1)
         alpha = edge_softmax(logits * self.key_dim_per_head**-0.5, index, size_i, ptr=ptr, weight=basis.edge_weight)
         weighted = {
             d: (v.unflatten(1, (self.num_heads, -1)) * alpha[:, :, None, None]).flatten(1, 2) for d, v in values.items()

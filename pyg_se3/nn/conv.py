@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
+from pyg_se3._amp import upcast
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
@@ -108,7 +109,7 @@ class SE3Conv(MessagePassing):
         return out
 
     def message(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None) -> Tensor:
-        messages = self.kernel(x_j, basis, edge_attr)
+        messages = upcast(self.kernel(x_j, basis, edge_attr))  # summed over edges: float32 under autocast
         if basis.edge_weight is not None:
             messages = messages * basis.edge_weight.unsqueeze(-1)
         return messages
