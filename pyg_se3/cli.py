@@ -67,6 +67,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.kernel,
         help="edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
     )
+    group.add_argument(
+        "--norm",
+        choices=["layer", "rms"],
+        default=defaults.norm,
+        help="norm non-linearity: layer norm of channel norms (SE(3)-Transformer) or rms (not centred; more robust "
+        "to rounding in deep float32 models)",
+    )
     group.add_argument("--detach-basis", action="store_true", help="no gradient through the basis")
     group.add_argument(
         "--start",

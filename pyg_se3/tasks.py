@@ -44,6 +44,7 @@ class ModelOptions:
     detach_basis: bool = False
     start: str = "linear"
     kernel: str = "full"
+    norm: str = "layer"
 
 
 def build_graph(options: ModelOptions) -> GraphBuilder:
@@ -70,6 +71,7 @@ def build_model(
         edge_dim=edge_dim,
         displacement_scale=displacement_scale,
         kernel=options.kernel,
+        norm=options.norm,
     )
 
 

@@ -20,6 +20,8 @@ def make_layer(name: str, edge_dim: int = 0):
         return SE3Linear(FIBER_IN, Fiber({0: 2, 1: 3, 2: 1, 3: 2}), bias=True)
     if name == "norm":
         return SE3Norm(FIBER_IN)
+    if name == "norm_rms":
+        return SE3Norm(FIBER_IN, kind="rms")
     if name in ("conv", "conv_depthwise"):
         return SE3Conv(FIBER_IN, FIBER_OUT, edge_dim=edge_dim, kernel=_kernel_kind(name))
     if name in ("attention", "attention_depthwise"):
@@ -45,7 +47,7 @@ def apply(layer, x, pos, edge_index, edge_attr=None):
     return layer(x)
 
 
-LAYERS = ["linear", "norm", "conv", "attention", "conv_depthwise", "attention_depthwise", "pool"]
+LAYERS = ["linear", "norm", "norm_rms", "conv", "attention", "conv_depthwise", "attention_depthwise", "pool"]
 GRAPH_LAYERS = ("conv", "attention", "conv_depthwise", "attention_depthwise")
 
 
@@ -287,6 +289,27 @@ def test_norm_values_and_zero_features():
     zero = torch.zeros(2, FIBER_IN.dim, dtype=torch.float64, requires_grad=True)
     layer(zero).sum().backward()
     assert torch.isfinite(zero.grad).all()
+
+
+def test_rms_norm_values():
+    """``kind="rms"``: channel norms divided by their root mean square over channels (not centred), then w, b."""
+    layer = SE3Norm(FIBER_IN, kind="rms").double()
+    with torch.no_grad():
+        for name, p in layer.norms.named_parameters():
+            p.uniform_(-0.5, 0.5) if name.endswith("bias") else p.uniform_(0.5, 1.5)
+    x = random_features(FIBER_IN, 5)
+    out = FIBER_IN.split(layer(x))
+    for d, block in FIBER_IN.split(x).items():
+        norm = (block.pow(2).sum(-1) + layer.eps**2).sqrt()
+        module = layer.norms[str(d)]
+        if FIBER_IN[d] > 1:
+            rms = norm.pow(2).mean(-1, keepdim=True).add(torch.finfo(norm.dtype).eps).sqrt()
+            scaled = norm / rms * module.rms.weight + module.bias
+        else:
+            scaled = norm * module.weight + module.bias
+        torch.testing.assert_close(out[d], torch.relu(scaled).unsqueeze(-1) * block / norm.unsqueeze(-1))
+    with pytest.raises(ValueError, match="kind"):
+        SE3Norm(FIBER_IN, kind="batch")
 
 
 def test_pool_values_and_max_restriction():

@@ -86,7 +86,7 @@ def test_property_equivariance_and_finiteness(num_nodes, degrees, scale, graph, 
 HIDDEN = Fiber.create(3, 4)
 
 
-def deep_model_and_inputs():
+def deep_model_and_inputs(norm: str = "layer", seed: int = 1):
     """8 iterations x 4 layers (32 equivariant layers) whose points move a realistic amount, its inputs, a rotation.
 
     The displacement heads are random (``unzero_displacements``), scaled as the training tasks scale them
@@ -95,15 +95,22 @@ def deep_model_and_inputs():
     ``displacement_scale=1``, would throw the points 1-2 neighbour distances per iteration and spread the cloud
     2.5-fold, which no trained model does). Measured: 0.07-0.17 neighbour distances per iteration, 0.38 in all.
     """
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     pos = torch.randn(16, 3, generator=g, dtype=torch.float64)
     x = torch.randn(16, FIBER_IN.dim, generator=g, dtype=torch.float64)
     R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64)).Q
     R = R * torch.sign(torch.linalg.det(R))  # a proper rotation
-    torch.manual_seed(0)
+    torch.manual_seed(seed - 1)
     scale = 0.1 * median_neighbour_distance(pos)
     model = IterativeSE3Transformer(
-        FIBER_IN, HIDDEN, num_iterations=8, layers_per_iteration=4, num_heads=2, graph=KNN(6), displacement_scale=scale
+        FIBER_IN,
+        HIDDEN,
+        num_iterations=8,
+        layers_per_iteration=4,
+        num_heads=2,
+        graph=KNN(6),
+        displacement_scale=scale,
+        norm=norm,
     )
     return unzero_displacements(model).double(), x, pos, R
 
@@ -165,3 +172,20 @@ def step32(model, t: int, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Ten
     """Iteration ``t`` of ``model`` (float32) from a float64 state; results back in float64."""
     h, pos, _ = model._step(model.blocks[t], h.float(), pos.float(), None, None, False)
     return pos.double(), h.double()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_float32_trajectory_within_1e4_with_rms_norm(seed):
+    """The whole 8 x 4 trajectory in float32, with ``norm="rms"`` (channel norms scaled, not centred): the
+    accumulated equivariance error of positions and hidden fiber stays within 1e-4 (and within 1e-9 in float64).
+    With the layer norm the same models reach 1e-5 to 9e-2: centring amplifies rounding (README, Precision)."""
+    model, x, pos, R = deep_model_and_inputs(norm="rms", seed=seed)
+    for dtype, bound in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        m = copy.deepcopy(model).to(dtype)
+        with torch.no_grad():
+            out = m(x.to(dtype), pos.to(dtype))
+            rotated = m(FIBER_IN.rotate(x, R).to(dtype), (pos @ R.T).to(dtype))
+        assert (out.pos.double() - pos).norm(dim=-1).mean() > 0.2 * median_neighbour_distance(pos)  # they moved
+        for t, (a, b) in enumerate(zip(rotated.trajectory, out.trajectory, strict=True)):
+            assert relative_error(a.double(), b.double() @ R.T) <= bound, (dtype, t)
+        assert relative_error(rotated.x.double(), HIDDEN.rotate(out.x.double(), R)) <= bound, dtype

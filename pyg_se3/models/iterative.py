@@ -75,7 +75,7 @@ class IterativeSE3Transformer(nn.Module):
         ``T``, the number of position updates.
     layers_per_iteration
         Equivariant layers per block (``>= 1``).
-    num_heads, channels_div, radial_hidden, radial_layers, kernel, checkpoint
+    num_heads, channels_div, radial_hidden, radial_layers, kernel, checkpoint, norm
         As in :class:`~pyg_se3.models.SE3Transformer`.
     graph
         A :class:`~pyg_se3.graph.GraphBuilder`: ``Radius`` (envelope on by default), ``KNN`` or ``Complete``.
@@ -109,6 +109,7 @@ class IterativeSE3Transformer(nn.Module):
         displacement_scale: float = 1.0,
         kernel: str = "full",
         checkpoint: bool = False,
+        norm: bool | str = True,
     ) -> None:
         super().__init__()
         if not displacement_scale > 0:
@@ -135,6 +136,7 @@ class IterativeSE3Transformer(nn.Module):
             "radial_layers": radial_layers,
             "kernel": kernel,
             "checkpoint": checkpoint,
+            "norm": norm,
         }
         if share_weights:
             lost = [d for d in fiber_in.degrees if d not in fiber_hidden]

@@ -41,7 +41,9 @@ class SE3Transformer(nn.Module):
     channels_div
         Value/key channels are ``fiber_hidden``'s divided by this (see :class:`~pyg_se3.nn.SE3Attention`).
     norm
-        Put an :class:`~pyg_se3.nn.SE3Norm` after each attention block.
+        Put an :class:`~pyg_se3.nn.SE3Norm` after each attention block: ``True`` or ``"layer"`` (the
+        SE(3)-Transformer's), ``"rms"`` (channel norms scaled, not centred: more robust to rounding in deep
+        models), ``False`` for none.
     radial_hidden, radial_layers
         Width and depth of every radial network.
     kernel
@@ -64,7 +66,7 @@ class SE3Transformer(nn.Module):
         num_heads: int = 4,
         edge_dim: int = 0,
         channels_div: int = 2,
-        norm: bool = True,
+        norm: bool | str = True,
         radial_hidden: int = 32,
         radial_layers: int = 2,
         pooling: str | None = None,
@@ -90,7 +92,7 @@ class SE3Transformer(nn.Module):
         for _ in range(num_layers):
             layers.append(SE3Attention(fiber, fiber_hidden, num_heads, channels_div, **radial))
             if norm:
-                layers.append(SE3Norm(fiber_hidden))
+                layers.append(SE3Norm(fiber_hidden, kind="layer" if norm is True else norm))
             fiber = fiber_hidden
         self.layers = nn.ModuleList(layers)
         self.output = SE3Conv(fiber, fiber_out, self_interaction=True, **radial)

@@ -286,7 +286,8 @@ class DepthwiseEdgeKernel(_KernelBase):
     fiber_in, fiber_out, edge_dim, radial_hidden, radial_layers
         As for :class:`EdgeKernel`.
     chunk
-        Accepted for a common signature; the depthwise contraction is not chunked (its weights are small).
+        Edges per chunk: each chunk's path features ``[n, 2l+1, K_l]`` are built, weighted and mixed, and rebuilt
+        in the backward pass (activation checkpointing per chunk); ``None`` sizes chunks to ~2 MiB on a CPU.
     """
 
     def __init__(
@@ -339,24 +340,24 @@ class DepthwiseEdgeKernel(_KernelBase):
             # sum over J and channel mixing in one matmul: the mixing matrix repeated over each channel's paths
             mix = self.mix.weights[str(l)][:, getattr(self, f"path_channel_{l}")]
             chunk = self.chunk or _edges_per_chunk(weights.shape[1] * (2 * l + 1), weights.element_size(), x_j.device)
-            parts = [
-                self._chunk_messages(start, min(start + chunk, x_j.shape[0]), l, xs, bs, weights, mix)
-                for start in range(0, x_j.shape[0], chunk)
-            ]
+            # torch.split, not slicing: its backward joins the chunks' gradients once (a slice's backward would
+            # build a zero gradient of all edges per chunk: quadratic in the number of edges)
+            chunks = zip(*(t.split(chunk) for t in [*xs, *bs, weights]), strict=True)
+            parts = [self._chunk_messages(l, len(xs), *inputs, mix) for inputs in chunks]
             out[l] = torch.cat(parts).transpose(1, 2) if parts else x_j.new_zeros(0, self.fiber_out[l], 2 * l + 1)
         return out
 
     @staticmethod
-    def _chunk_messages(start, stop, l, xs, bs, weights, mix) -> Tensor:
-        """``[n, 2l+1, C_out]`` messages of edges ``start:stop``; in the backward pass the chunk's path features
-        are recomputed (activation checkpointing), so they never exist for all edges at once."""
+    def _chunk_messages(l: int, num_in: int, *inputs: Tensor) -> Tensor:
+        """``[n, 2l+1, C_out]`` messages of one chunk of edges (inputs: ``num_in`` feature blocks, as many basis
+        blocks, the radial weights, the mixing matrix); in the backward pass the chunk's path features are
+        recomputed (activation checkpointing), so they never exist for all edges at once."""
 
         def messages(*inputs: Tensor) -> Tensor:
-            num_in = len(xs)
-            paths = _stacked_features(inputs[:num_in], inputs[num_in : 2 * num_in], 0, stop - start, 2 * l + 1)
+            n = inputs[0].shape[0]
+            paths = _stacked_features(inputs[:num_in], inputs[num_in : 2 * num_in], 0, n, 2 * l + 1)
             return torch.matmul(paths * inputs[-2].unsqueeze(1), inputs[-1].t())
 
-        inputs = [x[start:stop] for x in xs] + [b[start:stop] for b in bs] + [weights[start:stop], mix]
         if torch.is_grad_enabled():
             return recompute(messages, *inputs, use_reentrant=False)
         return messages(*inputs)

@@ -19,8 +19,14 @@ class SE3Norm(nn.Module):
 
     The norms are invariant, so only an invariant factor multiplies each equivariant direction. ``LN`` is a
     layer norm over the channels of one degree (its affine shift is ``b``); degrees with a single channel get
-    only the affine part, because a layer norm over one value is constant. The same ``ε`` regularises both
+    only the affine part, because a normalisation over one value is constant. The same ``ε`` regularises both
     norms, so a zero feature maps to zero with finite gradients.
+
+    ``kind="rms"`` replaces the layer norm by an RMS norm (``‖f‖_c / rms_c(‖f‖) · w_c + b_c``): the channel norms
+    are scaled but not centred. Centring subtracts the mean of positive numbers, which amplifies relative
+    rounding errors (by 1.4-2.5 per layer in float32, measured), and deep iterative models compound that; the RMS
+    norm does not, and keeps a float32 8-iteration x 4-layer model equivariant to ~1e-6 (see the README's
+    Precision section).
 
     Parameters
     ----------
@@ -30,13 +36,19 @@ class SE3Norm(nn.Module):
         ``σ``; ReLU as in the SE(3)-Transformer.
     eps
         The regulariser ``ε`` of the norm.
+    kind
+        ``"layer"`` (the SE(3)-Transformer's layer norm over channel norms) or ``"rms"`` (scaled, not centred).
     """
 
-    def __init__(self, fiber: Fiber, nonlinearity: nn.Module | None = None, eps: float = 1e-6) -> None:
+    def __init__(
+        self, fiber: Fiber, nonlinearity: nn.Module | None = None, eps: float = 1e-6, kind: str = "layer"
+    ) -> None:
         super().__init__()
-        self.fiber, self.eps = fiber, eps
+        if kind not in NORMS:
+            raise ValueError(f"kind: expected one of {sorted(NORMS)}, got {kind!r}")
+        self.fiber, self.eps, self.kind = fiber, eps, kind
         self.nonlinearity = nonlinearity if nonlinearity is not None else nn.ReLU()
-        self.norms = nn.ModuleDict({str(d): nn.LayerNorm(c) if c > 1 else _Affine() for d, c in fiber})
+        self.norms = nn.ModuleDict({str(d): NORMS[kind](c) if c > 1 else _Affine() for d, c in fiber})
 
     def reset_parameters(self) -> None:
         for module in self.norms.values():
@@ -52,7 +64,10 @@ class SE3Norm(nn.Module):
         return self.fiber.join(out)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.fiber}, nonlinearity={self.nonlinearity}, eps={self.eps})"
+        return (
+            f"{self.__class__.__name__}({self.fiber}, nonlinearity={self.nonlinearity}, eps={self.eps}, "
+            f"kind={self.kind!r})"
+        )
 
 
 class _Affine(nn.Module):
@@ -69,3 +84,22 @@ class _Affine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.weight + self.bias
+
+
+class _RMSAffine(nn.Module):
+    """``x / rms(x) * w + b`` over the last dimension (channels): an RMS norm with a shift."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.rms = nn.RMSNorm(channels)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self) -> None:
+        self.rms.reset_parameters()
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rms(x) + self.bias
+
+
+NORMS = {"layer": nn.LayerNorm, "rms": _RMSAffine}
