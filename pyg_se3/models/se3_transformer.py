@@ -81,7 +81,7 @@ class SE3Transformer(nn.Module):
         self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
         self.num_layers, self.edge_dim, self.pooling = num_layers, edge_dim, pooling
         self.checkpoint = checkpoint
-        radial = {
+        kernel_args = {
             "edge_dim": edge_dim,
             "radial_hidden": radial_hidden,
             "radial_layers": radial_layers,
@@ -90,12 +90,12 @@ class SE3Transformer(nn.Module):
         layers: list[nn.Module] = []
         fiber = fiber_in
         for _ in range(num_layers):
-            layers.append(SE3Attention(fiber, fiber_hidden, num_heads, channels_div, **radial))
+            layers.append(SE3Attention(fiber, fiber_hidden, num_heads, channels_div, **kernel_args))
             if norm:
                 layers.append(SE3Norm(fiber_hidden, kind="layer" if norm is True else norm))
             fiber = fiber_hidden
         self.layers = nn.ModuleList(layers)
-        self.output = SE3Conv(fiber, fiber_out, self_interaction=True, **radial)
+        self.output = SE3Conv(fiber, fiber_out, self_interaction=True, **kernel_args)
         self.max_degree = max(fiber_in.max_degree, fiber_hidden.max_degree, fiber_out.max_degree)
 
     def reset_parameters(self) -> None:

@@ -27,9 +27,15 @@ _CHUNK_BYTES = {"cpu": 2**21, "cuda": 2**28}
 COMPILED_MAX_CHUNKS = 4
 
 
-def _edges_per_chunk(weights_per_edge: int, element_size: int, device: torch.device) -> int:
-    budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"])
-    return max(8, budget // (weights_per_edge * element_size))
+def _edges_per_chunk(per_edge: int, like: Tensor) -> int:
+    """Edges per chunk when ``per_edge`` numbers of ``like``'s dtype and device are built per edge: about
+    ``_CHUNK_BYTES`` per chunk, and under ``torch.compile`` at most ``COMPILED_MAX_CHUNKS`` chunks of
+    ``like``'s edges (the compiler unrolls the loop over chunks)."""
+    budget = _CHUNK_BYTES.get(like.device.type, _CHUNK_BYTES["cuda"])
+    chunk = max(8, budget // (per_edge * like.element_size()))
+    if torch.compiler.is_compiling():
+        chunk = max(chunk, -(-like.shape[0] // COMPILED_MAX_CHUNKS))
+    return chunk
 
 
 def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int) -> Tensor:
@@ -151,9 +157,7 @@ def kernel_contraction(
         unrolls the loop).
     """
     if chunk is None:
-        chunk = _edges_per_chunk(head.out_features, hidden.element_size(), hidden.device)
-        if torch.compiler.is_compiling():
-            chunk = max(chunk, -(-hidden.shape[0] // COMPILED_MAX_CHUNKS))
+        chunk = _edges_per_chunk(head.out_features, hidden)
     return _KernelContraction.apply(chunk, 2 * degree + 1, hidden, head.weight, head.bias, *xs, *bs)
 
 
@@ -310,11 +314,10 @@ class DepthwiseEdgeKernel(_KernelBase):
             head_scales=[(self.fan_in[l] / channels_in) ** -0.5 for l in fiber_out.degrees],
         )
         self.mix = SE3Linear(Fiber({l: channels_in for l in fiber_out.degrees}), fiber_out)
+        first = {k: sum(c for d, c in fiber_in if d < k) for k in fiber_in.degrees}  # channel offset of degree k
         for l in fiber_out.degrees:  # the input channel (of all degrees, in order) of each of the K_l paths
-            channel = [c for k, c_k in fiber_in for c in range(c_k) for _ in range(num_J(k, l))]
-            offsets = [o for k, c_k in fiber_in for o in [sum(c for d, c in fiber_in if d < k)] * c_k * num_J(k, l)]
-            index = torch.tensor([o + c for o, c in zip(offsets, channel, strict=True)], dtype=torch.long)
-            self.register_buffer(f"path_channel_{l}", index, persistent=False)
+            index = [first[k] + c for k, c_k in fiber_in for c in range(c_k) for _ in range(num_J(k, l))]
+            self.register_buffer(f"path_channel_{l}", torch.tensor(index, dtype=torch.long), persistent=False)
 
     def reset_parameters(self) -> None:
         self.radial.reset_parameters()
@@ -339,7 +342,7 @@ class DepthwiseEdgeKernel(_KernelBase):
             bs = [basis[(k, l)] for k in self.fiber_in.degrees]
             # sum over J and channel mixing in one matmul: the mixing matrix repeated over each channel's paths
             mix = self.mix.weights[str(l)][:, getattr(self, f"path_channel_{l}")]
-            chunk = self.chunk or _edges_per_chunk(weights.shape[1] * (2 * l + 1), weights.element_size(), x_j.device)
+            chunk = self.chunk or _edges_per_chunk(weights.shape[1] * (2 * l + 1), weights)
             # torch.split, not slicing: its backward joins the chunks' gradients once (a slice's backward would
             # build a zero gradient of all edges per chunk: quadratic in the number of edges)
             chunks = zip(*(t.split(chunk) for t in [*xs, *bs, weights]), strict=True)
