@@ -328,3 +328,8 @@ def test_repr_and_reset(name):
     before = [p.clone() for p in layer.parameters()]
     layer.reset_parameters()
     assert any(not torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+
+
+def test_unknown_kernel_names_the_argument():
+    with pytest.raises(ValueError, match="kernel: expected one of"):
+        SE3Conv(FIBER_IN, FIBER_OUT, kernel="dense")
