@@ -36,12 +36,14 @@ if TYPE_CHECKING:
 
 RESULTS = Path(__file__).parent / "results"
 BASE_MODELS = ["SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
-# Variants: "+depthwise" uses the depthwise edge kernel, "+checkpoint" activation checkpointing (SE3Transformer).
+# Variants: "+depthwise" uses the depthwise edge kernel, "+checkpoint" activation checkpointing over groups of
+# target nodes (the models' checkpoint=True: bounded memory for large graphs).
 OUR_MODELS = [
     *BASE_MODELS,
     "SE3Transformer+depthwise",
     "SE3ConvNet+depthwise",
     "SE3Transformer+checkpoint",
+    "IterativeSE3Transformer+checkpoint",
 ]
 K = 16  # neighbours of the kNN graphs
 RADIUS = 1.0  # cutoff of the radius graphs (on average ~16 neighbours at the benchmark's density)

@@ -134,6 +134,30 @@ class Basis:
     def num_edges(self) -> int:
         return self.edge_index.shape[1]
 
+    def split(self, sizes: list[int], edge_indices: list[Tensor]) -> list[Basis]:
+        """The bases of consecutive runs of ``sizes`` edges, each for its own ``edge_indices[i]`` (e.g. the run's
+        edges with relabelled targets). Built with ``torch.split``, whose backward joins the runs' gradients
+        once: slicing would build a zero gradient of all edges for every run (quadratic in the number of runs)."""
+        if sum(sizes) != self.num_edges or len(sizes) != len(edge_indices):
+            raise ValueError(f"sizes: expected one size per edge index, summing to {self.num_edges}, got {sizes}")
+        fields = [self.rel_pos, self.dist, self.sh, *self.pairs.values()]
+        if self.edge_weight is not None:
+            fields.append(self.edge_weight)
+        runs = zip(*(tensor.split(sizes) for tensor in fields), strict=True)
+        out = []
+        for edge_index, (rel_pos, dist, sh, *rest) in zip(edge_indices, runs, strict=True):
+            pairs = dict(zip(self.pairs, rest[: len(self.pairs)], strict=True))
+            edge_weight = rest[len(self.pairs)] if self.edge_weight is not None else None
+            out.append(Basis(edge_index, rel_pos, dist, sh, self.max_degree, pairs, edge_weight))
+        return out
+
+    def index_select(self, index: Tensor, edge_index: Tensor) -> Basis:
+        """The basis of the edges ``index`` (e.g. a permutation), which form ``edge_index``."""
+        pairs = {pair: b.index_select(0, index) for pair, b in self.pairs.items()}
+        edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
+        rel_pos, dist, sh = (t.index_select(0, index) for t in (self.rel_pos, self.dist, self.sh))
+        return Basis(edge_index, rel_pos, dist, sh, self.max_degree, pairs, edge_weight)
+
     def __getitem__(self, pair: tuple[int, int]) -> Tensor:
         try:
             return self.pairs[pair]

@@ -41,8 +41,9 @@ def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos") -> N
         raise ValueError(f"{name}: contains NaN or inf")
 
 
-def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index") -> None:
-    """``edge_index`` must be an integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``.
+def check_edge_index(edge_index: Tensor, num_nodes: int | tuple[int, int], name: str = "edge_index") -> None:
+    """``edge_index`` must be an integer ``[2, E]`` tensor with entries in ``[0, num_nodes)`` (for a bipartite
+    graph, ``num_nodes = (sources, targets)``: sources in ``[0, sources)``, targets in ``[0, targets)``).
 
     The range is a value check, skipped under ``torch.compile`` (:func:`checking_values`).
     """
@@ -51,6 +52,12 @@ def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name}: expected an int64 tensor, got {edge_index.dtype}")
     if edge_index.numel() and checking_values():
+        if isinstance(num_nodes, tuple):
+            for row, what, count in zip(edge_index, ("source", "target"), num_nodes, strict=True):
+                low, high = int(row.min()), int(row.max())
+                if low < 0 or high >= count:
+                    raise ValueError(f"{name}: {what} indices must lie in [0, {count}), got range [{low}, {high}]")
+            return
         low, high = int(edge_index.min()), int(edge_index.max())
         if low < 0 or high >= num_nodes:
             raise ValueError(f"{name}: node indices must lie in [0, {num_nodes}), got range [{low}, {high}]")

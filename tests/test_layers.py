@@ -333,3 +333,42 @@ def test_repr_and_reset(name):
 def test_unknown_kernel_names_the_argument():
     with pytest.raises(ValueError, match="kernel: expected one of"):
         SE3Conv(FIBER_IN, FIBER_OUT, kernel="dense")
+
+
+@pytest.mark.parametrize("name", GRAPH_LAYERS)
+def test_bipartite_input_equals_the_targets_rows_of_the_joined_graph(name):
+    # Sources 0..5 and targets 0..3 of a bipartite graph; the same graph with the targets numbered after the
+    # sources (one node set) gives the same outputs at the targets.
+    layer = make_layer(name, edge_dim=1).double()
+    num_src, num_dst, num_edges = 6, 4, 15
+    g = torch.Generator().manual_seed(3)
+    pos = torch.randn(num_src + num_dst, 3, generator=g, dtype=torch.float64)
+    x = random_features(FIBER_IN, num_src + num_dst)
+    edge_index = torch.stack(
+        [torch.randint(num_src, (num_edges,), generator=g), torch.randint(num_dst, (num_edges,), generator=g)]
+    )
+    joined = edge_index + torch.tensor([[0], [num_src]])
+    edge_attr = torch.rand(num_edges, 1, dtype=torch.float64)
+    basis = compute_basis(pos, joined, layer.max_degree)
+    want = layer(x, pos, joined, edge_attr)[num_src:]
+    got = layer((x[:num_src], x[num_src:]), None, edge_index, edge_attr, basis=basis)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # the messages count: without the edges the targets' outputs are different
+    no_edges = layer(x, pos, joined[:, :0], edge_attr[:0])[num_src:]
+    assert relative_error(want, no_edges) > 0.1
+
+
+@pytest.mark.parametrize("name", GRAPH_LAYERS)
+def test_bipartite_input_errors_name_the_argument(name):
+    layer = make_layer(name).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    basis = compute_basis(pos, edge_index, layer.max_degree)
+    x = random_features(FIBER_IN, NUM_NODES)
+    with pytest.raises(ValueError, match="basis: a bipartite"):
+        layer((x, x[:4]), pos, edge_index[:, edge_index[1] < 4])
+    with pytest.raises(ValueError, match="target indices must lie in"):
+        layer((x, x[:4]), None, edge_index, basis=basis)
+    with pytest.raises(ValueError, match=r"x: expected a tensor or a pair"):
+        layer((x, x, x), None, edge_index, basis=basis)
+    with pytest.raises(ValueError, match=r"x\[1\]: expected last dimension"):
+        layer((x, x[:, :-1]), None, edge_index, basis=basis)

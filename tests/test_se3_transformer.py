@@ -7,8 +7,9 @@ from helpers import random_features, random_graph, random_rotations, relative_er
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import Fiber
+from pyg_se3 import Fiber, compute_basis
 from pyg_se3.models import SE3Transformer
+from pyg_se3.nn import TargetGroups
 
 FIBER_IN = Fiber({0: 2, 1: 1, 2: 1, 3: 1})
 FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
@@ -169,20 +170,55 @@ def test_import_emits_no_warnings():
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("checkpoint_edges", [1, 7, 1000])
 @pytest.mark.parametrize("kernel", ["full", "depthwise"])
-def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel):
-    model = small_model(edge_dim=1, kernel=kernel).double()
+def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel, checkpoint_edges):
+    # 1: a group per target node; 7: groups of several nodes; 1000: one group. The edges are not sorted by
+    # target, and node 0 has no incoming edge (its output is its self-interaction alone).
+    model = small_model(edge_dim=1, kernel=kernel, checkpoint_edges=checkpoint_edges).double()
     pos, edge_index = random_graph(10, 45)
+    edge_index = edge_index[:, edge_index[1] != 0]
+    assert not bool((edge_index[1].diff() >= 0).all())
     x = random_features(FIBER_IN, 10)
-    edge_attr = torch.rand(45, 1, dtype=torch.float64)
+    edge_attr = torch.rand(edge_index.shape[1], 1, dtype=torch.float64)
 
     def values_and_gradients(checkpoint):
         model.checkpoint = checkpoint
         model.zero_grad()
         pos_ = pos.clone().requires_grad_(True)
-        out = model(x, pos_, edge_index, edge_attr)
+        x_ = x.clone().requires_grad_(True)
+        attr_ = edge_attr.clone().requires_grad_(True)
+        out = model(x_, pos_, edge_index, attr_)
         out.square().sum().backward()
-        return [out, pos_.grad, *[p.grad for p in model.parameters()]]
+        with torch.no_grad():  # without gradients the groups run one after another, without recomputation
+            out_no_grad = model(x, pos, edge_index, edge_attr)
+        return [out, out_no_grad, pos_.grad, x_.grad, attr_.grad, *[p.grad for p in model.parameters()]]
 
-    for got, want in zip(values_and_gradients(True), values_and_gradients(False), strict=True):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    got, want = values_and_gradients(True), values_and_gradients(False)
+    assert len(got) == len(want) and all(g is not None for g in got)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+    assert float(want[2].abs().max()) > 0  # a real gradient with respect to positions was compared
+
+
+def test_target_groups_cover_every_node_and_edge_once():
+    pos, edge_index = random_graph(30, 200)
+    basis = compute_basis(pos, edge_index, 1)
+    groups = TargetGroups(30, edge_index, None, basis, max_edges=25)
+    assert sum(groups.node_sizes) == 30 and groups.num_groups > 1
+    sizes = [ei.shape[1] for ei in groups.edge_indices]
+    assert sum(sizes) == 200 and max(sizes) < 25 + 30  # a group overshoots by at most one node's edges
+    # the groups' edges, targets relabelled back, are the sorted graph's edges; their basis rows go with them
+    first = torch.tensor([0, *groups.node_sizes]).cumsum(0)[:-1]
+    rebuilt = torch.cat(
+        [
+            ei + torch.stack([torch.zeros_like(ei[0]), first[g].expand_as(ei[0])])
+            for g, ei in enumerate(groups.edge_indices)
+        ],
+        dim=1,
+    )
+    order = torch.argsort(edge_index[1], stable=True)
+    assert torch.equal(rebuilt, edge_index[:, order])
+    torch.testing.assert_close(torch.cat([b.pairs[(1, 1)] for b in groups.bases]), basis.pairs[(1, 1)][order])
+    with pytest.raises(ValueError, match="max_edges"):
+        TargetGroups(30, edge_index, None, basis, max_edges=0)

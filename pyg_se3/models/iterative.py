@@ -75,7 +75,7 @@ class IterativeSE3Transformer(nn.Module):
         ``T``, the number of position updates.
     layers_per_iteration
         Equivariant layers per block (``>= 1``).
-    num_heads, channels_div, radial_hidden, radial_layers, kernel, checkpoint, norm
+    num_heads, channels_div, radial_hidden, radial_layers, kernel, checkpoint, checkpoint_edges, norm
         As in :class:`~pyg_se3.models.SE3Transformer`.
     graph
         A :class:`~pyg_se3.graph.GraphBuilder`: ``Radius`` (envelope on by default), ``KNN`` or ``Complete``.
@@ -110,6 +110,7 @@ class IterativeSE3Transformer(nn.Module):
         kernel: str = "full",
         checkpoint: bool = False,
         norm: bool | str = True,
+        checkpoint_edges: int = 2**15,
     ) -> None:
         super().__init__()
         if not displacement_scale > 0:
@@ -136,6 +137,7 @@ class IterativeSE3Transformer(nn.Module):
             "radial_layers": radial_layers,
             "kernel": kernel,
             "checkpoint": checkpoint,
+            "checkpoint_edges": checkpoint_edges,
             "norm": norm,
         }
         if share_weights:

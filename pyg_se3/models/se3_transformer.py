@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as recompute
 
 from pyg_se3.basis import Basis, compute_basis
 from pyg_se3.checks import check_graph_inputs
 from pyg_se3.fiber import Fiber
-from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, global_pool
+from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, TargetGroups, global_pool
 
 __all__ = ["SE3Transformer"]
 
@@ -49,9 +47,14 @@ class SE3Transformer(nn.Module):
     kernel
         ``"full"`` or ``"depthwise"`` edge kernels in every layer (see :class:`~pyg_se3.nn.SE3Conv`).
     checkpoint
-        Activation checkpointing: keep only each equivariant layer's inputs during the forward pass and
-        recompute its activations in the backward pass (``torch.utils.checkpoint``). For large graphs: less
-        memory for about one more forward pass of time.
+        For large graphs: run every equivariant layer over groups of target nodes with about
+        ``checkpoint_edges`` incoming edges each (:class:`~pyg_se3.nn.TargetGroups`), keep only the layers'
+        inputs during the forward pass and recompute each group's activations in the backward pass
+        (``torch.utils.checkpoint``). Peak memory then grows with ``checkpoint_edges`` and with the basis
+        (about 1 kB per edge for degrees 0..2), not with the layers' activations of all edges; the cost is about
+        one more forward pass of time. Values are those of the unchunked model up to summation order.
+    checkpoint_edges
+        Edges per group when ``checkpoint`` is on.
     pooling
         ``None`` for node outputs ``[N, fiber_out.dim]``, or ``"mean"``/``"sum"`` to pool per graph of
         ``batch`` to ``[B, fiber_out.dim]``.
@@ -72,15 +75,18 @@ class SE3Transformer(nn.Module):
         pooling: str | None = None,
         kernel: str = "full",
         checkpoint: bool = False,
+        checkpoint_edges: int = 2**15,
     ) -> None:
         super().__init__()
         if num_layers < 0:
             raise ValueError(f"num_layers: expected >= 0, got {num_layers}")
+        if checkpoint_edges < 1:
+            raise ValueError(f"checkpoint_edges: expected >= 1, got {checkpoint_edges}")
         if pooling not in (None, "mean", "sum"):
             raise ValueError(f"pooling: expected None, 'mean' or 'sum', got {pooling!r}")
         self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
         self.num_layers, self.edge_dim, self.pooling = num_layers, edge_dim, pooling
-        self.checkpoint = checkpoint
+        self.checkpoint, self.checkpoint_edges = checkpoint, checkpoint_edges
         kernel_args = {
             "edge_dim": edge_dim,
             "radial_hidden": radial_hidden,
@@ -137,22 +143,20 @@ class SE3Transformer(nn.Module):
         check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch)
         if basis is None:
             basis = compute_basis(pos, edge_index, self.max_degree)
+        groups = (
+            TargetGroups(x.shape[0], edge_index, edge_attr, basis, self.checkpoint_edges) if self.checkpoint else None
+        )
+
+        def graph_layer(layer: nn.Module, h: Tensor) -> Tensor:
+            return layer(h, pos, edge_index, edge_attr, basis) if groups is None else groups(layer, h)
+
         h = x
         for layer in self.layers:
-            h = (
-                self._graph_layer(layer, h, pos, edge_index, edge_attr, basis)
-                if isinstance(layer, SE3Attention)
-                else layer(h)
-            )
-        out = self._graph_layer(self.output, h, pos, edge_index, edge_attr, basis)
+            h = graph_layer(layer, h) if isinstance(layer, SE3Attention) else layer(h)
+        out = graph_layer(self.output, h)
         if self.pooling is not None:
             out = global_pool(out, batch, self.fiber_out, self.pooling)
         return out
-
-    def _graph_layer(self, layer: nn.Module, *inputs) -> Tensor:
-        if self.checkpoint and torch.is_grad_enabled():
-            return recompute(layer, *inputs, use_reentrant=False)
-        return layer(*inputs)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate([*self.layers, self.output]))

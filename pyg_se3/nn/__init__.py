@@ -1,6 +1,7 @@
 """Equivariant layers over PyG graphs. Features are flat fiber tensors ``[N, fiber.dim]``."""
 
 from pyg_se3.nn.attention import SE3Attention
+from pyg_se3.nn.chunked import TargetGroups
 from pyg_se3.nn.conv import SE3Conv
 from pyg_se3.nn.kernel import KERNELS, DepthwiseEdgeKernel, EdgeKernel, make_kernel
 from pyg_se3.nn.linear import SE3Linear
@@ -18,6 +19,7 @@ __all__ = [
     "SE3GlobalPool",
     "SE3Linear",
     "SE3Norm",
+    "TargetGroups",
     "global_pool",
     "make_kernel",
 ]

@@ -11,7 +11,7 @@ from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import edge_softmax, prepare_basis
+from pyg_se3.nn.utils import edge_softmax, node_features, prepare_basis
 
 __all__ = ["SE3Attention"]
 
@@ -56,7 +56,8 @@ class SE3Attention(MessagePassing):
     Shapes
     ------
     ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
-    ``[N, fiber_out.dim]``.
+    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with a ``basis`` ->
+    ``[N_dst, fiber_out.dim]``.
     """
 
     def __init__(
@@ -113,17 +114,30 @@ class SE3Attention(MessagePassing):
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | tuple[Tensor, Tensor],
         pos: Tensor | None,
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
     ) -> Tensor:
-        """Attend; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent."""
-        basis = prepare_basis(self, x, pos, edge_index, edge_attr, basis)
-        query = self.to_query(x)
-        attended = self.propagate(edge_index, x=x, query=query, basis=basis, edge_attr=edge_attr)
-        return self.project(Fiber.cat(attended, self.value_fiber, x, self.fiber_in))
+        """Attend; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
+
+        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention; then ``basis`` is required): keys and
+        values come from the sources, queries and the skip connection from the targets, and the output has one
+        row per target.
+        """
+        x_src, x_dst = node_features(self, x)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis)
+        query = self.to_query(x_dst)
+        attended = self.propagate(
+            edge_index,
+            x=(x_src, x_dst),
+            query=query,
+            basis=basis,
+            edge_attr=edge_attr,
+            size=(x_src.shape[0], x_dst.shape[0]),
+        )
+        return self.project(Fiber.cat(attended, self.value_fiber, x_dst, self.fiber_in))
 
     def message(
         self,

@@ -11,7 +11,7 @@ from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import prepare_basis
+from pyg_se3.nn.utils import node_features, prepare_basis
 
 __all__ = ["SE3Conv"]
 
@@ -50,7 +50,8 @@ class SE3Conv(MessagePassing):
     Shapes
     ------
     ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
-    ``[N, fiber_out.dim]``.
+    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with a ``basis`` ->
+    ``[N_dst, fiber_out.dim]``.
     """
 
     def __init__(
@@ -95,17 +96,24 @@ class SE3Conv(MessagePassing):
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | tuple[Tensor, Tensor],
         pos: Tensor | None,
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
     ) -> Tensor:
-        """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent."""
-        basis = prepare_basis(self, x, pos, edge_index, edge_attr, basis)
-        out = self.propagate(edge_index, x=x, basis=basis, edge_attr=edge_attr)
+        """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
+
+        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention; then ``basis`` is required): messages
+        come from the sources, the self-interaction from the targets, and the output has one row per target.
+        """
+        x_src, x_dst = node_features(self, x)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis)
+        out = self.propagate(
+            edge_index, x=(x_src, x_dst), basis=basis, edge_attr=edge_attr, size=(x_src.shape[0], x_dst.shape[0])
+        )
         if self.self_interaction is not None:
-            out = out + self.fiber_out.embed(self.self_interaction(x), self.self_interaction.fiber_out)
+            out = out + self.fiber_out.embed(self.self_interaction(x_dst), self.self_interaction.fiber_out)
         return out
 
     def message(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None) -> Tensor:

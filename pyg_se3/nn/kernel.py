@@ -43,7 +43,9 @@ def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, st
     ``K``, component-major (the layout in which the batched matmuls with the weights are fastest)."""
     return torch.cat(
         [
-            torch.matmul(x[start:stop], b[start:stop]).view(stop - start, -1, m).transpose(1, 2)
+            torch.matmul(x[start:stop], b[start:stop])
+            .view(stop - start, x.shape[1] * b.shape[2] // m, m)
+            .transpose(1, 2)
             for x, b in zip(xs, bs, strict=True)
         ],
         dim=2,

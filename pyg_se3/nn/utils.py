@@ -9,12 +9,25 @@ from torch_geometric.utils import scatter, softmax
 from pyg_se3.basis import Basis, compute_basis
 from pyg_se3.checks import check_edge_attr, check_edge_index, check_pos
 
-__all__ = ["edge_softmax", "prepare_basis"]
+__all__ = ["edge_softmax", "node_features", "prepare_basis"]
+
+
+def node_features(layer: torch.nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``x [N, fiber_in.dim]``, or a bipartite pair ``(x_src [N_src, .], x_dst [N_dst, .])`` as PyG's layers take
+    it, as the checked pair ``(x_src, x_dst)``."""
+    pair = x if isinstance(x, tuple) else (x, x)
+    if len(pair) != 2:
+        raise ValueError(f"x: expected a tensor or a pair (x_src, x_dst), got a tuple of {len(pair)}")
+    for tensor, name in zip(pair, ("x", "x") if pair[0] is pair[1] else ("x[0]", "x[1]"), strict=True):
+        layer.fiber_in.check(tensor, name)
+        if tensor.dim() != 2:
+            raise ValueError(f"{name}: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(tensor.shape)}")
+    return pair
 
 
 def prepare_basis(
     layer: torch.nn.Module,
-    x: Tensor,
+    x: tuple[Tensor, Tensor],
     pos: Tensor | None,
     edge_index: Tensor,
     edge_attr: Tensor | None,
@@ -22,20 +35,21 @@ def prepare_basis(
 ) -> Basis:
     """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``).
 
-    ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
+    ``x`` is the pair of :func:`node_features`; ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
     """
-    layer.fiber_in.check(x, "x")
-    if x.dim() != 2:
-        raise ValueError(f"x: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
-    if basis is None or basis.edge_index is not edge_index:
+    bipartite = x[0] is not x[1]
+    num_nodes = (x[0].shape[0], x[1].shape[0]) if bipartite else x[0].shape[0]
+    if basis is None or basis.edge_index is not edge_index or bipartite:
         # A model that built the basis from this very edge_index has checked it already (the range check
-        # synchronises with the device, so it is worth skipping once per layer).
-        check_edge_index(edge_index, x.shape[0])
+        # synchronises with the device, so it is worth skipping once per layer); not so for bipartite sizes.
+        check_edge_index(edge_index, num_nodes)
     check_edge_attr(edge_attr, edge_index.shape[1], layer.edge_dim)
     if basis is None:
+        if bipartite:
+            raise ValueError("basis: a bipartite x = (x_src, x_dst) needs a precomputed basis, got None")
         if pos is None:
             raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
-        check_pos(pos, x.shape[0])
+        check_pos(pos, num_nodes)
         return compute_basis(pos, edge_index, layer.max_degree)
     if basis.num_edges != edge_index.shape[1]:
         raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
