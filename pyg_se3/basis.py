@@ -90,9 +90,11 @@ def clebsch_gordan_block(k: int, l: int, dtype: torch.dtype, device: torch.devic
     return _clebsch_gordan_block_cached(k, l, dtype, device)
 
 
-def edge_vectors(pos: Tensor, edge_index: Tensor) -> Tensor:
-    """``r_ij = pos[j] - pos[i]`` for every edge ``(j, i)`` of ``edge_index`` (source minus target)."""
-    return pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])
+def edge_vectors(pos: Tensor | tuple[Tensor, Tensor], edge_index: Tensor) -> Tensor:
+    """``r_ij = pos[j] - pos[i]`` for every edge ``(j, i)`` of ``edge_index`` (source minus target); for a
+    bipartite graph ``pos = (pos_src, pos_dst)`` and ``r_ij = pos_src[j] - pos_dst[i]``."""
+    pos_src, pos_dst = pos if isinstance(pos, tuple) else (pos, pos)
+    return pos_src.index_select(0, edge_index[0]) - pos_dst.index_select(0, edge_index[1])
 
 
 def _safe_norm(vectors: Tensor) -> Tensor:
@@ -169,7 +171,7 @@ class Basis:
 
 
 def compute_basis(
-    pos: Tensor,
+    pos: Tensor | tuple[Tensor, Tensor],
     edge_index: Tensor,
     max_degree: int,
     *,
@@ -181,7 +183,7 @@ def compute_basis(
     Parameters
     ----------
     pos
-        ``[N, 3]`` node positions.
+        ``[N, 3]`` node positions, or ``(pos_src, pos_dst)`` for a bipartite graph.
     edge_index
         ``[2, E]`` edges ``(j, i)``; the relative position is ``pos[j] - pos[i]``.
     max_degree
@@ -210,8 +212,8 @@ def compute_basis(
     if max_degree < 0:
         raise ValueError(f"max_degree: expected >= 0, got {max_degree}")
     if detach:
-        pos = pos.detach()
-    with autocast_disabled(pos.device):  # see Notes
+        pos = tuple(p.detach() for p in pos) if isinstance(pos, tuple) else pos.detach()
+    with autocast_disabled(edge_index.device):  # see Notes
         rel_pos = edge_vectors(pos, edge_index)
         dist = _safe_norm(rel_pos).unsqueeze(-1)
         directions = rel_pos / dist

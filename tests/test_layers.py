@@ -353,6 +353,9 @@ def test_bipartite_input_equals_the_targets_rows_of_the_joined_graph(name):
     want = layer(x, pos, joined, edge_attr)[num_src:]
     got = layer((x[:num_src], x[num_src:]), None, edge_index, edge_attr, basis=basis)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # the same from the pair of positions (the basis computed inside)
+    got = layer((x[:num_src], x[num_src:]), (pos[:num_src], pos[num_src:]), edge_index, edge_attr)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     # the messages count: without the edges the targets' outputs are different
     no_edges = layer(x, pos, joined[:, :0], edge_attr[:0])[num_src:]
     assert relative_error(want, no_edges) > 0.1
@@ -364,8 +367,10 @@ def test_bipartite_input_errors_name_the_argument(name):
     pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
     basis = compute_basis(pos, edge_index, layer.max_degree)
     x = random_features(FIBER_IN, NUM_NODES)
-    with pytest.raises(ValueError, match="basis: a bipartite"):
+    with pytest.raises(ValueError, match=r"pos: a bipartite x = \(x_src, x_dst\) needs pos = \(pos_src, pos_dst\)"):
         layer((x, x[:4]), pos, edge_index[:, edge_index[1] < 4])
+    with pytest.raises(ValueError, match=r"pos\[1\]: expected 4 rows"):
+        layer((x, x[:4]), (pos, pos), edge_index[:, edge_index[1] < 4])
     with pytest.raises(ValueError, match="target indices must lie in"):
         layer((x, x[:4]), None, edge_index, basis=basis)
     with pytest.raises(ValueError, match=r"x: expected a tensor or a pair"):

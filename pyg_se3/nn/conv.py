@@ -50,8 +50,8 @@ class SE3Conv(MessagePassing):
     Shapes
     ------
     ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
-    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with a ``basis`` ->
-    ``[N_dst, fiber_out.dim]``.
+    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with
+    ``pos = (pos_src, pos_dst)`` or a ``basis`` -> ``[N_dst, fiber_out.dim]``.
     """
 
     def __init__(
@@ -97,15 +97,16 @@ class SE3Conv(MessagePassing):
     def forward(
         self,
         x: Tensor | tuple[Tensor, Tensor],
-        pos: Tensor | None,
+        pos: Tensor | tuple[Tensor, Tensor] | None,
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
     ) -> Tensor:
         """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
 
-        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention; then ``basis`` is required): messages
-        come from the sources, the self-interaction from the targets, and the output has one row per target.
+        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention), with ``pos = (pos_src, pos_dst)``
+        or a ``basis``: messages come from the sources, the self-interaction from the targets, and the output
+        has one row per target.
         """
         x_src, x_dst = node_features(self, x)
         basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis)

@@ -28,7 +28,7 @@ def node_features(layer: torch.nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> 
 def prepare_basis(
     layer: torch.nn.Module,
     x: tuple[Tensor, Tensor],
-    pos: Tensor | None,
+    pos: Tensor | tuple[Tensor, Tensor] | None,
     edge_index: Tensor,
     edge_attr: Tensor | None,
     basis: Basis | None,
@@ -45,11 +45,15 @@ def prepare_basis(
         check_edge_index(edge_index, num_nodes)
     check_edge_attr(edge_attr, edge_index.shape[1], layer.edge_dim)
     if basis is None:
-        if bipartite:
-            raise ValueError("basis: a bipartite x = (x_src, x_dst) needs a precomputed basis, got None")
         if pos is None:
             raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
-        check_pos(pos, num_nodes)
+        if bipartite:
+            if not isinstance(pos, tuple) or len(pos) != 2:
+                raise ValueError("pos: a bipartite x = (x_src, x_dst) needs pos = (pos_src, pos_dst) or a basis")
+            check_pos(pos[0], num_nodes[0], "pos[0]")
+            check_pos(pos[1], num_nodes[1], "pos[1]")
+        else:
+            check_pos(pos, num_nodes)
         return compute_basis(pos, edge_index, layer.max_degree)
     if basis.num_edges != edge_index.shape[1]:
         raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
