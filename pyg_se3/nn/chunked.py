@@ -27,7 +27,9 @@ class TargetGroups:
 
     Edges are sorted by target once (a stable sort; graphs built by :mod:`pyg_se3.graph` already are) and the
     basis and edge attributes are permuted with them. Every per-edge tensor is cut with ``torch.split``, whose
-    backward joins the groups' gradients once (slices would each build a zero gradient of all edges).
+    backward joins the groups' gradients once (slices would each build a zero gradient of all edges). The group
+    boundaries are read back from the graph (a data-dependent step), so ``torch.compile(fullgraph=True)`` cannot
+    trace it; compiled models break the graph there.
 
     Parameters
     ----------
