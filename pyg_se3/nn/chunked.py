@@ -29,7 +29,7 @@ class TargetGroups:
     basis and edge attributes are permuted with them. Every per-edge tensor is cut with ``torch.split``, whose
     backward joins the groups' gradients once (slices would each build a zero gradient of all edges). The group
     boundaries are read back from the graph (a data-dependent step), so ``torch.compile(fullgraph=True)`` cannot
-    trace it; compiled models break the graph there.
+    trace it (checkpointing is meant for eager training on large graphs).
 
     Parameters
     ----------
