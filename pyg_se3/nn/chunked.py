@@ -75,12 +75,12 @@ class TargetGroups:
         bounds = torch.unique_consecutive(torch.cat([cuts.new_zeros(1), cuts, cuts.new_full((1,), num_nodes)]))
         if num_nodes == 0:  # one empty group
             bounds = cuts.new_zeros(2)
-        node_sizes = bounds.diff().tolist()
-        edge_sizes = ptr[bounds].diff().tolist()
+        group_edges = ptr[bounds].diff()
+        edge_sizes = group_edges.tolist()
         # each group's edges with targets relabelled from 0
-        first_node = torch.repeat_interleave(bounds[:-1], ptr[bounds].diff())
+        first_node = torch.repeat_interleave(bounds[:-1], group_edges)
         local = torch.stack([edge_index[0], target - first_node]).split(edge_sizes, dim=1)
-        self.node_sizes = node_sizes
+        self.node_sizes = bounds.diff().tolist()
         self.edge_indices = list(local)
         self.edge_attrs = [None] * len(local) if edge_attr is None else list(edge_attr.split(edge_sizes))
         self.bases = basis.split(edge_sizes, self.edge_indices)
