@@ -53,14 +53,13 @@ def check_edge_index(edge_index: Tensor, num_nodes: int | tuple[int, int], name:
         raise ValueError(f"{name}: expected an int64 tensor, got {edge_index.dtype}")
     if edge_index.numel() and checking_values():
         if isinstance(num_nodes, tuple):
-            for row, what, count in zip(edge_index, ("source", "target"), num_nodes, strict=True):
-                low, high = int(row.min()), int(row.max())
-                if low < 0 or high >= count:
-                    raise ValueError(f"{name}: {what} indices must lie in [0, {count}), got range [{low}, {high}]")
-            return
-        low, high = int(edge_index.min()), int(edge_index.max())
-        if low < 0 or high >= num_nodes:
-            raise ValueError(f"{name}: node indices must lie in [0, {num_nodes}), got range [{low}, {high}]")
+            ranges = [(edge_index[0], "source", num_nodes[0]), (edge_index[1], "target", num_nodes[1])]
+        else:
+            ranges = [(edge_index, "node", num_nodes)]
+        for indices, what, count in ranges:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= count:
+                raise ValueError(f"{name}: {what} indices must lie in [0, {count}), got range [{low}, {high}]")
 
 
 def check_graph_inputs(
