@@ -15,14 +15,20 @@ __all__ = ["edge_softmax", "node_features", "prepare_basis"]
 def node_features(layer: torch.nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """``x [N, fiber_in.dim]``, or a bipartite pair ``(x_src [N_src, .], x_dst [N_dst, .])`` as PyG's layers take
     it, as the checked pair ``(x_src, x_dst)``."""
-    pair = x if isinstance(x, tuple) else (x, x)
-    if len(pair) != 2:
-        raise ValueError(f"x: expected a tensor or a pair (x_src, x_dst), got a tuple of {len(pair)}")
-    for tensor, name in zip(pair, ("x", "x") if pair[0] is pair[1] else ("x[0]", "x[1]"), strict=True):
-        layer.fiber_in.check(tensor, name)
-        if tensor.dim() != 2:
-            raise ValueError(f"{name}: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(tensor.shape)}")
-    return pair
+    if not isinstance(x, tuple):
+        _check_node_features(layer, x, "x")
+        return x, x
+    if len(x) != 2:
+        raise ValueError(f"x: expected a tensor or a pair (x_src, x_dst), got a tuple of {len(x)}")
+    _check_node_features(layer, x[0], "x[0]")
+    _check_node_features(layer, x[1], "x[1]")
+    return x
+
+
+def _check_node_features(layer: torch.nn.Module, x: Tensor, name: str) -> None:
+    layer.fiber_in.check(x, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a [N, {layer.fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
 
 
 def prepare_basis(
