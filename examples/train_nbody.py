@@ -37,6 +37,7 @@ from torch_geometric.loader import DataLoader
 
 from pyg_se3 import Fiber, distributed
 from pyg_se3.datasets import NBodyCharged
+from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
 
@@ -51,6 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=4, help="position updates")
     parser.add_argument("--layers", type=int, default=2, help="equivariant layers per iteration")
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument(
+        "--invariant-inputs",
+        action="store_true",
+        help="node inputs |q| and the velocity relative to the centre of mass (flipping every charge, or boosting "
+        "the system, then changes the prediction exactly as it changes the motion)",
+    )
+    parser.add_argument(
+        "--motion-edges",
+        action="store_true",
+        help="edges also carry the pair's distance, radial speed and relative speed at the input frame",
+    )
     parser.add_argument("--train-samples", type=int, default=1000, help="first N training systems (3000: all)")
     parser.add_argument("--eval-samples", type=int, default=None, help="first N val/test systems (default: all 2000)")
     parser.add_argument("--root", default="data", help="datasets folder (shared with the pyg-se3 CLI)")
@@ -61,10 +73,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def edge_features(batch):
-    """``(pos, edge_index) -> [E, 1]``: the charge product ``q_i q_j`` of every edge of a rebuilt graph."""
+def node_features(batch, invariant: bool) -> torch.Tensor:
+    """``[charge, velocity]``, or with ``invariant`` ``[|charge|, velocity - mean velocity]`` (equal masses)."""
+    if not invariant:
+        return batch.x
+    return torch.cat([batch.charge.abs(), relative_velocity(batch.vel, batch.batch)], dim=-1)
+
+
+def edge_features(batch, motion: bool):
+    """``(pos, edge_index) -> [E, 1 or 4]``: the charge product ``q_i q_j`` of every edge of a rebuilt graph, then
+    with ``motion`` the pair's distance, radial speed and relative speed at the input frame."""
     charge = batch.charge.squeeze(-1)
-    return lambda pos, edge_index: (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1).to(pos.dtype)
+
+    def features(pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        parts = [(charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1)]
+        if motion:
+            parts.append(pair_motion(batch.pos, batch.vel, edge_index))
+        return torch.cat(parts, dim=-1).to(pos.dtype)
+
+    return features
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -110,13 +137,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     displacement_scale = float((sample.y - start(sample)).square().mean().sqrt()) / args.iterations
 
     model = IterativeSE3Transformer(
-        Fiber({0: 1, 1: 1}),  # batch.x = [charge, velocity]
+        Fiber({0: 1, 1: 1}),  # [charge, velocity]
         Fiber.create(args.degrees, args.channels),
         num_iterations=args.iterations,
         layers_per_iteration=args.layers,
         num_heads=args.heads,
         graph=Complete(),
-        edge_dim=1,
+        edge_dim=4 if args.motion_edges else 1,
         displacement_scale=displacement_scale,
     ).to(device)
     net = distributed.wrap(model, device)  # under torchrun: DDP, whose forward sets up the gradient all-reduce
@@ -124,7 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     distributed.print_main(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training systems")
 
     def predict(batch, module: torch.nn.Module = model) -> torch.Tensor:
-        return module(batch.x, start(batch), batch.batch, edge_attr_fn=edge_features(batch)).pos
+        x, edge_attr_fn = node_features(batch, args.invariant_inputs), edge_features(batch, args.motion_edges)
+        return module(x, start(batch), batch.batch, edge_attr_fn=edge_attr_fn).pos
 
     @torch.no_grad()
     def evaluate(dataset) -> tuple[float, float]:

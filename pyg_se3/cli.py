@@ -81,6 +81,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.start,
         help="regression tasks: iterate from pos + vel * horizon (linear) or from pos (constant)",
     )
+    group.add_argument(
+        "--inputs",
+        choices=["raw", "invariant"],
+        default=defaults.inputs,
+        help="regression tasks: the dataset's node inputs (raw), or only what the physics depends on (invariant): "
+        "velocities relative to the centre of mass and, for nbody, |q| for the node charge (q_i q_j stays on edges)",
+    )
+    group.add_argument(
+        "--motion-edges",
+        action="store_true",
+        help="regression tasks: every edge also carries the pair's distance, radial speed and relative speed at the "
+        "input frame",
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:

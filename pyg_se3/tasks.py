@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.datasets import EnergyMinimisation, NBodyCharged, ParticleDynamics
+from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
@@ -45,6 +46,8 @@ class ModelOptions:
     start: str = "linear"
     kernel: str = "full"
     norm: str = "layer"
+    inputs: str = "raw"
+    motion_edges: bool = False
 
 
 def build_graph(options: ModelOptions) -> GraphBuilder:
@@ -92,9 +95,15 @@ class _Task:
     """What every task has: its model options."""
 
     def __init__(self, options: ModelOptions) -> None:
+        self.check_options(options)
+        self.options = options
+
+    def check_options(self, options: ModelOptions) -> None:
+        """A ValueError naming the option for a value this task cannot use."""
         if options.start not in ("linear", "constant"):
             raise ValueError(f"start: expected 'linear' or 'constant', got {options.start!r}")
-        self.options = options
+        if options.inputs not in ("raw", "invariant"):
+            raise ValueError(f"inputs: expected 'raw' or 'invariant', got {options.inputs!r}")
 
     def with_options(self, options: ModelOptions):
         """The same task (same data settings) for a model with other options."""
@@ -109,16 +118,57 @@ class _RegressionTask(_Task):
     The iterations start from ``options.start``: ``"linear"`` (default), the constant-velocity guess
     ``pos + vel * horizon``, which the model refines (its displacement heads start at zero, so an untrained
     model *is* that baseline); or ``"constant"``, the input positions, as in the original blog post.
+
+    With ``options.inputs == "invariant"`` the model sees velocities relative to the system's centre of mass.
+    The simulations have no walls, so the motion is Galilean invariant: a uniform boost ``u`` moves every target
+    by ``u * horizon``, which the linear start carries exactly, and the network need not learn to ignore it.
+
+    With ``options.motion_edges`` every edge of every rebuilt graph also carries
+    :func:`~pyg_se3.features.pair_motion` of its pair at the *input* frame (distance, radial speed, relative
+    speed). The graphs are built at the moving positions (from ``pos + vel * horizon`` on), so without them the
+    radial networks see the input geometry only through type-1 features.
     """
 
     dataset_cls: Any = None
     horizon: float = 1.0  # time between input and target, for the linear baseline
+    task_edge_dim: int = 0  # edge features of the task itself, before the motion invariants
 
-    def edge_attr_fn(self, batch: Any):
+    @property
+    def edge_dim(self) -> int:
+        return self.task_edge_dim + 3 * self.options.motion_edges
+
+    def task_edge_features(self, batch: Any, edge_index: Tensor) -> Tensor | None:
+        """The task's own edge features ``[E, task_edge_dim]`` of the edges ``edge_index`` (None: none)."""
         return None
 
+    def edge_attr_fn(self, batch: Any):
+        if self.edge_dim == 0:
+            return None
+        vel = batch.x[:, 1:]
+
+        def features(pos: Tensor, edge_index: Tensor) -> Tensor:
+            parts = [self.task_edge_features(batch, edge_index)]
+            if self.options.motion_edges:
+                parts.append(pair_motion(batch.pos, vel, edge_index))
+            return torch.cat([part.to(pos.dtype) for part in parts if part is not None], dim=-1)
+
+        return features
+
     def features(self, batch: Any) -> Tensor:
-        return batch.x
+        """``[scalars, velocity]`` per node: :meth:`scalar_features`, then the velocity (relative to the centre of
+        mass with ``inputs="invariant"``)."""
+        vel = batch.x[:, 1:]  # not batch.vel: a transform that rotates the sample rotates x
+        if self.options.inputs == "invariant":
+            vel = relative_velocity(vel, batch.batch, self.masses(batch))
+        return torch.cat([self.scalar_features(batch), vel], dim=-1)
+
+    def scalar_features(self, batch: Any) -> Tensor:
+        """The type-0 node inputs ``[num_nodes, 1]``."""
+        raise NotImplementedError
+
+    def masses(self, batch: Any) -> Tensor:
+        """``[num_nodes]`` inertial masses, for the centre-of-mass velocity."""
+        raise NotImplementedError
 
     def initial_positions(self, batch: Any) -> Tensor:
         return batch.pos + batch.vel * self.horizon if self.options.start == "linear" else batch.pos
@@ -163,7 +213,6 @@ class DynamicsTask(_RegressionTask):
 
     name = "dynamics"
     dataset_cls = ParticleDynamics
-    edge_dim = 0
 
     def __init__(self, options: ModelOptions) -> None:
         super().__init__(options)
@@ -179,17 +228,25 @@ class DynamicsTask(_RegressionTask):
         self.mass_unit = sum(config["mass_range"]) / 2
         return sets
 
-    def features(self, batch: Any) -> Tensor:
-        return torch.cat([batch.x[:, :1] / self.mass_unit, batch.x[:, 1:]], dim=-1)
+    def scalar_features(self, batch: Any) -> Tensor:
+        return batch.x[:, :1] / self.mass_unit
+
+    def masses(self, batch: Any) -> Tensor:
+        return batch.x[:, 0]
 
 
 class NBodyTask(_RegressionTask):
     """Charged 5-body, frame 30 -> frame 40 (1000 steps of 0.001); inputs: charge (type 0) and velocity
-    (type 1), edge feature ``q_i q_j`` recomputed on every rebuilt graph."""
+    (type 1), edge feature ``q_i q_j`` recomputed on every rebuilt graph.
+
+    With ``inputs="invariant"`` the type-0 input is ``|q| = 1`` instead of ``q``: the forces depend on charges only
+    through ``q_i q_j``, so flipping every sign leaves the motion unchanged, and the edge feature carries all the
+    charge information. Velocities are then relative to the centre of mass (the particles have equal masses).
+    """
 
     name = "nbody"
     dataset_cls = NBodyCharged
-    edge_dim = 1
+    task_edge_dim = 1
 
     def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
         sets = {
@@ -200,9 +257,16 @@ class NBodyTask(_RegressionTask):
         self.horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
         return sets
 
-    def edge_attr_fn(self, batch: Any):
+    def scalar_features(self, batch: Any) -> Tensor:
+        charge = batch.x[:, :1]
+        return charge.abs() if self.options.inputs == "invariant" else charge
+
+    def masses(self, batch: Any) -> Tensor:
+        return torch.ones_like(batch.x[:, 0])
+
+    def task_edge_features(self, batch: Any, edge_index: Tensor) -> Tensor:
         charge = batch.charge.squeeze(-1)
-        return lambda pos, edge_index: (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1).to(pos.dtype)
+        return (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1)
 
 
 class EnergyTask(_Task):
@@ -212,6 +276,14 @@ class EnergyTask(_Task):
     name = "energy"
     dataset_cls = EnergyMinimisation
     edge_dim = 2
+
+    def check_options(self, options: ModelOptions) -> None:
+        super().check_options(options)
+        # the points have no velocities: these options would change nothing, so they are refused
+        if options.inputs != "raw":
+            raise ValueError(f"inputs: the energy task has only 'raw' inputs, got {options.inputs!r}")
+        if options.motion_edges:
+            raise ValueError("motion_edges: the energy task's points have no velocities; pass motion_edges=False")
 
     def datasets(self, root: str, **kwargs: Any) -> dict[str, Any]:
         return {

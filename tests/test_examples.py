@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_identical
+from torch_geometric.loader import DataLoader
 
 from pyg_se3 import cli
 from pyg_se3.datasets import ParticleDynamics
+from pyg_se3.graph import complete_edge_index
 from pyg_se3.tasks import ModelOptions, build_model, get_task
 from pyg_se3.training import TrainConfig, Trainer, seed_everything
 
@@ -121,6 +123,26 @@ def test_energy_example_single_pass_has_the_same_total_layers(root, tmp_path, on
     assert "training the single-pass model" in out
     blocks = {key.split(".")[1] for key in torch.load(tmp_path / "last.pt")["model"] if key.startswith("blocks.")}
     assert blocks == {"0"}, blocks
+
+
+def test_nbody_example_features_are_the_cli_tasks(root, tmp_path, one_thread, capsys):
+    """The example's --invariant-inputs / --motion-edges give the model what the CLI's --inputs invariant
+    --motion-edges give it, and the example trains with them."""
+    example = load_example("train_nbody.py")
+    task = get_task("nbody", ModelOptions(inputs="invariant", motion_edges=True))
+    batch = next(iter(DataLoader(task.datasets(str(root))["test"][:3], batch_size=3)))
+    edge_index = complete_edge_index(batch.batch)
+    moved = batch.pos + torch.randn_like(batch.pos)
+    torch.testing.assert_close(example.node_features(batch, invariant=True), task.features(batch), rtol=0, atol=0)
+    assert not torch.equal(example.node_features(batch, invariant=False), task.features(batch))
+    expected = task.edge_attr_fn(batch)(moved, edge_index)
+    torch.testing.assert_close(example.edge_features(batch, motion=True)(moved, edge_index), expected, rtol=0, atol=0)
+    assert example.edge_features(batch, motion=False)(moved, edge_index).shape == (edge_index.shape[1], 1)
+
+    args = [*TINY_MODEL, "--root", str(root), "--train-samples", "8", "--eval-samples", "8", "--batch-size", "4"]
+    history = example.main([*args, "--epochs", "1", "--out", str(tmp_path), "--invariant-inputs", "--motion-edges"])
+    assert torch.load(tmp_path / "last.pt")["args"]["motion_edges"] is True
+    assert 0 < history[0]["test_mse"] < history[0]["test_linear_mse"] * 10
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

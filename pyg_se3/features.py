@@ -1,0 +1,89 @@
+r"""Input features that respect more of the physics than rotations: Galilean boosts and pair motion.
+
+For particles without walls the motion is Galilean invariant: giving every particle of a system the same extra
+velocity :math:`u` moves every later position by :math:`u t` and changes nothing else. A model that predicts
+``pos + vel * t`` plus a correction computed from :func:`relative_velocity` respects that exactly.
+
+:func:`pair_motion` gives each edge three invariants (under rotations, translations and boosts) of its two
+particles at one instant: their distance, radial speed and relative speed,
+
+.. math::
+    \big(|r|,\; r \cdot v / |r|,\; |v|\big), \qquad r = x_j - x_i, \quad v = v_j - v_i,
+
+which with the pair's charges or masses fix the two-body part of their motion. Used as edge features of a graph
+rebuilt at moved positions, they keep the input frame's pair geometry in view of the radial networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from pyg_se3.checks import check_edge_index
+
+__all__ = ["pair_motion", "relative_velocity"]
+
+
+def _check_vectors(name: str, value: Tensor, num: int | None = None) -> None:
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != 3 or not value.is_floating_point():
+        raise ValueError(f"{name}: expected a floating [N, 3] tensor, got {getattr(value, 'shape', type(value))}")
+    if num is not None and value.shape[0] != num:
+        raise ValueError(f"{name}: expected {num} rows (one per node), got {value.shape[0]}")
+
+
+def relative_velocity(vel: Tensor, batch: Tensor | None = None, mass: Tensor | None = None) -> Tensor:
+    r"""Velocities relative to the centre of mass of each system: :math:`v_i - \sum_j m_j v_j / \sum_j m_j`.
+
+    Parameters
+    ----------
+    vel
+        ``[N, 3]`` velocities.
+    batch
+        ``[N]`` system of each node (PyG's ``batch``); ``None``: one system.
+    mass
+        ``[N]`` or ``[N, 1]`` positive masses; ``None``: equal masses (the mean velocity).
+
+    Returns
+    -------
+    ``[N, 3]``, whose mass-weighted sum over each system is zero.
+    """
+    _check_vectors("vel", vel)
+    n = vel.shape[0]
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=vel.device)
+    if batch.shape != (n,) or batch.dtype != torch.long:
+        raise ValueError(f"batch: expected a long tensor of shape [{n}], got {batch.dtype} {tuple(batch.shape)}")
+    if mass is None:
+        mass = torch.ones(n, dtype=vel.dtype, device=vel.device)
+    mass = mass.reshape(-1) if mass.dim() == 2 and mass.shape[1:] == (1,) else mass
+    if mass.shape != (n,):
+        raise ValueError(f"mass: expected shape [{n}] or [{n}, 1], got {tuple(mass.shape)}")
+    if n and not bool((mass > 0).all()):
+        raise ValueError("mass: expected positive masses")
+    num_graphs = int(batch.max()) + 1 if n else 0
+    weight = mass.to(vel.dtype).unsqueeze(-1)
+    momentum = scatter(weight * vel, batch, dim=0, dim_size=num_graphs, reduce="sum")
+    total = scatter(weight, batch, dim=0, dim_size=num_graphs, reduce="sum")
+    return vel - (momentum / total)[batch]
+
+
+def pair_motion(pos: Tensor, vel: Tensor, edge_index: Tensor) -> Tensor:
+    r"""``[E, 3]`` per edge ``j -> i``: distance :math:`|r|`, radial speed :math:`r \cdot v / |r|` (positive when
+    the particles separate) and relative speed :math:`|v|`, with :math:`r = x_j - x_i`, :math:`v = v_j - v_i`.
+
+    Parameters
+    ----------
+    pos, vel
+        ``[N, 3]`` positions and velocities at one instant.
+    edge_index
+        ``[2, E]`` (source, target) pairs; the radial speed of a pair at distance zero is 0.
+    """
+    _check_vectors("pos", pos)
+    _check_vectors("vel", vel, pos.shape[0])
+    check_edge_index(edge_index, pos.shape[0])
+    src, dst = edge_index
+    r, v = pos[src] - pos[dst], vel[src] - vel[dst]
+    distance = r.norm(dim=-1)
+    radial_speed = (r * v).sum(-1) / distance.clamp_min(torch.finfo(pos.dtype).tiny)
+    return torch.stack([distance, radial_speed, v.norm(dim=-1)], dim=-1)

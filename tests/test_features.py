@@ -1,0 +1,69 @@
+"""``pyg_se3.features``: centre-of-mass velocities and pair-motion invariants, values and symmetries in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+
+from pyg_se3.features import pair_motion, relative_velocity
+from pyg_se3.graph import complete_edge_index
+
+
+def _systems():
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pos = torch.randn(9, 3, dtype=torch.float64)
+    vel = torch.randn(9, 3, dtype=torch.float64)
+    mass = torch.rand(9, dtype=torch.float64) + 0.5
+    return pos, vel, mass, batch
+
+
+def test_relative_velocity_removes_each_systems_centre_of_mass_velocity():
+    _, vel, mass, batch = _systems()
+    out = relative_velocity(vel, batch, mass)
+    for g in range(3):
+        rows = batch == g
+        centre = (mass[rows, None] * vel[rows]).sum(0) / mass[rows].sum()
+        torch.testing.assert_close(out[rows], vel[rows] - centre, rtol=1e-14, atol=1e-14)
+    # equal masses by default: the plain mean; one system without batch
+    torch.testing.assert_close(relative_velocity(vel[:3]), vel[:3] - vel[:3].mean(0), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(relative_velocity(vel, batch, mass.unsqueeze(-1)), out, rtol=0, atol=0)
+
+
+def test_pair_motion_values_and_invariance_under_rotation_translation_and_boost():
+    pos, vel, _, batch = _systems()
+    edge_index = complete_edge_index(batch)
+    out = pair_motion(pos, vel, edge_index)
+    for k, (j, i) in enumerate(edge_index.t().tolist()):
+        r, v = pos[j] - pos[i], vel[j] - vel[i]
+        assert out[k].tolist() == pytest.approx([float(r.norm()), float(r @ v / r.norm()), float(v.norm())], rel=1e-13)
+    R = o3.rand_matrix(dtype=torch.float64)
+    shift, boost = torch.randn(2, 3, dtype=torch.float64)
+    moved = pair_motion(pos @ R.T + shift, vel @ R.T + boost, edge_index)
+    torch.testing.assert_close(moved, out, rtol=1e-12, atol=1e-12)
+    # the radial speed is positive for separating pairs, negative for approaching ones
+    approaching = pair_motion(pos, -vel, edge_index)
+    torch.testing.assert_close(approaching[:, 1], -out[:, 1], rtol=0, atol=1e-15)
+
+
+def test_pair_motion_of_coincident_particles_is_finite():
+    pos = torch.zeros(2, 3, dtype=torch.float64)
+    vel = torch.tensor([[1.0, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    out = pair_motion(pos, vel, torch.tensor([[0], [1]]))
+    assert out.tolist() == [[0.0, 0.0, 1.0]]
+
+
+def test_bad_inputs_name_the_argument():
+    pos, vel, mass, batch = _systems()
+    with pytest.raises(ValueError, match=r"vel: expected a floating \[N, 3\] tensor"):
+        relative_velocity(vel[:, :2], batch)
+    with pytest.raises(ValueError, match=r"batch: expected a long tensor of shape \[9\]"):
+        relative_velocity(vel, batch[:4])
+    with pytest.raises(ValueError, match=r"mass: expected shape \[9\] or \[9, 1\]"):
+        relative_velocity(vel, batch, mass[:3])
+    with pytest.raises(ValueError, match="mass: expected positive masses"):
+        relative_velocity(vel, batch, -mass)
+    with pytest.raises(ValueError, match="vel: expected 9 rows"):
+        pair_motion(pos, vel[:5], complete_edge_index(batch))
+    with pytest.raises(ValueError, match=r"edge_index: node indices must lie in \[0, 9\)"):
+        pair_motion(pos, vel, torch.tensor([[0], [9]]))

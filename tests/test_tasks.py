@@ -1,0 +1,125 @@
+"""The training tasks' inputs: ``inputs="invariant"`` makes predictions respect the physics' extra symmetries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from e3nn import o3
+from helpers import unzero_displacements
+from torch_geometric.loader import DataLoader
+
+from pyg_se3.graph import complete_edge_index
+from pyg_se3.tasks import ModelOptions, build_model, get_task
+
+OPTIONS = dict(num_iterations=2, layers_per_iteration=2, num_degrees=2, channels=4, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _task_model_batch(name: str, inputs: str, root: Path, motion_edges: bool = False):
+    task = get_task(name, ModelOptions(**OPTIONS, inputs=inputs, motion_edges=motion_edges))
+    test = task.datasets(str(root))["test"]
+    torch.manual_seed(0)
+    model = unzero_displacements(build_model(task.dataset_cls.fiber, task.options, task.edge_dim, 0.1)).double()
+    batch = next(iter(DataLoader(test[:4], batch_size=4)))
+    return task, model.eval(), batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+
+
+def _boosted(batch, velocity: torch.Tensor):
+    """Every particle of each system given the extra velocity ``velocity[graph]``."""
+    moved = batch.clone()
+    moved.vel = batch.vel + velocity[batch.batch]
+    moved.x = torch.cat([batch.x[:, :1], batch.x[:, 1:] + velocity[batch.batch]], dim=-1)
+    return moved
+
+
+@pytest.mark.parametrize("motion_edges", [False, True])
+@pytest.mark.parametrize("name", ["nbody", "dynamics"])
+def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, root):
+    """A uniform boost ``u`` of a system moves the prediction by ``u * horizon``: exactly with invariant inputs,
+    not with raw ones (the check can fail)."""
+    errors = {}
+    for inputs in ("raw", "invariant"):
+        task, model, batch = _task_model_batch(name, inputs, root, motion_edges)
+        velocity = torch.randn(batch.num_graphs, 3, dtype=torch.float64)
+        with torch.no_grad():
+            expected = task.predict(model, batch) + velocity[batch.batch] * task.horizon
+            actual = task.predict(model, _boosted(batch, velocity))
+        errors[inputs] = float((actual - expected).norm() / (expected - batch.pos).norm())
+    assert errors["invariant"] < 1e-12, errors
+    assert errors["raw"] > 1e-4, errors
+
+
+def test_invariant_nbody_inputs_ignore_a_flip_of_every_charge(root):
+    errors = {}
+    for inputs in ("raw", "invariant"):
+        task, model, batch = _task_model_batch("nbody", inputs, root)
+        flipped = batch.clone()
+        flipped.charge = -batch.charge
+        flipped.x = torch.cat([-batch.x[:, :1], batch.x[:, 1:]], dim=-1)
+        with torch.no_grad():
+            out, out_flipped = task.predict(model, batch), task.predict(model, flipped)
+        errors[inputs] = float((out_flipped - out).norm() / (out - batch.pos).norm())
+    assert errors["invariant"] < 1e-12, errors
+    assert errors["raw"] > 1e-4, errors
+
+
+def test_invariant_velocities_are_relative_to_the_centre_of_mass(root):
+    """The dynamics task weights the mean velocity by mass: the momentum of the model's velocity input is zero."""
+    task, _, batch = _task_model_batch("dynamics", "invariant", root)
+    vel = task.features(batch)[:, 1:]
+    mass = batch.x[:, :1]
+    momentum = torch.zeros(batch.num_graphs, 3, dtype=vel.dtype).index_add_(0, batch.batch, mass * vel)
+    assert float(momentum.abs().max()) < 1e-12
+    assert float((vel - batch.x[:, 1:]).abs().max()) > 1e-6  # the systems did have a net momentum to remove
+
+
+@pytest.mark.parametrize("name", ["nbody", "dynamics"])
+def test_motion_edges_are_the_input_frame_pair_invariants(name, root):
+    task, _, batch = _task_model_batch(name, "raw", root, motion_edges=True)
+    edge_index = complete_edge_index(batch.batch)
+    # features of a moved configuration: the invariants still describe the input frame
+    features = task.edge_attr_fn(batch)(batch.pos + torch.randn_like(batch.pos), edge_index)
+    assert features.shape == (edge_index.shape[1], task.edge_dim)
+    for k, (j, i) in enumerate(edge_index.t().tolist()):
+        r, v = batch.pos[j] - batch.pos[i], batch.vel[j] - batch.vel[i]
+        expected = [float(r.norm()), float(r @ v / r.norm()), float(v.norm())]
+        if name == "nbody":
+            expected = [float(batch.charge[i] * batch.charge[j]), *expected]
+        assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
+
+
+@pytest.mark.parametrize("name", ["nbody", "dynamics"])
+def test_motion_edges_keep_the_prediction_equivariant(name, root):
+    """A rotation and translation of the input moves the prediction the same way (float64)."""
+    task, model, batch = _task_model_batch(name, "invariant", root, motion_edges=True)
+    fiber_in = task.dataset_cls.fiber
+    R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    moved = batch.clone()
+    moved.pos, moved.vel, moved.x = batch.pos @ R.T + shift, batch.vel @ R.T, fiber_in.rotate(batch.x, R)
+    with torch.no_grad():
+        out, out_moved = task.predict(model, batch), task.predict(model, moved)
+    expected = out @ R.T + shift
+    assert float((out_moved - expected).norm() / (expected - moved.pos).norm()) < 1e-12
+    assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
+
+
+def test_unknown_inputs_option_is_rejected():
+    with pytest.raises(ValueError, match="inputs: expected 'raw' or 'invariant', got 'relative'"):
+        get_task("nbody", ModelOptions(inputs="relative"))
+
+
+def test_options_without_effect_on_the_energy_task_are_rejected():
+    with pytest.raises(ValueError, match="motion_edges: the energy task's points have no velocities"):
+        get_task("energy", ModelOptions(motion_edges=True))
+    with pytest.raises(ValueError, match="inputs: the energy task has only 'raw' inputs, got 'invariant'"):
+        get_task("energy", ModelOptions(inputs="invariant"))
+    dynamics = get_task("dynamics", ModelOptions())
+    assert dynamics.with_options(ModelOptions(inputs="invariant")).options.inputs == "invariant"
+    with pytest.raises(ValueError, match="inputs: expected 'raw' or 'invariant'"):
+        dynamics.with_options(ModelOptions(inputs="boosted"))
