@@ -13,7 +13,7 @@ from torch import Tensor
 
 from pyg_se3.fiber import Fiber
 
-__all__ = ["check_edge_index", "check_graph_inputs", "check_pos", "checking_values"]
+__all__ = ["check_edge_index", "check_graph_inputs", "check_pos", "check_vectors", "checking_values"]
 
 
 def checking_values() -> bool:
@@ -31,13 +31,21 @@ def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos") -> N
 
     Finiteness is a value check, skipped under ``torch.compile`` (:func:`checking_values`).
     """
-    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
-        raise ValueError(f"{name}: expected a [N, 3] tensor of positions, got {_shape(pos)}")
-    if not pos.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got {pos.dtype}")
-    if num_nodes is not None and pos.shape[0] != num_nodes:
-        raise ValueError(f"{name}: expected {num_nodes} rows (one per node of x), got {pos.shape[0]}")
-    if checking_values() and not bool(torch.isfinite(pos).all()):
+    check_vectors(pos, num_nodes, name, "positions")
+
+
+def check_vectors(value: Tensor, num_nodes: int | None = None, name: str = "vel", what: str = "vectors") -> None:
+    """``value`` must be a finite floating ``[N, 3]`` tensor of ``what`` (with ``N == num_nodes`` when given).
+
+    Finiteness is a value check, skipped under ``torch.compile`` (:func:`checking_values`).
+    """
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != 3:
+        raise ValueError(f"{name}: expected a [N, 3] tensor of {what}, got {_shape(value)}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
+    if num_nodes is not None and value.shape[0] != num_nodes:
+        raise ValueError(f"{name}: expected {num_nodes} rows (one per node), got {value.shape[0]}")
+    if checking_values() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name}: contains NaN or inf")
 
 

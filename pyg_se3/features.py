@@ -20,16 +20,9 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from pyg_se3.checks import check_edge_index
+from pyg_se3.checks import check_edge_index, check_pos, check_vectors
 
 __all__ = ["pair_motion", "relative_velocity"]
-
-
-def _check_vectors(name: str, value: Tensor, num: int | None = None) -> None:
-    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != 3 or not value.is_floating_point():
-        raise ValueError(f"{name}: expected a floating [N, 3] tensor, got {getattr(value, 'shape', type(value))}")
-    if num is not None and value.shape[0] != num:
-        raise ValueError(f"{name}: expected {num} rows (one per node), got {value.shape[0]}")
 
 
 def relative_velocity(vel: Tensor, batch: Tensor | None = None, mass: Tensor | None = None) -> Tensor:
@@ -48,7 +41,7 @@ def relative_velocity(vel: Tensor, batch: Tensor | None = None, mass: Tensor | N
     -------
     ``[N, 3]``, whose mass-weighted sum over each system is zero.
     """
-    _check_vectors("vel", vel)
+    check_vectors(vel, None, "vel", "velocities")
     n = vel.shape[0]
     if batch is None:
         batch = torch.zeros(n, dtype=torch.long, device=vel.device)
@@ -79,8 +72,8 @@ def pair_motion(pos: Tensor, vel: Tensor, edge_index: Tensor) -> Tensor:
     edge_index
         ``[2, E]`` (source, target) pairs; the radial speed of a pair at distance zero is 0.
     """
-    _check_vectors("pos", pos)
-    _check_vectors("vel", vel, pos.shape[0])
+    check_pos(pos)
+    check_vectors(vel, pos.shape[0], "vel", "velocities")
     check_edge_index(edge_index, pos.shape[0])
     src, dst = edge_index
     r, v = pos[src] - pos[dst], vel[src] - vel[dst]

@@ -55,8 +55,10 @@ def test_pair_motion_of_coincident_particles_is_finite():
 
 def test_bad_inputs_name_the_argument():
     pos, vel, mass, batch = _systems()
-    with pytest.raises(ValueError, match=r"vel: expected a floating \[N, 3\] tensor"):
+    with pytest.raises(ValueError, match=r"vel: expected a \[N, 3\] tensor of velocities"):
         relative_velocity(vel[:, :2], batch)
+    with pytest.raises(ValueError, match="vel: contains NaN or inf"):
+        relative_velocity(torch.full_like(vel, float("nan")), batch)
     with pytest.raises(ValueError, match=r"batch: expected a long tensor of shape \[9\]"):
         relative_velocity(vel, batch[:4])
     with pytest.raises(ValueError, match=r"mass: expected shape \[9\] or \[9, 1\]"):
