@@ -180,10 +180,35 @@ def test_chunked_contraction_double_backward():
     assert torch.autograd.gradgradcheck(chunked, (hidden, *xs, *bs))
 
 
-def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch):
+@pytest.mark.parametrize("chunk", [1, 3, None])
+def test_depthwise_kernel_gradients_match_its_formula(chunk):
+    """The depthwise contraction's own backward (chunked, path features rebuilt) against plain autograd through
+    :func:`reference_depthwise_messages`: gradients of the features, positions (through the basis), edge
+    features and every parameter."""
+    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, chunk=chunk).double()
+    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+    x_j = random_features(FIBER_IN, NUM_EDGES).requires_grad_(True)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(NUM_EDGES, FIBER_OUT.dim, dtype=torch.float64)
+
+    def grads(messages):
+        pos_ = pos.clone().requires_grad_(True)
+        out = messages(kernel, x_j, compute_basis(pos_, edge_index, 3), edge_attr)
+        return torch.autograd.grad((out * target).sum(), [x_j, pos_, edge_attr, *kernel.parameters()])
+
+    got = grads(lambda kernel, *inputs: kernel(*inputs))
+    want = grads(reference_depthwise_messages)
+    assert min(float(w.abs().max()) for w in want) > 1e-3
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["full", "depthwise"])
+def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch, kind):
     """Double backward through a whole layer: a loss on forces (-dE/dpos) gives the same parameter gradients
-    as with the explicit per-edge kernels of :func:`reference_messages` (plain autograd)."""
-    conv = SE3Conv(FIBER_IN, Fiber({0: 1}), kernel="full").double()
+    as with the explicit per-edge kernels of :func:`reference_messages` (or :func:`reference_depthwise_messages`;
+    plain autograd)."""
+    conv = SE3Conv(FIBER_IN, Fiber({0: 1}), kernel=kind).double()
     conv.kernel.chunk = 3
     pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
     x = random_features(FIBER_IN, NUM_NODES)
@@ -195,10 +220,9 @@ def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch):
         return torch.autograd.grad(forces.square().sum(), list(conv.kernel.parameters()))
 
     got = force_loss_grads()
+    reference = reference_messages if kind == "full" else reference_depthwise_messages
     monkeypatch.setattr(
-        conv.kernel,
-        "forward",
-        lambda x_j, basis, edge_attr=None: reference_messages(conv.kernel, x_j, basis, edge_attr),
+        conv.kernel, "forward", lambda x_j, basis, edge_attr=None: reference(conv.kernel, x_j, basis, edge_attr)
     )
     want = force_loss_grads()
     assert max(float(w.abs().max()) for w in want) > 1e-3

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as recompute
 
 from pyg_se3._amp import backward_with_forward_autocast, record_autocast
 from pyg_se3.basis import Basis, num_J
@@ -52,6 +51,28 @@ def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, st
     )
 
 
+def _stacked_feature_grads(
+    xs: Sequence[Tensor],
+    bs: Sequence[Tensor],
+    d_stacked: Tensor,
+    start: int,
+    need_x: Sequence[bool],
+    need_b: Sequence[bool],
+    d_xs: list[list[Tensor]],
+    d_bs: list[list[Tensor]],
+) -> None:
+    """Backward of :func:`_stacked_features` for edges ``start:start+n``: append the gradients of each needed
+    feature block ``x_k`` and basis block ``b_k`` (from ``d_stacked [n, m, K]``) to ``d_xs[k]`` and ``d_bs[k]``."""
+    n, m = d_stacked.shape[:2]
+    sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
+    for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
+        d_s = d_s.transpose(1, 2).reshape(n, x.shape[1], -1)  # [n, C_k, nJ m]
+        if need_x[i]:
+            d_xs[i].append(d_s @ b[start : start + n].transpose(1, 2))
+        if need_b[i]:
+            d_bs[i].append(x[start : start + n].transpose(1, 2) @ d_s)
+
+
 class _KernelContraction(torch.autograd.Function):
     """``out[e] = (hidden[e] W^T + b).view(C, K) @ stacked[e]``, chunked over edges, weights recomputed.
 
@@ -87,7 +108,6 @@ class _KernelContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
         need_x, need_b = ctx.needs_input_grad[5 : 5 + num_in], ctx.needs_input_grad[5 + num_in :]
-        sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
         d_hidden, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
         d_weight = d_bias = None
         for start in range(0, hidden.shape[0], ctx.chunk):
@@ -108,13 +128,7 @@ class _KernelContraction(torch.autograd.Function):
                 d_bias = part if d_bias is None else d_bias + part
             if any(need_x) or any(need_b):
                 weights = torch.addmm(bias, hidden[start:stop], weight.t()).view(n, -1, ctx.fan_in)
-                d_stacked = torch.bmm(g, weights).split(sizes, dim=2)  # [n, m, K_k] each
-                for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked, strict=True)):
-                    d_s = d_s.transpose(1, 2).reshape(n, x.shape[1], -1)  # [n, C_k, nJ m]
-                    if need_x[i]:
-                        d_xs[i].append(d_s @ b[start:stop].transpose(1, 2))
-                    if need_b[i]:
-                        d_bs[i].append(x[start:stop].transpose(1, 2) @ d_s)
+                _stacked_feature_grads(xs, bs, torch.bmm(g, weights), start, need_x, need_b, d_xs, d_bs)
         # None (a zero gradient) for inputs that need none, and when there are no edges
         return (
             None,
@@ -122,6 +136,61 @@ class _KernelContraction(torch.autograd.Function):
             torch.cat(d_hidden) if d_hidden else None,
             d_weight,
             d_bias,
+            *[torch.cat(parts) if parts else None for parts in d_xs],
+            *[torch.cat(parts) if parts else None for parts in d_bs],
+        )
+
+
+class _DepthwiseContraction(torch.autograd.Function):
+    """``out[e] = (stacked[e] * w[e]) @ mix^T`` (``[m, K]`` path features, one weight per path, ``[C, K]``
+    mixing), chunked over edges like :class:`_KernelContraction`: only the inputs are saved, and the backward
+    pass rebuilds each chunk's path features. Against activation checkpointing of the same products under
+    autograd (its previous form), the backward does not redo the forward's mixing matmul or record a graph:
+    1.23-1.28x faster for a whole depthwise ``SE3Transformer`` (N=64..1,024, 2 threads). The backward is
+    written with differentiable operations (double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, chunk: int, m: int, weights: Tensor, mix: Tensor, *blocks: Tensor) -> Tensor:
+        num_in = len(blocks) // 2
+        xs, bs = blocks[:num_in], blocks[num_in:]
+        out = weights.new_empty(weights.shape[0], m, mix.shape[0])
+        for start in range(0, weights.shape[0], chunk):
+            stop = min(start + chunk, weights.shape[0])
+            paths = _stacked_features(xs, bs, start, stop, m) * weights[start:stop, None]  # [n, m, K]
+            out[start:stop] = torch.matmul(paths, mix.t())
+        ctx.save_for_backward(weights, mix, *blocks)
+        ctx.chunk, ctx.m, ctx.num_in = chunk, m, num_in
+        record_autocast(ctx, weights.device)
+        return out
+
+    @staticmethod
+    @backward_with_forward_autocast
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        weights, mix, *blocks = ctx.saved_tensors
+        num_in, m = ctx.num_in, ctx.m
+        xs, bs = blocks[:num_in], blocks[num_in:]
+        need_weights, need_mix = ctx.needs_input_grad[2:4]
+        need_x, need_b = ctx.needs_input_grad[4 : 4 + num_in], ctx.needs_input_grad[4 + num_in :]
+        d_weights, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
+        d_mix = None
+        for start in range(0, weights.shape[0], ctx.chunk):
+            stop = min(start + ctx.chunk, weights.shape[0])
+            g, w = grad[start:stop], weights[start:stop, None]  # [n, m, C], [n, 1, K]
+            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
+            if need_mix:
+                part = (g.flatten(0, 1).t() @ (stacked * w).flatten(0, 1)).to(mix.dtype)
+                d_mix = part if d_mix is None else d_mix + part
+            d_paths = torch.matmul(g, mix)  # [n, m, K]
+            if need_weights:
+                d_weights.append((d_paths * stacked).sum(1))
+            if any(need_x) or any(need_b):
+                _stacked_feature_grads(xs, bs, d_paths * w, start, need_x, need_b, d_xs, d_bs)
+        return (
+            None,
+            None,
+            torch.cat(d_weights) if d_weights else None,
+            d_mix,
             *[torch.cat(parts) if parts else None for parts in d_xs],
             *[torch.cat(parts) if parts else None for parts in d_bs],
         )
@@ -293,7 +362,7 @@ class DepthwiseEdgeKernel(_KernelBase):
         As for :class:`EdgeKernel`.
     chunk
         Edges per chunk: each chunk's path features ``[n, 2l+1, K_l]`` are built, weighted and mixed, and rebuilt
-        in the backward pass (activation checkpointing per chunk); ``None`` sizes chunks to ~2 MiB on a CPU.
+        in the backward pass (:class:`_DepthwiseContraction`); ``None`` sizes chunks to ~2 MiB on a CPU.
     """
 
     def __init__(
@@ -345,27 +414,9 @@ class DepthwiseEdgeKernel(_KernelBase):
             # sum over J and channel mixing in one matmul: the mixing matrix repeated over each channel's paths
             mix = self.mix.weights[str(l)][:, getattr(self, f"path_channel_{l}")]
             chunk = self.chunk or _edges_per_chunk(weights.shape[1] * (2 * l + 1), weights)
-            # torch.split, not slicing: its backward joins the chunks' gradients once (a slice's backward would
-            # build a zero gradient of all edges per chunk: quadratic in the number of edges)
-            chunks = zip(*(t.split(chunk) for t in [*xs, *bs, weights]), strict=True)
-            parts = [self._chunk_messages(l, len(xs), *inputs, mix) for inputs in chunks]
-            out[l] = torch.cat(parts).transpose(1, 2) if parts else x_j.new_zeros(0, self.fiber_out[l], 2 * l + 1)
+            messages = _DepthwiseContraction.apply(chunk, 2 * l + 1, weights, mix, *xs, *bs)  # [E, m, C_out]
+            out[l] = messages.transpose(1, 2)
         return out
-
-    @staticmethod
-    def _chunk_messages(l: int, num_in: int, *inputs: Tensor) -> Tensor:
-        """``[n, 2l+1, C_out]`` messages of one chunk of edges (inputs: ``num_in`` feature blocks, as many basis
-        blocks, the radial weights, the mixing matrix); in the backward pass the chunk's path features are
-        recomputed (activation checkpointing), so they never exist for all edges at once."""
-
-        def messages(*inputs: Tensor) -> Tensor:
-            n = inputs[0].shape[0]
-            paths = _stacked_features(inputs[:num_in], inputs[num_in : 2 * num_in], 0, n, 2 * l + 1)
-            return torch.matmul(paths * inputs[-2].unsqueeze(1), inputs[-1].t())
-
-        if torch.is_grad_enabled():
-            return recompute(messages, *inputs, use_reentrant=False)
-        return messages(*inputs)
 
 
 KERNELS = {"full": EdgeKernel, "depthwise": DepthwiseEdgeKernel}
