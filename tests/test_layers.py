@@ -5,11 +5,10 @@ import pytest
 import torch
 from helpers import random_features, random_graph, random_rotations, relative_error
 
-import pyg_se3.nn.kernel
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.basis import num_J
 from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel, SE3Attention, SE3Conv, SE3GlobalPool, SE3Linear, SE3Norm
-from pyg_se3.nn.kernel import _edges_per_chunk, kernel_contraction
+from pyg_se3.nn.kernel import kernel_contraction
 
 FIBER_IN = Fiber({0: 3, 1: 2, 2: 2, 3: 1})
 FIBER_OUT = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
@@ -152,20 +151,6 @@ def _contraction_inputs(num_edges: int, degree: int, num_degrees: int = 3):
     ]
     head = torch.nn.Linear(5, 3 * sum(2 * num_J(k, degree) for k in range(num_degrees))).double()
     return hidden, head, xs, bs
-
-
-def test_chunk_budget_depends_on_threads_for_the_full_kernel_only(monkeypatch):
-    monkeypatch.setattr(pyg_se3.nn.kernel, "_CHUNK_BYTES", {"cpu": 800, "cpu_threads": 3200, "cuda": 1 << 20})
-    like = torch.zeros(1000, 5)  # float32: 4 bytes
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert _edges_per_chunk(10, like, split_over_threads=True) == 20
-        torch.set_num_threads(2)
-        assert _edges_per_chunk(10, like, split_over_threads=True) == 80
-        assert _edges_per_chunk(10, like) == 20  # the depthwise kernel's budget does not depend on threads
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])

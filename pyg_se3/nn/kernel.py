@@ -16,12 +16,9 @@ from pyg_se3.nn.radial import RadialMLP
 __all__ = ["KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
 
 # Edges per chunk are chosen so that one chunk's radial weights take about this many bytes: on a CPU they then
-# stay in cache between the matmul that writes them and the one that reads them; on a GPU chunks only bound the
-# transient memory. "cpu_threads": the full kernel's contraction on more than one CPU thread, whose matmuls MKL
-# splits over the threads. Measured (benchmarks/results/chunk_budget.md; 2, 4 or 8 MiB, forward+backward of
-# SE3Transformer at N=64..1,024): with the full kernel, 2 MiB is the fastest on 1 thread and 8 MiB on 2 (6-9%
-# faster than 2 MiB); with the depthwise kernel, 2 MiB on both.
-_CHUNK_BYTES = {"cpu": 2**21, "cpu_threads": 2**23, "cuda": 2**28}
+# stay in cache between the matmul that writes them and the one that reads them; on a GPU chunks only bound
+# the transient memory.
+_CHUNK_BYTES = {"cpu": 2**21, "cuda": 2**28}
 # torch.compile unrolls the Python loop over chunks into the graph; with automatic sizing, a compiled contraction
 # takes at most this many chunks (larger ones), so that compile time does not grow with the number of edges.
 # Measured (benchmarks/compile.py, N=1024, 1 CPU thread; eager 2.6 s per step): 1 chunk 4.0 s per step and ~100 s
@@ -29,19 +26,15 @@ _CHUNK_BYTES = {"cpu": 2**21, "cpu_threads": 2**23, "cuda": 2**28}
 COMPILED_MAX_CHUNKS = 4
 
 
-def _edges_per_chunk(per_edge: int, like: Tensor, split_over_threads: bool = False) -> int:
+def _edges_per_chunk(per_edge: int, like: Tensor) -> int:
     """Edges per chunk when ``per_edge`` numbers of ``like``'s dtype and device are built per edge: about
-    ``_CHUNK_BYTES`` per chunk (``"cpu_threads"`` with ``split_over_threads`` on more than one CPU thread), and
-    under ``torch.compile`` at most ``COMPILED_MAX_CHUNKS`` chunks of ``like``'s edges (the compiler unrolls the
-    loop over chunks)."""
+    ``_CHUNK_BYTES`` per chunk, and under ``torch.compile`` at most ``COMPILED_MAX_CHUNKS`` chunks of
+    ``like``'s edges (the compiler unrolls the loop over chunks)."""
+    budget = _CHUNK_BYTES.get(like.device.type, _CHUNK_BYTES["cuda"])
+    chunk = max(8, budget // (per_edge * like.element_size()))
     if torch.compiler.is_compiling():
-        budget = _CHUNK_BYTES.get(like.device.type, _CHUNK_BYTES["cuda"])
-        chunk = max(8, budget // (per_edge * like.element_size()))
-        return max(chunk, -(-like.shape[0] // COMPILED_MAX_CHUNKS))
-    key = like.device.type
-    if key == "cpu" and split_over_threads and torch.get_num_threads() > 1:
-        key = "cpu_threads"
-    return max(8, _CHUNK_BYTES.get(key, _CHUNK_BYTES["cuda"]) // (per_edge * like.element_size()))
+        chunk = max(chunk, -(-like.shape[0] // COMPILED_MAX_CHUNKS))
+    return chunk
 
 
 def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int) -> Tensor:
@@ -230,12 +223,12 @@ def kernel_contraction(
     degree
         The output degree ``l``.
     chunk
-        Edges per chunk; by default sized so that one chunk's weights take about 2 MiB on one CPU thread and 8 MiB
-        on more (under ``torch.compile``: larger when needed to make at most ``COMPILED_MAX_CHUNKS`` chunks, since
-        the compiler unrolls the loop).
+        Edges per chunk; by default sized so that one chunk's weights take about 2 MiB on a CPU (under
+        ``torch.compile``: larger when needed to make at most ``COMPILED_MAX_CHUNKS`` chunks, since the compiler
+        unrolls the loop).
     """
     if chunk is None:
-        chunk = _edges_per_chunk(head.out_features, hidden, split_over_threads=True)
+        chunk = _edges_per_chunk(head.out_features, hidden)
     return _KernelContraction.apply(chunk, 2 * degree + 1, hidden, head.weight, head.bias, *xs, *bs)
 
 
