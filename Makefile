@@ -1,6 +1,7 @@
 # pyg_se3 — every set-up step lives here (CI runs `make test` on a clean clone).
 #
-#   make setup   create .venv and install everything (re-runs when pyproject.toml or this file changes)
+#   make setup   create .venv and install everything, building pyg_se3's C++ kernels (re-runs when
+#                pyproject.toml, setup.py, pyg_se3/csrc or this file changes)
 #   make test    the whole test suite (warnings are errors, see pyproject.toml)
 #   make demo    the main job
 #   make bench   speed and memory over graph sizes, against the peers (benchmarks/results/; installs the bench extra)
@@ -24,7 +25,7 @@ export MAX_JOBS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard pyg_se3/csrc/*.cpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" wheel "setuptools>=77"
 	$(PIP) install -q torch==$(TORCH_VERSION) ninja
@@ -32,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	  $(PIP) install -q --no-build-isolation $(CLUSTER); cluster=$$?; \
 	  wait $$scatter && test $$cluster -eq 0
 	$(PIP) install -q --no-build-isolation -e ".[test,dev]"
-	$(PY) -W error -c "import pyg_se3, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
+	$(PY) -W error -c "import pyg_se3, pyg_se3._C, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -60,4 +61,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix $(LINT_DIRS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache pyg_se3/*.so

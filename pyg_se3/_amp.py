@@ -24,18 +24,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["autocast_disabled", "backward_with_forward_autocast", "record_autocast", "upcast"]
+__all__ = ["autocast_disabled", "autocast_on", "backward_with_forward_autocast", "record_autocast", "upcast"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _autocast_on(device_type: str) -> bool:
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
     """A context in which autocast is off for ``device``'s type (a no-op where it is off already)."""
-    if _autocast_on(device.type):
+    if autocast_on(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -52,7 +53,7 @@ def record_autocast(ctx: Any, device: torch.device) -> None:
     ``torch.amp.custom_fwd`` / ``custom_bwd`` do, for a device type fixed when the function is defined; pyg_se3's
     functions run on any device.
     """
-    ctx.autocast = (device.type, torch.get_autocast_dtype(device.type)) if _autocast_on(device.type) else None
+    ctx.autocast = (device.type, torch.get_autocast_dtype(device.type)) if autocast_on(device.type) else None
 
 
 def backward_with_forward_autocast(backward: Callable[..., Any]) -> Callable[..., Any]:

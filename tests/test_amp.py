@@ -14,11 +14,13 @@ from pyg_se3.models import IterativeSE3Transformer, SE3Transformer
 FIBER_IO, FIBER_HIDDEN = Fiber({0: 1, 1: 1}), Fiber.create(3, 8)
 NUM_NODES = 32
 # Measured with this file's models, inputs and rotations, max over the 10 rotations (the same without autocast in
-# float32 / float64 for comparison): SE3Transformer 6.9e-3 (3.3e-7 / 5.9e-16); iterative model, positions 1.2e-3
-# (1.2e-7 / 2.4e-16), hidden fiber 2.1e-2 (8.7e-7 / 1.9e-15). bfloat16 keeps 8 bits of mantissa to float32's 24:
-# its errors are those of float32 times ~2e4 (2^15 = 3e4). The bounds are about 3x the measured values; comparing
-# with a wrong rotation gives 0.8-1.1.
-BOUNDS = {"SE3Transformer": 2e-2, "iterative positions": 4e-3, "iterative hidden": 6e-2}
+# float32 / float64 for comparison): SE3Transformer 7.1e-3 (3.3e-7 / 5.9e-16); iterative model, positions 6.2e-3
+# (1.2e-7 / 2.4e-16), hidden fiber 0.12 (8.7e-7 / 1.9e-15). bfloat16 keeps 8 bits of mantissa to float32's 24:
+# its errors are those of float32 times ~2e4 (2^15 = 3e4). The iterative model's errors depend on its random
+# initialisation: over 6 other seeds (6 rotations each) positions 1e-3 to 9.3e-3, hidden fiber 1.3e-2 to 0.12
+# (the loop below with torch.manual_seed(100 + s) in iterative()). The bounds are about 1.5-3x
+# the largest measured values; comparing with a wrong rotation gives 0.6-1.4.
+BOUNDS = {"SE3Transformer": 2e-2, "iterative positions": 1.5e-2, "iterative hidden": 0.18}
 
 
 def bf16(device_type: str = "cpu"):
@@ -109,7 +111,7 @@ def test_bfloat16_autocast_equivariance_error_is_bounded(one_thread):
             broken[name].append(relative_error(got, fiber.rotate(want, W) if fiber else want @ W.T))
     for name, bound in BOUNDS.items():
         assert max(errors[name]) <= bound, (name, max(errors[name]))
-        assert min(broken[name]) > 5 * bound, (name, min(broken[name]))
+        assert min(broken[name]) > 3 * bound, (name, min(broken[name]))
 
 
 def test_autocast_leaves_float64_models_and_the_basis_exact(one_thread):

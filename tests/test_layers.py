@@ -92,9 +92,9 @@ def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
         total, offset = 0, 0
         for k, c_in in kernel.fiber_in:
             n_J = num_J(k, l)
-            phi = w[:, :, offset : offset + c_in * n_J].reshape(-1, c_out, c_in, n_J)
+            phi = w[:, :, offset : offset + c_in * n_J].reshape(-1, c_out, n_J, c_in)  # K is (J, c), c fastest
             B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
-            W = torch.einsum("eacJ,emJo->eaocm", phi, B)  # [E, C_out, 2l+1, C_in, 2k+1]
+            W = torch.einsum("eaJc,emJo->eaocm", phi, B)  # [E, C_out, 2l+1, C_in, 2k+1]
             total = total + torch.einsum("eaocm,ecm->eao", W, blocks_in[k])
             offset += c_in * n_J
         out[l] = total
@@ -119,9 +119,9 @@ def reference_depthwise_messages(kernel: DepthwiseEdgeKernel, x_j, basis, edge_a
         per_channel, offset = [], 0
         for k, c_in in kernel.fiber_in:
             n_J = num_J(k, l)
-            phi = w[:, offset : offset + c_in * n_J].reshape(-1, c_in, n_J)
+            phi = w[:, offset : offset + c_in * n_J].reshape(-1, n_J, c_in)  # K is (J, c), c fastest
             B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
-            per_channel.append(torch.einsum("ecJ,emJo,ecm->eco", phi, B, blocks_in[k]))
+            per_channel.append(torch.einsum("eJc,emJo,ecm->eco", phi, B, blocks_in[k]))
             offset += c_in * n_J
         out[l] = torch.einsum("as,eso->eao", kernel.mix.weights[str(l)], torch.cat(per_channel, dim=1))
     return kernel.fiber_out.join(out)
@@ -159,7 +159,9 @@ def test_chunked_contraction_equals_whole(chunk):
     hidden, head, xs, bs = _contraction_inputs(num_edges, degree)
 
     def whole(hidden, *blocks):
-        stacked = torch.cat([torch.matmul(x, b).view(num_edges, -1, 5) for x, b in zip(xs, bs, strict=True)], 1)
+        # K is (k, J, c), c fastest: [E, C_k, nJ, m] -> [E, nJ C_k, m] per input degree
+        per_degree = [torch.matmul(x, b).view(num_edges, 2, -1, 5) for x, b in zip(xs, bs, strict=True)]
+        stacked = torch.cat([s.transpose(1, 2).flatten(1, 2) for s in per_degree], 1)
         return torch.bmm(head(hidden).view(num_edges, 3, -1), stacked)
 
     inputs = (hidden, *xs, *bs)

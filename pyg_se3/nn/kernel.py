@@ -7,13 +7,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pyg_se3._amp import backward_with_forward_autocast, record_autocast
+from pyg_se3._amp import autocast_on, backward_with_forward_autocast, record_autocast
 from pyg_se3.basis import Basis, num_J
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.radial import RadialMLP
 
-__all__ = ["KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
+try:  # the C++ kernels of pyg_se3/csrc, built by `pip install` (setup.py)
+    from pyg_se3 import _C
+except ImportError:  # a source tree that was not built: the plain-PyTorch path does everything
+    _C = None
+
+__all__ = ["KERNELS", "NATIVE_KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
+
+#: Whether the C++ kernels (``pyg_se3._C``) are built. On a CPU, in float32/float64, they build the stacked
+#: basis features and their gradients wherever autograd records nothing (every forward pass, and backward passes
+#: without ``create_graph``); the plain-PyTorch path does the rest (double backward, GPUs, autocast, compile).
+NATIVE_KERNELS = _C is not None
+_NATIVE_DTYPES = (torch.float32, torch.float64)
 
 # Edges per chunk are chosen so that one chunk's radial weights take about this many bytes: on a CPU they then
 # stay in cache between the matmul that writes them and the one that reads them; on a GPU chunks only bound
@@ -37,14 +48,55 @@ def _edges_per_chunk(per_edge: int, like: Tensor) -> int:
     return chunk
 
 
-def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int) -> Tensor:
-    """``[n, m, K]``: every input block ``x_k [n, C_k, 2k+1]`` times its basis ``[n, 2k+1, nJ m]``, stacked along
-    ``K``, component-major (the layout in which the batched matmuls with the weights are fastest)."""
+def _fast_path(like: Tensor) -> bool:
+    """Whether this chunked pass may reuse buffers across chunks (``out=``) and, on a CPU, use the C++ kernels:
+    autograd records nothing (the forward of the autograd functions below, and their backward without
+    ``create_graph``), autocast leaves ``like``'s dtype alone (it is off, or ``like`` is float64, which it never
+    casts), and not under ``torch.compile`` (which traces the plain-PyTorch path)."""
+    autocast = autocast_on(like.device.type) and like.dtype != torch.float64
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or autocast)
+
+
+def _use_native(like: Tensor) -> bool:
+    """Whether :data:`NATIVE_KERNELS` apply to ``like``'s chunk: a fast path, on a CPU, in float32 or float64."""
+    return NATIVE_KERNELS and like.device.type == "cpu" and like.dtype in _NATIVE_DTYPES and _fast_path(like)
+
+
+def _buffer(like: Tensor, *shape: int) -> Tensor | None:
+    """A buffer that every chunk of a pass writes its ``[:n]`` rows to (``None`` off the fast path). On a CPU,
+    a fresh multi-MiB tensor per chunk costs page faults (the allocator maps and unmaps it every time)."""
+    return like.new_empty(shape) if _fast_path(like) else None
+
+
+def _rows(buffer: Tensor | None, n: int) -> Tensor | None:
+    return None if buffer is None else buffer[:n]
+
+
+def _scale(features: Tensor, weights: Tensor, in_place: bool) -> Tensor:
+    """``features * weights``, in place on the fast path (a buffer, or a tensor no one else holds)."""
+    return features.mul_(weights) if in_place else features * weights
+
+
+def _basis_rows(b: Tensor, m: int) -> Tensor:
+    """``[n, 2k+1, nJ m] -> [n, m nJ, 2k+1]``: row ``i nJ + J`` is the basis column ``J m + i``."""
+    n, a = b.shape[:2]
+    return b.view(n, a, -1, m).permute(0, 3, 2, 1).reshape(n, -1, a)
+
+
+def _stacked_features(
+    xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int, out: Tensor | None = None
+) -> Tensor:
+    r"""``[n, m, K]``: every input block ``x_k [n, C_k, 2k+1]`` times its basis ``[n, 2k+1, nJ m]``, stacked along
+    ``K = sum_k nJ C_k``, component-major, then path-major, channels fastest:
+    ``stacked[e, i, off_k + J C_k + c] = sum_a x_k[e, c, a] b_k[e, a, J m + i]`` (the layout in which the
+    batched matmuls with the weights are fastest, and the C++ kernel's loops run over contiguous channels).
+    ``out``, a ``[n, m, K]`` buffer, is used by the C++ kernel only."""
+    if _use_native(xs[0]):
+        return _C.stacked_features([x[start:stop] for x in xs], [b[start:stop] for b in bs], m, out)
+    n = stop - start
     return torch.cat(
         [
-            torch.matmul(x[start:stop], b[start:stop])
-            .view(stop - start, x.shape[1] * b.shape[2] // m, m)
-            .transpose(1, 2)
+            torch.matmul(_basis_rows(b[start:stop], m), x[start:stop].transpose(1, 2)).view(n, m, -1)
             for x, b in zip(xs, bs, strict=True)
         ],
         dim=2,
@@ -64,13 +116,23 @@ def _stacked_feature_grads(
     """Backward of :func:`_stacked_features` for edges ``start:start+n``: append the gradients of each needed
     feature block ``x_k`` and basis block ``b_k`` (from ``d_stacked [n, m, K]``) to ``d_xs[k]`` and ``d_bs[k]``."""
     n, m = d_stacked.shape[:2]
+    stop = start + n
+    if _use_native(d_stacked):
+        grads = _C.stacked_feature_grads(
+            [x[start:stop] for x in xs], [b[start:stop] for b in bs], d_stacked, list(need_x), list(need_b)
+        )
+        for parts, grad in zip([*d_xs, *d_bs], grads, strict=True):
+            if grad is not None:
+                parts.append(grad)
+        return
     sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
     for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
-        d_s = d_s.transpose(1, 2).reshape(n, x.shape[1], -1)  # [n, C_k, nJ m]
+        d_s = d_s.reshape(n, -1, x.shape[1])  # [n, m nJ, C_k]
         if need_x[i]:
-            d_xs[i].append(d_s @ b[start : start + n].transpose(1, 2))
+            d_xs[i].append(d_s.transpose(1, 2) @ _basis_rows(b[start:stop], m))
         if need_b[i]:
-            d_bs[i].append(x[start : start + n].transpose(1, 2) @ d_s)
+            d_rows = d_s @ x[start:stop]  # [n, m nJ, 2k+1], the gradient of _basis_rows(b)
+            d_bs[i].append(d_rows.view(n, m, -1, b.shape[1]).permute(0, 3, 2, 1).reshape(b[start:stop].shape))
 
 
 class _KernelContraction(torch.autograd.Function):
@@ -90,11 +152,14 @@ class _KernelContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         num_edges, fan_in = hidden.shape[0], sum(x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True))
         out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
+        rows = min(chunk, num_edges)
+        weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
         for start in range(0, num_edges, chunk):
             stop = min(start + chunk, num_edges)
-            weights = torch.addmm(bias, hidden[start:stop], weight.t()).view(stop - start, -1, fan_in)
-            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
-            out[start:stop] = torch.bmm(stacked, weights.transpose(1, 2)).transpose(1, 2)
+            n = stop - start
+            weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
+            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
+            out[start:stop] = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2)).transpose(1, 2)
         ctx.save_for_backward(hidden, weight, bias, *blocks)
         ctx.chunk, ctx.m, ctx.num_in, ctx.fan_in = chunk, m, num_in, fan_in
         record_autocast(ctx, hidden.device)
@@ -104,31 +169,43 @@ class _KernelContraction(torch.autograd.Function):
     @backward_with_forward_autocast
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, *blocks = ctx.saved_tensors
-        num_in, m = ctx.num_in, ctx.m
+        num_in, m, fan_in = ctx.num_in, ctx.m, ctx.fan_in
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
         need_x, need_b = ctx.needs_input_grad[5 : 5 + num_in], ctx.needs_input_grad[5 + num_in :]
         d_hidden, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
         d_weight = d_bias = None
+        # per chunk, the weights' buffer holds their gradient, then the recomputed weights; the stacked features'
+        # buffer holds the features, then their gradient
+        rows = min(ctx.chunk, hidden.shape[0])
+        weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
         for start in range(0, hidden.shape[0], ctx.chunk):
             stop = min(start + ctx.chunk, hidden.shape[0])
             n = stop - start
             g = grad[start:stop].transpose(1, 2).contiguous()  # [n, m, C]
-            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
-            d_weights = torch.bmm(g.transpose(1, 2), stacked).view(n, -1)
+            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
+            d_weights = _rows(weights_buffer, n)
+            d_weights = torch.bmm(
+                g.transpose(1, 2), stacked, out=None if d_weights is None else d_weights.view(n, -1, fan_in)
+            ).view(n, -1)
             if need_hidden:
                 d_hidden.append(d_weights @ weight)
             # parameter gradients are sums over chunks: accumulated in the parameters' dtype (under autocast the
             # products are in 16 bits; without it, .to() is a no-op)
             if need_weight:
-                part = (d_weights.t() @ hidden[start:stop]).to(weight.dtype)
-                d_weight = part if d_weight is None else d_weight + part
+                if d_weight is None:
+                    d_weight = (d_weights.t() @ hidden[start:stop]).to(weight.dtype)
+                elif d_weights.dtype == d_weight.dtype:
+                    d_weight = d_weight.addmm_(d_weights.t(), hidden[start:stop])
+                else:
+                    d_weight = d_weight + (d_weights.t() @ hidden[start:stop]).to(weight.dtype)
             if need_bias:
                 part = d_weights.sum(0).to(bias.dtype)
                 d_bias = part if d_bias is None else d_bias + part
             if any(need_x) or any(need_b):
-                weights = torch.addmm(bias, hidden[start:stop], weight.t()).view(n, -1, ctx.fan_in)
-                _stacked_feature_grads(xs, bs, torch.bmm(g, weights), start, need_x, need_b, d_xs, d_bs)
+                weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
+                d_stacked = torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(stacked_buffer, n))
+                _stacked_feature_grads(xs, bs, d_stacked, start, need_x, need_b, d_xs, d_bs)
         # None (a zero gradient) for inputs that need none, and when there are no edges
         return (
             None,
@@ -155,9 +232,11 @@ class _DepthwiseContraction(torch.autograd.Function):
         num_in = len(blocks) // 2
         xs, bs = blocks[:num_in], blocks[num_in:]
         out = weights.new_empty(weights.shape[0], m, mix.shape[0])
+        stacked_buffer = _buffer(weights, min(chunk, weights.shape[0]), m, weights.shape[1])
         for start in range(0, weights.shape[0], chunk):
             stop = min(start + chunk, weights.shape[0])
-            paths = _stacked_features(xs, bs, start, stop, m) * weights[start:stop, None]  # [n, m, K]
+            paths = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
+            paths = _scale(paths, weights[start:stop, None], in_place=stacked_buffer is not None)
             out[start:stop] = torch.matmul(paths, mix.t())
         ctx.save_for_backward(weights, mix, *blocks)
         ctx.chunk, ctx.m, ctx.num_in = chunk, m, num_in
@@ -174,18 +253,21 @@ class _DepthwiseContraction(torch.autograd.Function):
         need_x, need_b = ctx.needs_input_grad[4 : 4 + num_in], ctx.needs_input_grad[4 + num_in :]
         d_weights, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
         d_mix = None
+        rows, fan_in = min(ctx.chunk, weights.shape[0]), weights.shape[1]
+        stacked_buffer, paths_buffer = _buffer(weights, rows, m, fan_in), _buffer(weights, rows, m, fan_in)
+        in_place = stacked_buffer is not None
         for start in range(0, weights.shape[0], ctx.chunk):
             stop = min(start + ctx.chunk, weights.shape[0])
             g, w = grad[start:stop], weights[start:stop, None]  # [n, m, C], [n, 1, K]
-            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
-            if need_mix:
-                part = (g.flatten(0, 1).t() @ (stacked * w).flatten(0, 1)).to(mix.dtype)
-                d_mix = part if d_mix is None else d_mix + part
-            d_paths = torch.matmul(g, mix)  # [n, m, K]
+            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
+            d_paths = torch.matmul(g, mix, out=_rows(paths_buffer, stop - start))  # [n, m, K]
             if need_weights:
                 d_weights.append((d_paths * stacked).sum(1))
+            if need_mix:
+                part = (g.flatten(0, 1).t() @ _scale(stacked, w, in_place).flatten(0, 1)).to(mix.dtype)
+                d_mix = part if d_mix is None else d_mix + part
             if any(need_x) or any(need_b):
-                _stacked_feature_grads(xs, bs, d_paths * w, start, need_x, need_b, d_xs, d_bs)
+                _stacked_feature_grads(xs, bs, _scale(d_paths, w, in_place), start, need_x, need_b, d_xs, d_bs)
         return (
             None,
             None,
@@ -387,7 +469,7 @@ class DepthwiseEdgeKernel(_KernelBase):
         self.mix = SE3Linear(Fiber({l: channels_in for l in fiber_out.degrees}), fiber_out)
         first = {k: sum(c for d, c in fiber_in if d < k) for k in fiber_in.degrees}  # channel offset of degree k
         for l in fiber_out.degrees:  # the input channel (of all degrees, in order) of each of the K_l paths
-            index = [first[k] + c for k, c_k in fiber_in for c in range(c_k) for _ in range(num_J(k, l))]
+            index = [first[k] + c for k, c_k in fiber_in for _ in range(num_J(k, l)) for c in range(c_k)]
             self.register_buffer(f"path_channel_{l}", torch.tensor(index, dtype=torch.long), persistent=False)
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,247 @@
+// Stacked basis features of the edge kernels (pyg_se3/nn/kernel.py), and their gradients, on the CPU.
+//
+// For every edge e and input degree k, the features x_k[e] [C_k, A_k] (A_k = 2k+1) times the basis
+// b_k[e] [A_k, nJ_k m] give C_k nJ_k path features of m = 2l+1 components each. They are stacked along
+// K = sum_k nJ_k C_k, component-major and path-major, channels fastest:
+//
+//     stacked[e, i, off_k + J C_k + c] = sum_a x_k[e, c, a] b_k[e, a, J m + i]
+//
+// Every output row is then a sum of A_k channel vectors scaled by basis entries, so the loops run over the
+// channels, contiguous in memory, and vectorise; each output is written once, in its final place. Edges are
+// split across threads with at::parallel_for. These functions are not differentiable: kernel.py calls them
+// only where autograd records nothing.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGrainEdges = 16;
+
+// One input degree's operands as raw pointers and strides (the basis' last dimension is contiguous).
+template <typename scalar_t>
+struct Block {
+  const scalar_t* x;
+  int64_t x_edge, x_channel, x_component;
+  const scalar_t* b;
+  int64_t b_edge, b_component;
+  int64_t channels, components, num_j, offset;
+};
+
+template <typename scalar_t>
+std::vector<Block<scalar_t>> make_blocks(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs,
+                                         int64_t m) {
+  std::vector<Block<scalar_t>> blocks;
+  int64_t offset = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const auto& x = xs[k];
+    const auto& b = bs[k];
+    Block<scalar_t> block{x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), b.data_ptr<scalar_t>(),
+                          b.stride(0), b.stride(1), x.size(1), x.size(2), b.size(2) / m, offset};
+    offset += block.channels * block.num_j;
+    blocks.push_back(block);
+  }
+  return blocks;
+}
+
+int64_t largest_block(const std::vector<at::Tensor>& xs) {
+  int64_t largest = 1;
+  for (const auto& x : xs) largest = std::max(largest, x.size(1) * x.size(2));
+  return largest;
+}
+
+// x_t[a, c] = x[e, c, a]: one edge's features, components-major, so that channel loops are contiguous
+template <typename scalar_t>
+inline void load_transposed(const Block<scalar_t>& blk, int64_t e, scalar_t* __restrict__ x_t) {
+  const scalar_t* x = blk.x + e * blk.x_edge;
+  for (int64_t a = 0; a < blk.components; ++a)
+    for (int64_t c = 0; c < blk.channels; ++c) x_t[a * blk.channels + c] = x[c * blk.x_channel + a * blk.x_component];
+}
+
+// dst[c] = sum_a x_t[a, c] coef[a * coef_stride]
+template <typename scalar_t>
+inline void combine(const scalar_t* __restrict__ x_t, const scalar_t* __restrict__ coef, int64_t coef_stride,
+                    int64_t components, int64_t channels, scalar_t* __restrict__ dst) {
+  const scalar_t c0 = coef[0];
+  for (int64_t c = 0; c < channels; ++c) dst[c] = x_t[c] * c0;
+  for (int64_t a = 1; a < components; ++a) {
+    const scalar_t ca = coef[a * coef_stride];
+    const scalar_t* __restrict__ row = x_t + a * channels;
+    for (int64_t c = 0; c < channels; ++c) dst[c] += row[c] * ca;
+  }
+}
+
+// sum_c u[c] v[c], in kLanes independent partial sums: a single running sum would keep the compiler from
+// vectorising the loop (floating-point addition is not associative)
+constexpr int64_t kLanes = 16;
+
+template <typename scalar_t>
+inline scalar_t dot(const scalar_t* __restrict__ u, const scalar_t* __restrict__ v, int64_t size) {
+  scalar_t partial[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= size; c += kLanes)
+    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += u[c + lane] * v[c + lane];
+  scalar_t sum = 0;
+  for (; c < size; ++c) sum += u[c] * v[c];
+  for (int64_t lane = 0; lane < kLanes; ++lane) sum += partial[lane];
+  return sum;
+}
+
+template <typename scalar_t>
+void forward_impl(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, int64_t m, at::Tensor& out) {
+  const auto blocks = make_blocks<scalar_t>(xs, bs, m);
+  const int64_t fan_in = out.size(2), buffer_size = largest_block(xs);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  at::parallel_for(0, out.size(0), kGrainEdges, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> x_t(buffer_size);
+    for (int64_t e = begin; e < end; ++e) {
+      scalar_t* out_edge = out_data + e * m * fan_in;
+      for (const auto& blk : blocks) {
+        load_transposed(blk, e, x_t.data());
+        const scalar_t* b = blk.b + e * blk.b_edge;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < blk.num_j; ++j)
+            combine(x_t.data(), b + j * m + i, blk.b_component, blk.components, blk.channels,
+                    out_edge + i * fan_in + blk.offset + j * blk.channels);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, const at::Tensor& grad,
+                   int64_t m, std::vector<at::Tensor>& d_xs, std::vector<at::Tensor>& d_bs) {
+  const auto blocks = make_blocks<scalar_t>(xs, bs, m);
+  const int64_t fan_in = grad.size(2), buffer_size = largest_block(xs);
+  const scalar_t* grad_data = grad.data_ptr<scalar_t>();
+  std::vector<scalar_t*> d_x_data, d_b_data;
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    d_x_data.push_back(d_xs[k].defined() ? d_xs[k].data_ptr<scalar_t>() : nullptr);
+    d_b_data.push_back(d_bs[k].defined() ? d_bs[k].data_ptr<scalar_t>() : nullptr);
+  }
+  at::parallel_for(0, grad.size(0), kGrainEdges, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> x_t(buffer_size), d_x_t(buffer_size);
+    for (int64_t e = begin; e < end; ++e) {
+      const scalar_t* grad_edge = grad_data + e * m * fan_in;
+      for (size_t k = 0; k < blocks.size(); ++k) {
+        const auto& blk = blocks[k];
+        const int64_t C = blk.channels, A = blk.components, P = blk.num_j * m;
+        const scalar_t* b = blk.b + e * blk.b_edge;
+        if (d_x_data[k] != nullptr) {  // d_x[e, c, a] = sum_{i, J} grad[e, i, off + J C + c] b[e, a, J m + i]
+          std::fill(d_x_t.begin(), d_x_t.begin() + A * C, scalar_t(0));
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < blk.num_j; ++j) {
+              const scalar_t* __restrict__ g = grad_edge + i * fan_in + blk.offset + j * C;
+              for (int64_t a = 0; a < A; ++a) {
+                const scalar_t coef = b[a * blk.b_component + j * m + i];
+                scalar_t* __restrict__ acc = d_x_t.data() + a * C;
+                for (int64_t c = 0; c < C; ++c) acc[c] += g[c] * coef;
+              }
+            }
+          scalar_t* d_x = d_x_data[k] + e * C * A;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t a = 0; a < A; ++a) d_x[c * A + a] = d_x_t[a * C + c];
+        }
+        if (d_b_data[k] != nullptr) {  // d_b[e, a, J m + i] = sum_c x[e, c, a] grad[e, i, off + J C + c]
+          load_transposed(blk, e, x_t.data());
+          scalar_t* d_b = d_b_data[k] + e * A * P;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < blk.num_j; ++j) {
+              const scalar_t* __restrict__ g = grad_edge + i * fan_in + blk.offset + j * C;
+              for (int64_t a = 0; a < A; ++a) d_b[a * P + j * m + i] = dot(x_t.data() + a * C, g, C);
+            }
+        }
+      }
+    }
+  });
+}
+
+void check_operands(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, int64_t m) {
+  TORCH_CHECK(!xs.empty() && xs.size() == bs.size(), "xs, bs: expected equally many (at least one) blocks, got ",
+              xs.size(), " and ", bs.size());
+  TORCH_CHECK(m >= 1, "m: expected >= 1, got ", m);
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const auto &x = xs[k], &b = bs[k];
+    TORCH_CHECK(x.device().is_cpu() && b.device().is_cpu(), "xs, bs: expected CPU tensors");
+    TORCH_CHECK(x.dim() == 3 && b.dim() == 3, "xs[", k, "], bs[", k, "]: expected 3-d tensors");
+    TORCH_CHECK(x.scalar_type() == xs[0].scalar_type() && b.scalar_type() == xs[0].scalar_type(),
+                "xs, bs: expected one dtype");
+    TORCH_CHECK(x.size(0) == xs[0].size(0) && b.size(0) == xs[0].size(0), "xs, bs: expected one number of edges");
+    TORCH_CHECK(b.size(1) == x.size(2), "bs[", k, "]: expected ", x.size(2), " rows, got ", b.size(1));
+    TORCH_CHECK(b.size(2) % m == 0, "bs[", k, "]: expected a multiple of m=", m, " columns, got ", b.size(2));
+  }
+}
+
+std::vector<at::Tensor> contiguous_bases(const std::vector<at::Tensor>& bs) {
+  std::vector<at::Tensor> out;
+  for (const auto& b : bs) out.push_back(b.stride(2) == 1 ? b : b.contiguous());
+  return out;
+}
+
+int64_t stacked_size(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, int64_t m) {
+  int64_t fan_in = 0;
+  for (size_t k = 0; k < xs.size(); ++k) fan_in += xs[k].size(1) * (bs[k].size(2) / m);
+  return fan_in;
+}
+
+}  // namespace
+
+at::Tensor stacked_features(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases, int64_t m,
+                            const c10::optional<at::Tensor>& out) {
+  check_operands(xs, bases, m);
+  const auto bs = contiguous_bases(bases);
+  const std::vector<int64_t> shape{xs[0].size(0), m, stacked_size(xs, bs, m)};
+  at::Tensor result;
+  if (out.has_value()) {  // callers reuse one buffer across chunks: fresh large allocations cost page faults
+    result = *out;
+    TORCH_CHECK(result.sizes() == at::IntArrayRef(shape), "out: expected shape ", at::IntArrayRef(shape), ", got ",
+                result.sizes());
+    TORCH_CHECK(result.is_contiguous() && result.scalar_type() == xs[0].scalar_type() && result.device().is_cpu(),
+                "out: expected a contiguous CPU tensor of the dtype of xs");
+  } else {
+    result = at::empty(shape, xs[0].options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "stacked_features",
+                             [&] { forward_impl<scalar_t>(xs, bs, m, result); });
+  return result;
+}
+
+std::vector<at::Tensor> stacked_feature_grads(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases,
+                                              const at::Tensor& d_stacked, const std::vector<bool>& need_x,
+                                              const std::vector<bool>& need_b) {
+  TORCH_CHECK(d_stacked.dim() == 3, "d_stacked: expected [n, m, K], got ", d_stacked.sizes());
+  const int64_t m = d_stacked.size(1);
+  check_operands(xs, bases, m);
+  const auto bs = contiguous_bases(bases);
+  TORCH_CHECK(need_x.size() == xs.size() && need_b.size() == xs.size(), "need_x, need_b: expected one flag per block");
+  const int64_t fan_in = stacked_size(xs, bs, m);
+  TORCH_CHECK(d_stacked.size(0) == xs[0].size(0) && d_stacked.size(2) == fan_in, "d_stacked: expected [",
+              xs[0].size(0), ", ", m, ", ", fan_in, "], got ", d_stacked.sizes());
+  TORCH_CHECK(d_stacked.scalar_type() == xs[0].scalar_type(), "d_stacked: expected the dtype of xs");
+  const auto grad = d_stacked.contiguous();
+  std::vector<at::Tensor> d_xs, d_bs;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    d_xs.push_back(need_x[k] ? at::empty({xs[k].size(0), xs[k].size(1), xs[k].size(2)}, xs[k].options())
+                             : at::Tensor());
+    d_bs.push_back(need_b[k] ? at::empty(bs[k].sizes(), bs[k].options()) : at::Tensor());
+  }
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "stacked_feature_grads",
+                             [&] { backward_impl<scalar_t>(xs, bs, grad, m, d_xs, d_bs); });
+  d_xs.insert(d_xs.end(), d_bs.begin(), d_bs.end());
+  return d_xs;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "CPU kernels of pyg_se3's edge kernels (see pyg_se3/nn/kernel.py)";
+  module.def("stacked_features", &stacked_features, "[n, m, K] stacked basis features of every input block",
+             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("m"), pybind11::arg("out") = pybind11::none());
+  module.def("stacked_feature_grads", &stacked_feature_grads,
+             "gradients of the stacked features with respect to each needed feature block, then each needed basis "
+             "block (None where not needed)",
+             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("d_stacked"), pybind11::arg("need_x"),
+             pybind11::arg("need_b"));
+}
