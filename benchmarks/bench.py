@@ -323,39 +323,79 @@ def run_isolated(args: argparse.Namespace, model: str, n: int, graph: str, degre
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def sweep(args: argparse.Namespace, model: str, graph: str, degree: int) -> list[dict]:
-    """All ``--sizes`` of one series, smallest first, up to the first failure or the first size whose
-    extrapolated memory or time is over the limits."""
+Series = tuple[str, str, int]  # model, graph, max degree
+
+
+def skip_reason(args: argparse.Namespace, previous: dict | None, n: int) -> str | None:
+    """Why size ``n`` of a series is skipped: its memory or time, extrapolated linearly in N from the series'
+    ``previous`` row, over ``--memory-cap`` or ``--timeout`` (``None``: measure it)."""
+    if previous is None:
+        return None
+    growth = n / previous["N"]
+    memory = previous["peak_GB"] * growth
+    seconds = (args.repeats + 1) * (previous["forward_s"] + previous["forward_backward_s"]) * growth
+    if memory > args.memory_cap:
+        return f"skipped: ~{memory:.1f} GB expected, over --memory-cap {args.memory_cap:g} GB"
+    if seconds > args.timeout:
+        return f"skipped: ~{seconds:.0f} s expected, over --timeout {args.timeout:g} s"
+    return None
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One row from the rows of every round of a configuration: the first error if any, else the medians of the
+    times and of the peak memory (the per-round values are kept under ``"rounds"``)."""
+    errors = [r for r in rounds if "error" in r]
+    if errors:
+        return errors[0]
+    row = dict(rounds[0])
+    for key in ("forward_s", "forward_backward_s", "peak_GB"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    if len(rounds) > 1:
+        row["rounds"] = [{key: r[key] for key in ("forward_s", "forward_backward_s", "peak_GB")} for r in rounds]
+    return row
+
+
+def sweep(args: argparse.Namespace, series: list[Series]) -> list[dict]:
+    """Every series at every ``--sizes``, smallest first; a series stops at its first failure or at the first size
+    whose extrapolated memory or time is over the limits (:func:`skip_reason`).
+
+    Sizes are the outer loop and ``--rounds`` the next one: in each round every series still running is measured
+    once at that size, in turn, so that ours and the peers are measured close together in time and alternately
+    (this machine's speed drifts by up to 2x over minutes); each row is then the median over the rounds."""
     rows: list[dict] = []
-    previous: dict | None = None
+    previous: dict[Series, dict | None] = dict.fromkeys(series)
+    running = list(series)
     for n in sorted(args.sizes):
-        if previous is not None:
-            growth = n / previous["N"]
-            memory = previous["peak_GB"] * growth
-            seconds = (args.repeats + 1) * (previous["forward_s"] + previous["forward_backward_s"]) * growth
-            reason = (
-                f"skipped: ~{memory:.1f} GB expected, over --memory-cap {args.memory_cap:g} GB"
-                if memory > args.memory_cap
-                else f"skipped: ~{seconds:.0f} s expected, over --timeout {args.timeout:g} s"
-                if seconds > args.timeout
-                else None
-            )
+        for model, graph, degree in list(running):
+            reason = skip_reason(args, previous[(model, graph, degree)], n)
             if reason:
-                rows.append({**{k: previous[k] for k in ("model", "graph", "degrees", "channels")}, "N": n})
-                rows[-1]["error"] = reason
+                rows.append({"model": model, "graph": graph, "degrees": f"0..{degree}", "channels": args.channels})
+                rows[-1] |= {"N": n, "error": reason}
                 print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {reason}", flush=True)
-                break
-        row = run_isolated(args, model, n, graph, degree)
-        rows.append(row)
-        if "error" in row:
-            print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {row['error']}", flush=True)
-            break
-        print(
-            f"{model:26s} {graph:6s} 0..{degree} N={n:6d} E={row['E']:7d}  fwd {row['forward_s']:.3f} s"
-            f"  fwd+bwd {row['forward_backward_s']:.3f} s  peak {row['peak_GB']:.2f} GB",
-            flush=True,
-        )
-        previous = row
+                running.remove((model, graph, degree))
+        rounds: dict[Series, list[dict]] = {s: [] for s in running}
+        for _ in range(args.rounds):
+            for s in running:
+                if not any("error" in r for r in rounds[s]):
+                    rounds[s].append(run_isolated(args, s[0], n, s[1], s[2]))
+        for s in list(running):
+            row = combine_rounds(rounds[s])
+            rows.append(row)
+            model, graph, degree = s
+            if "error" in row:
+                print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {row['error']}", flush=True)
+                running.remove(s)
+                continue
+            spread = ""
+            if "rounds" in row:
+                times = [r["forward_backward_s"] for r in row["rounds"]]
+                spread = f" (rounds {min(times):.3f}-{max(times):.3f})"
+            print(
+                f"{model:26s} {graph:6s} 0..{degree} N={n:6d} E={row['E']:7d}  fwd {row['forward_s']:.3f} s"
+                f"  fwd+bwd {row['forward_backward_s']:.3f} s{spread}  peak {row['peak_GB']:.2f} GB",
+                flush=True,
+            )
+            previous[s] = row
     return rows
 
 
@@ -405,8 +445,9 @@ def write_results(
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs; median "
-        "of repeats after a warm-up; peak memory = the subprocess's peak RSS minus its RSS before the inputs were "
-        "built.",
+        "of repeats after a warm-up (with --rounds: the median over rounds, each configuration measured once per "
+        "round in a fresh process, alternating with the others at the same size); peak memory = the subprocess's "
+        "peak RSS minus its RSS before the inputs were built.",
         "",
         header,
         "|" + "---|" * 9,
@@ -522,6 +563,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-degrees", nargs="+", type=int, default=[2, 3])
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every configuration this many times, alternating with the others at the same size "
+        "(each in a fresh process); report the medians",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
     parser.add_argument(
@@ -533,13 +581,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:  # child process: one measurement, printed as JSON
         measure_child(json.loads(args.one))
         return
+    for name in ("repeats", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected >= 1, got {getattr(args, name)}")
     peers = select_peers(args)
     models = args.models + [p.reference for p in peers if p.reference not in args.models]
-    rows = []
-    for model in [*dict.fromkeys(models), *(p.name for p in peers)]:
-        for graph in args.graphs:
-            for degree in args.max_degrees:
-                rows += sweep(args, model, graph, degree)
+    series = [
+        (model, graph, degree)
+        for model in [*dict.fromkeys(models), *(p.name for p in peers)]
+        for graph in args.graphs
+        for degree in args.max_degrees
+    ]
+    rows = sweep(args, series)
+    order = {s: i for i, s in enumerate(series)}  # the tables list each series' sizes together
+    rows.sort(key=lambda r: (order[(r["model"], r["graph"], int(r["degrees"].split("..")[1]))], r["N"]))
     ratios = peer_ratios(rows, peers)
     for e in ratios:
         if "forward_backward_s_ratio" in e:

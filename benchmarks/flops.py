@@ -76,7 +76,8 @@ def measure(num_nodes: int, repeats: int) -> list[dict]:
     for l, head in zip(kernel.fiber_out.degrees, kernel.radial.heads, strict=True):
         m = 2 * l + 1
         xs = [blocks[k] for k in hidden_fiber.degrees]
-        bs = [basis[(k, l)].detach() for k in hidden_fiber.degrees]
+        # the basis needs gradients, as in the models (they flow back to the positions)
+        bs = [basis[(k, l)].detach().requires_grad_(True) for k in hidden_fiber.degrees]
 
         def forward(xs=xs, bs=bs, head=head, l=l):
             with torch.no_grad():
