@@ -8,7 +8,7 @@ from pyg_se3 import Fiber, compute_basis
 from pyg_se3.basis import num_J
 from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel
 from pyg_se3.nn import kernel as kernel_module
-from pyg_se3.nn.kernel import NATIVE_KERNELS, _stacked_feature_grads, _stacked_features
+from pyg_se3.nn.kernel import NATIVE_KERNELS, _FeatureGrads, _stacked_features
 
 CHANNELS = [3, 17, 2, 5]  # 17: more than one group of 16 channels, and a remainder
 
@@ -53,22 +53,26 @@ def test_stacked_features_match_python_path(degree):
 
 
 @pytest.mark.parametrize("degree", [0, 2, 3])
-def test_stacked_feature_grads_match_autograd(degree):
+def test_feature_grads_match_autograd(degree):
+    """Gradients written chunk by chunk into full-size tensors (C++) and concatenated (PyTorch), against autograd."""
     xs, bs = _operands(degree)
-    m, start, stop = 2 * degree + 1, 3, 21
-    d_stacked = torch.randn(stop - start, m, sum(num_J(k, degree) * c for k, c in enumerate(CHANNELS))).double()
+    m, num_edges = 2 * degree + 1, xs[0].shape[0]
+    d_stacked = torch.randn(num_edges, m, sum(num_J(k, degree) * c for k, c in enumerate(CHANNELS))).double()
     need_x, need_b = [True, False, True, True], [True, True, False, True]
-    d_xs, d_bs = [[] for _ in xs], [[] for _ in bs]
-    with torch.no_grad():
-        _stacked_feature_grads(xs, bs, d_stacked, start, need_x, need_b, d_xs, d_bs)
     leaves = [t.detach().requires_grad_() for t in (*xs, *bs)]
-    stacked = _python_path(_stacked_features, leaves[:4], leaves[4:], start, stop, m)
+    stacked = _python_path(_stacked_features, leaves[:4], leaves[4:], 0, num_edges, m)
     expected = torch.autograd.grad(stacked, leaves, d_stacked)
-    for got, needed, want in zip(d_xs + d_bs, need_x + need_b, expected, strict=True):
-        assert len(got) == int(needed)
-        if needed:
-            assert want[start:stop].abs().max() > 1e-3
-            torch.testing.assert_close(got[0], want[start:stop], atol=1e-12, rtol=0)
+    for native in (True, False):
+        with torch.enable_grad() if not native else torch.no_grad():
+            grads = _FeatureGrads(xs, bs, need_x, need_b)
+            assert grads.native == native
+            for start in range(0, num_edges, 7):  # chunks of 7 edges, the last one shorter
+                grads.add(d_stacked[start : start + 7], start)
+        for got, needed, want in zip(grads.result(), need_x + need_b, expected, strict=True):
+            assert (got is not None) == needed
+            if needed:
+                assert want.abs().max() > 1e-3
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("kind", [EdgeKernel, DepthwiseEdgeKernel])
@@ -101,7 +105,11 @@ def test_native_kernels_reject_bad_operands():
         kernel_module._C.stacked_features(xs, [bs[0][:5], *bs[1:]], 3)
     with pytest.raises(RuntimeError, match="out: expected shape"):
         kernel_module._C.stacked_features(xs, bs, 3, torch.empty(2, 3, 4, dtype=torch.float64))
+    d_stacked = torch.empty(23, 3, 5, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="d_stacked: expected"):
+        kernel_module._C.stacked_feature_grads(xs, bs, d_stacked, [None] * 4, [None] * 4)
+    d_stacked = torch.empty(23, 3, sum(num_J(k, 1) * c for k, c in enumerate(CHANNELS)), dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"d_xs\[0\]: expected a contiguous CPU tensor of shape"):
         kernel_module._C.stacked_feature_grads(
-            xs, bs, torch.empty(23, 3, 5, dtype=torch.float64), [True] * 4, [True] * 4
+            xs, bs, d_stacked, [torch.empty(23, 3, 2).double()] + [None] * 3, [None] * 4
         )

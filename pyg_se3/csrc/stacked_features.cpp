@@ -210,29 +210,35 @@ at::Tensor stacked_features(const std::vector<at::Tensor>& xs, const std::vector
   return result;
 }
 
-std::vector<at::Tensor> stacked_feature_grads(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases,
-                                              const at::Tensor& d_stacked, const std::vector<bool>& need_x,
-                                              const std::vector<bool>& need_b) {
+void stacked_feature_grads(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases,
+                           const at::Tensor& d_stacked, const std::vector<c10::optional<at::Tensor>>& d_xs_out,
+                           const std::vector<c10::optional<at::Tensor>>& d_bs_out) {
   TORCH_CHECK(d_stacked.dim() == 3, "d_stacked: expected [n, m, K], got ", d_stacked.sizes());
   const int64_t m = d_stacked.size(1);
   check_operands(xs, bases, m);
   const auto bs = contiguous_bases(bases);
-  TORCH_CHECK(need_x.size() == xs.size() && need_b.size() == xs.size(), "need_x, need_b: expected one flag per block");
+  TORCH_CHECK(d_xs_out.size() == xs.size() && d_bs_out.size() == xs.size(),
+              "d_xs, d_bs: expected one entry (a tensor, or None where not needed) per block");
   const int64_t fan_in = stacked_size(xs, bs, m);
   TORCH_CHECK(d_stacked.size(0) == xs[0].size(0) && d_stacked.size(2) == fan_in, "d_stacked: expected [",
               xs[0].size(0), ", ", m, ", ", fan_in, "], got ", d_stacked.sizes());
   TORCH_CHECK(d_stacked.scalar_type() == xs[0].scalar_type(), "d_stacked: expected the dtype of xs");
   const auto grad = d_stacked.contiguous();
+  // the outputs are written in place (callers pass rows of full-size gradients, so nothing is concatenated)
+  auto checked = [&](const c10::optional<at::Tensor>& out, const at::Tensor& like, const char* name, size_t k) {
+    if (!out.has_value()) return at::Tensor();
+    TORCH_CHECK(out->sizes() == like.sizes() && out->is_contiguous() && out->scalar_type() == like.scalar_type() &&
+                    out->device().is_cpu(),
+                name, "[", k, "]: expected a contiguous CPU tensor of shape ", like.sizes(), " and the dtype of xs");
+    return *out;
+  };
   std::vector<at::Tensor> d_xs, d_bs;
   for (size_t k = 0; k < xs.size(); ++k) {
-    d_xs.push_back(need_x[k] ? at::empty({xs[k].size(0), xs[k].size(1), xs[k].size(2)}, xs[k].options())
-                             : at::Tensor());
-    d_bs.push_back(need_b[k] ? at::empty(bs[k].sizes(), bs[k].options()) : at::Tensor());
+    d_xs.push_back(checked(d_xs_out[k], xs[k], "d_xs", k));
+    d_bs.push_back(checked(d_bs_out[k], bs[k], "d_bs", k));
   }
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "stacked_feature_grads",
                              [&] { backward_impl<scalar_t>(xs, bs, grad, m, d_xs, d_bs); });
-  d_xs.insert(d_xs.end(), d_bs.begin(), d_bs.end());
-  return d_xs;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -240,8 +246,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("stacked_features", &stacked_features, "[n, m, K] stacked basis features of every input block",
              pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("m"), pybind11::arg("out") = pybind11::none());
   module.def("stacked_feature_grads", &stacked_feature_grads,
-             "gradients of the stacked features with respect to each needed feature block, then each needed basis "
-             "block (None where not needed)",
-             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("d_stacked"), pybind11::arg("need_x"),
-             pybind11::arg("need_b"));
+             "write the gradients of the stacked features with respect to each feature and basis block into d_xs "
+             "and d_bs (None: not needed)",
+             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("d_stacked"), pybind11::arg("d_xs"),
+             pybind11::arg("d_bs"));
 }

@@ -103,36 +103,48 @@ def _stacked_features(
     )
 
 
-def _stacked_feature_grads(
-    xs: Sequence[Tensor],
-    bs: Sequence[Tensor],
-    d_stacked: Tensor,
-    start: int,
-    need_x: Sequence[bool],
-    need_b: Sequence[bool],
-    d_xs: list[list[Tensor]],
-    d_bs: list[list[Tensor]],
-) -> None:
-    """Backward of :func:`_stacked_features` for edges ``start:start+n``: append the gradients of each needed
-    feature block ``x_k`` and basis block ``b_k`` (from ``d_stacked [n, m, K]``) to ``d_xs[k]`` and ``d_bs[k]``."""
-    n, m = d_stacked.shape[:2]
-    stop = start + n
-    if _use_native(d_stacked):
-        grads = _C.stacked_feature_grads(
-            [x[start:stop] for x in xs], [b[start:stop] for b in bs], d_stacked, list(need_x), list(need_b)
-        )
-        for parts, grad in zip([*d_xs, *d_bs], grads, strict=True):
-            if grad is not None:
-                parts.append(grad)
-        return
-    sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
-    for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
-        d_s = d_s.reshape(n, -1, x.shape[1])  # [n, m nJ, C_k]
-        if need_x[i]:
-            d_xs[i].append(d_s.transpose(1, 2) @ _basis_rows(b[start:stop], m))
-        if need_b[i]:
-            d_rows = d_s @ x[start:stop]  # [n, m nJ, 2k+1], the gradient of _basis_rows(b)
-            d_bs[i].append(d_rows.view(n, m, -1, b.shape[1]).permute(0, 3, 2, 1).reshape(b[start:stop].shape))
+class _FeatureGrads:
+    """Gradients of the feature blocks ``x_k`` and basis blocks ``b_k`` of :func:`_stacked_features`, added chunk by
+    chunk in a backward pass. With the C++ kernels each chunk's gradients are written straight into rows of
+    full-size tensors; on the PyTorch path the parts are collected and concatenated at the end."""
+
+    def __init__(
+        self, xs: Sequence[Tensor], bs: Sequence[Tensor], need_x: Sequence[bool], need_b: Sequence[bool]
+    ) -> None:
+        self.xs, self.bs, self.need = xs, bs, [*need_x, *need_b]
+        self.native = any(self.need) and _use_native(xs[0])
+        blocks = [*xs, *bs]
+        if self.native:
+            self.full = [
+                torch.empty(t.shape, dtype=t.dtype) if need else None for t, need in zip(blocks, self.need, strict=True)
+            ]
+        self.parts: list[list[Tensor]] = [[] for _ in blocks]
+
+    def add(self, d_stacked: Tensor, start: int) -> None:
+        """The gradients for edges ``start:start+n`` from ``d_stacked [n, m, K]``."""
+        n, m = d_stacked.shape[:2]
+        stop = start + n
+        xs, bs = [x[start:stop] for x in self.xs], [b[start:stop] for b in self.bs]
+        if self.native:
+            rows = [None if full is None else full[start:stop] for full in self.full]
+            _C.stacked_feature_grads(xs, bs, d_stacked, rows[: len(xs)], rows[len(xs) :])
+            return
+        sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
+        need_x, need_b = self.need[: len(xs)], self.need[len(xs) :]
+        for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
+            d_s = d_s.reshape(n, -1, x.shape[1])  # [n, m nJ, C_k]
+            if need_x[i]:
+                self.parts[i].append(d_s.transpose(1, 2) @ _basis_rows(b, m))
+            if need_b[i]:
+                d_rows = d_s @ x  # [n, m nJ, 2k+1], the gradient of _basis_rows(b)
+                d_b = d_rows.view(n, m, -1, b.shape[1]).permute(0, 3, 2, 1).reshape(b.shape)
+                self.parts[len(xs) + i].append(d_b)
+
+    def result(self) -> list[Tensor | None]:
+        """Per feature block, then per basis block: its gradient, or ``None`` where not needed (or no edges)."""
+        if self.native:
+            return self.full
+        return [torch.cat(parts) if parts else None for parts in self.parts]
 
 
 class _KernelContraction(torch.autograd.Function):
@@ -173,7 +185,7 @@ class _KernelContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
         need_x, need_b = ctx.needs_input_grad[5 : 5 + num_in], ctx.needs_input_grad[5 + num_in :]
-        d_hidden, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
+        d_hidden, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_weight = d_bias = None
         # per chunk, the weights' buffer holds their gradient, then the recomputed weights; the stacked features'
         # buffer holds the features, then their gradient
@@ -204,18 +216,9 @@ class _KernelContraction(torch.autograd.Function):
                 d_bias = part if d_bias is None else d_bias + part
             if any(need_x) or any(need_b):
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-                d_stacked = torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(stacked_buffer, n))
-                _stacked_feature_grads(xs, bs, d_stacked, start, need_x, need_b, d_xs, d_bs)
+                feature_grads.add(torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(stacked_buffer, n)), start)
         # None (a zero gradient) for inputs that need none, and when there are no edges
-        return (
-            None,
-            None,
-            torch.cat(d_hidden) if d_hidden else None,
-            d_weight,
-            d_bias,
-            *[torch.cat(parts) if parts else None for parts in d_xs],
-            *[torch.cat(parts) if parts else None for parts in d_bs],
-        )
+        return None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *feature_grads.result()
 
 
 class _DepthwiseContraction(torch.autograd.Function):
@@ -251,7 +254,7 @@ class _DepthwiseContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_weights, need_mix = ctx.needs_input_grad[2:4]
         need_x, need_b = ctx.needs_input_grad[4 : 4 + num_in], ctx.needs_input_grad[4 + num_in :]
-        d_weights, d_xs, d_bs = [], [[] for _ in xs], [[] for _ in bs]
+        d_weights, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_mix = None
         rows, fan_in = min(ctx.chunk, weights.shape[0]), weights.shape[1]
         stacked_buffer, paths_buffer = _buffer(weights, rows, m, fan_in), _buffer(weights, rows, m, fan_in)
@@ -267,15 +270,8 @@ class _DepthwiseContraction(torch.autograd.Function):
                 part = (g.flatten(0, 1).t() @ _scale(stacked, w, in_place).flatten(0, 1)).to(mix.dtype)
                 d_mix = part if d_mix is None else d_mix + part
             if any(need_x) or any(need_b):
-                _stacked_feature_grads(xs, bs, _scale(d_paths, w, in_place), start, need_x, need_b, d_xs, d_bs)
-        return (
-            None,
-            None,
-            torch.cat(d_weights) if d_weights else None,
-            d_mix,
-            *[torch.cat(parts) if parts else None for parts in d_xs],
-            *[torch.cat(parts) if parts else None for parts in d_bs],
-        )
+                feature_grads.add(_scale(d_paths, w, in_place), start)
+        return None, None, torch.cat(d_weights) if d_weights else None, d_mix, *feature_grads.result()
 
 
 def kernel_contraction(
