@@ -290,6 +290,11 @@ def measure_child(spec: dict) -> None:
     print(json.dumps(row))
 
 
+def config_row(model: str, n: int, graph: str, degree: int, channels: int) -> dict:
+    """The configuration columns of a result row (all a row has when the configuration was not measured)."""
+    return {"model": model, "N": n, "graph": graph, "degrees": f"0..{degree}", "channels": channels}
+
+
 def run_isolated(args: argparse.Namespace, model: str, n: int, graph: str, degree: int) -> dict:
     """Measure one configuration in a fresh subprocess (``OMP_NUM_THREADS=--threads``, ``--timeout``).
 
@@ -307,7 +312,7 @@ def run_isolated(args: argparse.Namespace, model: str, n: int, graph: str, degre
         json.dumps({**spec, "repeats": args.repeats, "memory_cap": args.memory_cap}),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    failed = {"model": model, "N": n, "graph": graph, "degrees": f"0..{degree}", "channels": args.channels}
+    failed = config_row(model, n, graph, degree, args.channels)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -362,15 +367,16 @@ def sweep(args: argparse.Namespace, series: list[Series]) -> list[dict]:
     Sizes are the outer loop and ``--rounds`` the next one: in each round every series still running is measured
     once at that size, in turn, so that ours and the peers are measured close together in time and alternately
     (this machine's speed drifts by up to 2x over minutes); each row is then the median over the rounds."""
-    rows: list[dict] = []
+    rows: dict[Series, list[dict]] = {s: [] for s in series}
     previous: dict[Series, dict | None] = dict.fromkeys(series)
     running = list(series)
     for n in sorted(args.sizes):
         for model, graph, degree in list(running):
             reason = skip_reason(args, previous[(model, graph, degree)], n)
             if reason:
-                rows.append({"model": model, "graph": graph, "degrees": f"0..{degree}", "channels": args.channels})
-                rows[-1] |= {"N": n, "error": reason}
+                rows[(model, graph, degree)].append(
+                    config_row(model, n, graph, degree, args.channels) | {"error": reason}
+                )
                 print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {reason}", flush=True)
                 running.remove((model, graph, degree))
         rounds: dict[Series, list[dict]] = {s: [] for s in running}
@@ -380,7 +386,7 @@ def sweep(args: argparse.Namespace, series: list[Series]) -> list[dict]:
                     rounds[s].append(run_isolated(args, s[0], n, s[1], s[2]))
         for s in list(running):
             row = combine_rounds(rounds[s])
-            rows.append(row)
+            rows[s].append(row)
             model, graph, degree = s
             if "error" in row:
                 print(f"{model:26s} {graph:6s} 0..{degree} N={n:6d}  {row['error']}", flush=True)
@@ -396,7 +402,7 @@ def sweep(args: argparse.Namespace, series: list[Series]) -> list[dict]:
                 flush=True,
             )
             previous[s] = row
-    return rows
+    return [row for s in series for row in rows[s]]  # each series' sizes together, in the order of ``series``
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -593,8 +599,6 @@ def main(argv: list[str] | None = None) -> None:
         for degree in args.max_degrees
     ]
     rows = sweep(args, series)
-    order = {s: i for i, s in enumerate(series)}  # the tables list each series' sizes together
-    rows.sort(key=lambda r: (order[(r["model"], r["graph"], int(r["degrees"].split("..")[1]))], r["N"]))
     ratios = peer_ratios(rows, peers)
     for e in ratios:
         if "forward_backward_s_ratio" in e:

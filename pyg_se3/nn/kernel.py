@@ -77,6 +77,11 @@ def _scale(features: Tensor, weights: Tensor, in_place: bool) -> Tensor:
     return features.mul_(weights) if in_place else features * weights
 
 
+def _stacked_sizes(xs: Sequence[Tensor], bs: Sequence[Tensor], m: int) -> list[int]:
+    """Per input block ``k``, its ``nJ C_k`` columns of the stacked features (which sum to ``K``)."""
+    return [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
+
+
 def _basis_rows(b: Tensor, m: int) -> Tensor:
     """``[n, 2k+1, nJ m] -> [n, m nJ, 2k+1]``: row ``i nJ + J`` is the basis column ``J m + i``."""
     n, a = b.shape[:2]
@@ -118,7 +123,8 @@ class _FeatureGrads:
             self.full = [
                 torch.empty(t.shape, dtype=t.dtype) if need else None for t, need in zip(blocks, self.need, strict=True)
             ]
-        self.parts: list[list[Tensor]] = [[] for _ in blocks]
+        else:
+            self.parts: list[list[Tensor]] = [[] for _ in blocks]
 
     def add(self, d_stacked: Tensor, start: int) -> None:
         """The gradients for edges ``start:start+n`` from ``d_stacked [n, m, K]``."""
@@ -129,7 +135,7 @@ class _FeatureGrads:
             rows = [None if full is None else full[start:stop] for full in self.full]
             _C.stacked_feature_grads(xs, bs, d_stacked, rows[: len(xs)], rows[len(xs) :])
             return
-        sizes = [x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True)]
+        sizes = _stacked_sizes(xs, bs, m)
         need_x, need_b = self.need[: len(xs)], self.need[len(xs) :]
         for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
             d_s = d_s.reshape(n, -1, x.shape[1])  # [n, m nJ, C_k]
@@ -162,7 +168,7 @@ class _KernelContraction(torch.autograd.Function):
     def forward(ctx, chunk: int, m: int, hidden: Tensor, weight: Tensor, bias: Tensor, *blocks: Tensor) -> Tensor:
         num_in = len(blocks) // 2
         xs, bs = blocks[:num_in], blocks[num_in:]
-        num_edges, fan_in = hidden.shape[0], sum(x.shape[1] * b.shape[2] // m for x, b in zip(xs, bs, strict=True))
+        num_edges, fan_in = hidden.shape[0], sum(_stacked_sizes(xs, bs, m))
         out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
         rows = min(chunk, num_edges)
         weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
