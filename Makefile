@@ -25,7 +25,7 @@ export MAX_JOBS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile $(wildcard pyg_se3/csrc/*.cpp)
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard pyg_se3/csrc/*.cpp pyg_se3/csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" wheel "setuptools>=77"
 	$(PIP) install -q torch==$(TORCH_VERSION) ninja

@@ -4,6 +4,8 @@ Built against the installed torch, so install with ``--no-build-isolation`` (as 
 build would download another torch to compile against.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
@@ -11,7 +13,7 @@ setup(
     ext_modules=[
         CppExtension(
             "pyg_se3._C",
-            ["pyg_se3/csrc/stacked_features.cpp"],
+            sorted(str(path) for path in Path("pyg_se3/csrc").glob("*.cpp")),
             # -fopenmp: at::parallel_for splits edges across torch's OpenMP threads (torch's own libgomp is loaded
             # first, so both share one thread pool)
             extra_compile_args=["-O3", "-fopenmp"],

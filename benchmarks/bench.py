@@ -35,11 +35,12 @@ if TYPE_CHECKING:
     from peers import Inputs, Workload
 
 RESULTS = Path(__file__).parent / "results"
-BASE_MODELS = ["SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
+BASE_MODELS = ["EdgeKernel", "SE3Attention", "SE3Transformer", "SE3ConvNet", "IterativeSE3Transformer"]
 # Variants: "+depthwise" uses the depthwise edge kernel, "+checkpoint" activation checkpointing over groups of
 # target nodes (the models' checkpoint=True: bounded memory for large graphs).
 OUR_MODELS = [
     *BASE_MODELS,
+    "EdgeKernel+depthwise",
     "SE3Transformer+depthwise",
     "SE3ConvNet+depthwise",
     "SE3Transformer+checkpoint",
@@ -81,6 +82,8 @@ def make_inputs(num_nodes: int, graph: str) -> Inputs:
 def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) -> Workload:
     """One of ``OUR_MODELS`` at the benchmark's configuration (attention: 4 heads, ``channels_div`` 2).
 
+    ``EdgeKernel`` is one edge kernel alone (hidden fiber in and out; ``+depthwise``: the depthwise one) on the
+    source features of every edge, with the basis it needs (gradients flow through it to the positions).
     ``SE3ConvNet`` is our tensor-field network, the layer-for-layer counterpart of e3nn's gated network:
     ``SE3Conv`` + ``SE3Norm`` twice, then an output ``SE3Conv``, on one basis per forward.
 
@@ -103,7 +106,7 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
     from pyg_se3 import Fiber, compute_basis
     from pyg_se3.graph import KNN, Radius
     from pyg_se3.models import IterativeSE3Transformer, SE3Transformer
-    from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm
+    from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, make_kernel
 
     num_layers, num_heads, channels_div = peer_adapters.NUM_LAYERS, peer_adapters.NUM_HEADS, peer_adapters.CHANNELS_DIV
     model_name, *variant = model_name.split("+")
@@ -113,7 +116,14 @@ def build_ours(model_name: str, inputs: Inputs, max_degree: int, channels: int) 
     fiber_io = Fiber({0: 1, 1: 1})
     pos, x, edge_index = inputs.pos, inputs.x, inputs.edge_index
     builder = KNN(K) if inputs.graph == "knn" else Radius(RADIUS, max_num_neighbors=RADIUS_MAX_NEIGHBORS)
-    if model_name == "SE3Attention":
+    if model_name == "EdgeKernel":
+        module = make_kernel(kernel, hidden, hidden)
+        h = x.new_empty(inputs.num_nodes, hidden.dim).normal_()
+
+        def run():
+            return module(h[edge_index[0]], compute_basis(pos, edge_index, max_degree))
+
+    elif model_name == "SE3Attention":
         module = SE3Attention(hidden, hidden, num_heads=num_heads, channels_div=channels_div, kernel=kernel)
         h = x.new_empty(inputs.num_nodes, hidden.dim).normal_()
 
@@ -427,6 +437,21 @@ def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]
     return ratios
 
 
+def depthwise_ratios(rows: list[dict]) -> list[dict]:
+    """Each ``X+depthwise`` measurement next to ``X``'s (the full kernel) at the same graph, degrees and N:
+    full / depthwise (above 1: the depthwise kernel is faster or smaller)."""
+    ours = {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+    ratios = []
+    for (model, graph, degrees, n), row in ours.items():
+        full = ours.get((model.removesuffix("+depthwise"), graph, degrees, n))
+        if model.endswith("+depthwise") and full is not None:
+            entry = {"model": model.removesuffix("+depthwise"), "graph": graph, "degrees": degrees, "N": n}
+            for key in ("forward_s", "forward_backward_s", "peak_GB"):
+                entry[f"{key}_ratio"] = full[key] / row[key] if row[key] > 0 else None
+            ratios.append(entry)
+    return ratios
+
+
 def _cells(row: dict | None) -> list[str]:
     """Forward, forward+backward and memory cells of a row (a failed row's error in the first two)."""
     if row is None:
@@ -489,9 +514,27 @@ def write_results(
         for peer in peers:
             lines += ["", f"**{peer.name}** against our `{peer.reference}`:", ""]
             lines += [f"- {note}" for note in peer.notes]
+    depthwise = depthwise_ratios(rows)
+    if depthwise:
+        lines += [
+            "",
+            "## Depthwise kernel",
+            "",
+            "Ratios are full kernel / depthwise kernel, same fibers and inputs: above 1, the depthwise kernel is "
+            "faster (time) or smaller (memory).",
+            "",
+            "| model | graph | degrees | N | forward ratio | forward+backward ratio | memory ratio |",
+            "|" + "---|" * 7,
+        ]
+        lines += [
+            f"| {e['model']} | {e['graph']} | {e['degrees']} | {e['N']} | {_ratio(e['forward_s_ratio'])} | "
+            f"{_ratio(e['forward_backward_s_ratio'])} | {_ratio(e['peak_GB_ratio'])} |"
+            for e in depthwise
+        ]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     flat_ratios = [{k: v for k, v in e.items() if not k.endswith("_row")} for e in ratios]
-    (out / "bench.json").write_text(json.dumps({"command": command, "rows": rows, "peers": flat_ratios}, indent=1))
+    results = {"command": command, "rows": rows, "peers": flat_ratios, "depthwise": depthwise}
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
     measured = [r for r in rows if "error" not in r]
     if measured:
         plot(measured, out)

@@ -75,26 +75,50 @@ def test_feature_grads_match_autograd(degree):
                 torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
+class _CountingC:
+    """``pyg_se3._C`` that counts the calls of each of its functions."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, {}
+
+    def __getattr__(self, name):
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return getattr(self.module, name)(*args, **kwargs)
+
+        return counted
+
+
 @pytest.mark.parametrize("kind", [EdgeKernel, DepthwiseEdgeKernel])
-def test_kernels_match_without_native_kernels(kind, monkeypatch):
-    """A whole kernel's messages and every gradient (features, positions through the basis, parameters), float64,
-    with the C++ kernels and with the plain-PyTorch path."""
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("wrt", ["all", "parameters", "features"])
+def test_kernels_match_without_native_kernels(kind, dtype, tolerance, wrt, monkeypatch):
+    """A whole kernel's messages and gradients (all of them: features, positions through the basis, parameters;
+    or only some), with the C++ kernels and with the plain-PyTorch path. 40 edges in chunks of 7: the C++ loop
+    gives each thread its own range of edges, every range ends in a short chunk."""
     fiber_in, fiber_out = Fiber({0: 3, 1: 17, 2: 2}), Fiber({0: 4, 1: 4, 2: 4})
-    kernel = kind(fiber_in, fiber_out, edge_dim=2, chunk=7).double()
+    kernel = kind(fiber_in, fiber_out, edge_dim=2, chunk=7).to(dtype)
     pos, edge_index = random_graph(9, 40)
-    x_j = random_features(fiber_in, 40).requires_grad_(True)
-    edge_attr = torch.randn(40, 2, dtype=torch.float64)
+    x_j = random_features(fiber_in, 40).to(dtype)
+    edge_attr = torch.randn(40, 2, dtype=dtype)
 
     def run():
-        pos_ = pos.clone().requires_grad_(True)
-        out = kernel(x_j, compute_basis(pos_, edge_index, 2), edge_attr)
-        return out, *torch.autograd.grad(out.square().sum(), [x_j, pos_, *kernel.parameters()])
+        # what does not need a gradient does not require one: the backward skips it
+        x, pos_ = x_j.detach().requires_grad_(wrt != "parameters"), pos.to(dtype).requires_grad_(wrt != "parameters")
+        kernel.requires_grad_(wrt != "features")
+        out = kernel(x, compute_basis(pos_, edge_index, 2), edge_attr)
+        inputs = [t for t in (x, pos_, *kernel.parameters()) if t.requires_grad]
+        return out, *torch.autograd.grad(out.square().sum(), inputs)
 
+    counting = _CountingC(kernel_module._C)
+    monkeypatch.setattr(kernel_module, "_C", counting)
     native = run()
+    contraction = "kernel_contraction" if kind is EdgeKernel else "depthwise_contraction"
+    assert counting.calls[contraction] == counting.calls[contraction + "_backward"] == len(fiber_out)
     monkeypatch.setattr(kernel_module, "NATIVE_KERNELS", False)
     for got, want in zip(native, run(), strict=True):
         assert want.abs().max() > 1e-6
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
 
 
 def test_native_kernels_reject_bad_operands():
@@ -113,3 +137,30 @@ def test_native_kernels_reject_bad_operands():
         kernel_module._C.stacked_feature_grads(
             xs, bs, d_stacked, [torch.empty(23, 3, 2).double()] + [None] * 3, [None] * 4
         )
+
+
+def test_native_contractions_reject_bad_operands():
+    xs, bs = _operands(1)
+    fan_in = sum(num_J(k, 1) * c for k, c in enumerate(CHANNELS))
+    hidden, weight, bias = torch.randn(23, 8).double(), torch.randn(2 * fan_in, 8).double(), torch.randn(2 * fan_in)
+    C = kernel_module._C
+    with pytest.raises(RuntimeError, match="bias: expected a CPU tensor of dtype Double, got Float"):
+        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7)
+    bias = bias.double()
+    with pytest.raises(RuntimeError, match=r"weight, bias: expected \[C K, 8\]"):
+        C.kernel_contraction(hidden, weight[:-1], bias, xs, bs, 3, 7)
+    with pytest.raises(RuntimeError, match="chunk: expected >= 1, got 0"):
+        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 0)
+    with pytest.raises(RuntimeError, match=r"grad: expected \[23, 2, 3\]"):
+        C.kernel_contraction_backward(
+            torch.zeros(23, 3, 2).double(), hidden, weight, bias, xs, bs, 3, 7, True, True, True, [True] * 4, [True] * 4
+        )
+    with pytest.raises(RuntimeError, match="need flags: expected one per block"):
+        C.kernel_contraction_backward(
+            torch.zeros(23, 2, 3).double(), hidden, weight, bias, xs, bs, 3, 7, True, True, True, [True], [True] * 4
+        )
+    weights, mix = torch.randn(23, fan_in).double(), torch.randn(5, fan_in).double()
+    with pytest.raises(RuntimeError, match=r"weights, mix: expected \[E, \d+\] and \[C, \d+\]"):
+        C.depthwise_contraction(weights, mix[:, 1:], xs, bs, 3, 7)
+    with pytest.raises(RuntimeError, match=r"xs: expected 22 edges \(those of weights\), got 23"):
+        C.depthwise_contraction(weights[1:], mix, xs, bs, 3, 7)

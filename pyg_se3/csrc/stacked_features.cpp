@@ -11,6 +11,8 @@
 // split across threads with at::parallel_for. These functions are not differentiable: kernel.py calls them
 // only where autograd records nothing.
 
+#include "stacked_features.h"
+
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -239,15 +241,4 @@ void stacked_feature_grads(const std::vector<at::Tensor>& xs, const std::vector<
   }
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "stacked_feature_grads",
                              [&] { backward_impl<scalar_t>(xs, bs, grad, m, d_xs, d_bs); });
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "CPU kernels of pyg_se3's edge kernels (see pyg_se3/nn/kernel.py)";
-  module.def("stacked_features", &stacked_features, "[n, m, K] stacked basis features of every input block",
-             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("m"), pybind11::arg("out") = pybind11::none());
-  module.def("stacked_feature_grads", &stacked_feature_grads,
-             "write the gradients of the stacked features with respect to each feature and basis block into d_xs "
-             "and d_bs (None: not needed)",
-             pybind11::arg("xs"), pybind11::arg("bs"), pybind11::arg("d_stacked"), pybind11::arg("d_xs"),
-             pybind11::arg("d_bs"));
 }

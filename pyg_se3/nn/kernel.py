@@ -169,15 +169,18 @@ class _KernelContraction(torch.autograd.Function):
         num_in = len(blocks) // 2
         xs, bs = blocks[:num_in], blocks[num_in:]
         num_edges, fan_in = hidden.shape[0], sum(_stacked_sizes(xs, bs, m))
-        out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
-        rows = min(chunk, num_edges)
-        weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
-        for start in range(0, num_edges, chunk):
-            stop = min(start + chunk, num_edges)
-            n = stop - start
-            weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
-            out[start:stop] = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2)).transpose(1, 2)
+        if _use_native(hidden):
+            out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk)
+        else:
+            out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
+            rows = min(chunk, num_edges)
+            weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
+            for start in range(0, num_edges, chunk):
+                stop = min(start + chunk, num_edges)
+                n = stop - start
+                weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
+                stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
+                out[start:stop] = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2)).transpose(1, 2)
         ctx.save_for_backward(hidden, weight, bias, *blocks)
         ctx.chunk, ctx.m, ctx.num_in, ctx.fan_in = chunk, m, num_in, fan_in
         record_autocast(ctx, hidden.device)
@@ -191,6 +194,11 @@ class _KernelContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
         need_x, need_b = ctx.needs_input_grad[5 : 5 + num_in], ctx.needs_input_grad[5 + num_in :]
+        if _use_native(grad):
+            grads = _C.kernel_contraction_backward(
+                grad, hidden, weight, bias, xs, bs, m, ctx.chunk, need_hidden, need_weight, need_bias, need_x, need_b
+            )
+            return None, None, *grads
         d_hidden, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_weight = d_bias = None
         # per chunk, the weights' buffer holds their gradient, then the recomputed weights; the stacked features'
@@ -240,13 +248,16 @@ class _DepthwiseContraction(torch.autograd.Function):
     def forward(ctx, chunk: int, m: int, weights: Tensor, mix: Tensor, *blocks: Tensor) -> Tensor:
         num_in = len(blocks) // 2
         xs, bs = blocks[:num_in], blocks[num_in:]
-        out = weights.new_empty(weights.shape[0], m, mix.shape[0])
-        stacked_buffer = _buffer(weights, min(chunk, weights.shape[0]), m, weights.shape[1])
-        for start in range(0, weights.shape[0], chunk):
-            stop = min(start + chunk, weights.shape[0])
-            paths = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
-            paths = _scale(paths, weights[start:stop, None], in_place=stacked_buffer is not None)
-            out[start:stop] = torch.matmul(paths, mix.t())
+        if _use_native(weights):
+            out = _C.depthwise_contraction(weights, mix, xs, bs, m, chunk)
+        else:
+            out = weights.new_empty(weights.shape[0], m, mix.shape[0])
+            stacked_buffer = _buffer(weights, min(chunk, weights.shape[0]), m, weights.shape[1])
+            for start in range(0, weights.shape[0], chunk):
+                stop = min(start + chunk, weights.shape[0])
+                paths = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
+                paths = _scale(paths, weights[start:stop, None], in_place=stacked_buffer is not None)
+                out[start:stop] = torch.matmul(paths, mix.t())
         ctx.save_for_backward(weights, mix, *blocks)
         ctx.chunk, ctx.m, ctx.num_in = chunk, m, num_in
         record_autocast(ctx, weights.device)
@@ -260,6 +271,11 @@ class _DepthwiseContraction(torch.autograd.Function):
         xs, bs = blocks[:num_in], blocks[num_in:]
         need_weights, need_mix = ctx.needs_input_grad[2:4]
         need_x, need_b = ctx.needs_input_grad[4 : 4 + num_in], ctx.needs_input_grad[4 + num_in :]
+        if _use_native(grad):
+            grads = _C.depthwise_contraction_backward(
+                grad, weights, mix, xs, bs, m, ctx.chunk, need_weights, need_mix, need_x, need_b
+            )
+            return None, None, *grads
         d_weights, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_mix = None
         rows, fan_in = min(ctx.chunk, weights.shape[0]), weights.shape[1]
