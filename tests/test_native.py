@@ -29,19 +29,14 @@ def _operands(degree: int, num_edges: int = 23, dtype=torch.float64):
     return xs, bs
 
 
-def _python_path(fn, *args):
-    with torch.enable_grad():  # the C++ kernels run only where autograd records nothing
-        return fn(*args)
-
-
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_stacked_features_match_python_path(degree):
     xs, bs = _operands(degree)
     m, start, stop = 2 * degree + 1, 4, 19
-    with torch.no_grad():
-        native = _stacked_features(xs, bs, start, stop, m)
-        into_buffer = _stacked_features(xs, bs, start, stop, m, torch.full_like(native, float("nan")))
-    expected = _python_path(_stacked_features, xs, bs, start, stop, m)
+    rows = [x[start:stop] for x in xs], [b[start:stop] for b in bs]
+    native = kernel_module._C.stacked_features(*rows, m)
+    into_buffer = kernel_module._C.stacked_features(*rows, m, torch.full_like(native, float("nan")))
+    expected = _stacked_features(xs, bs, start, stop, m)
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(native, expected, atol=1e-13, rtol=0)
     torch.testing.assert_close(into_buffer, expected, atol=1e-13, rtol=0)
@@ -54,21 +49,26 @@ def test_stacked_features_match_python_path(degree):
 
 @pytest.mark.parametrize("degree", [0, 2, 3])
 def test_feature_grads_match_autograd(degree):
-    """Gradients written chunk by chunk into full-size tensors (C++) and concatenated (PyTorch), against autograd."""
+    """Gradients written chunk by chunk into rows of full-size tensors (C++) and concatenated (PyTorch), against
+    autograd."""
     xs, bs = _operands(degree)
     m, num_edges = 2 * degree + 1, xs[0].shape[0]
     d_stacked = torch.randn(num_edges, m, sum(num_J(k, degree) * c for k, c in enumerate(CHANNELS))).double()
     need_x, need_b = [True, False, True, True], [True, True, False, True]
     leaves = [t.detach().requires_grad_() for t in (*xs, *bs)]
-    stacked = _python_path(_stacked_features, leaves[:4], leaves[4:], 0, num_edges, m)
-    expected = torch.autograd.grad(stacked, leaves, d_stacked)
-    for native in (True, False):
-        with torch.enable_grad() if not native else torch.no_grad():
-            grads = _FeatureGrads(xs, bs, need_x, need_b)
-            assert grads.native == native
-            for start in range(0, num_edges, 7):  # chunks of 7 edges, the last one shorter
-                grads.add(d_stacked[start : start + 7], start)
-        for got, needed, want in zip(grads.result(), need_x + need_b, expected, strict=True):
+    expected = torch.autograd.grad(_stacked_features(leaves[:4], leaves[4:], 0, num_edges, m), leaves, d_stacked)
+    python = _FeatureGrads(xs, bs, need_x, need_b)
+    native = [
+        torch.empty(t.shape, dtype=t.dtype) if need else None
+        for t, need in zip((*xs, *bs), need_x + need_b, strict=True)
+    ]
+    for start in range(0, num_edges, 7):  # chunks of 7 edges, the last one shorter
+        python.add(d_stacked[start : start + 7], start)
+        rows = [t if t is None else t[start : start + 7] for t in native]
+        chunk = [x[start : start + 7] for x in xs], [b[start : start + 7] for b in bs]
+        kernel_module._C.stacked_feature_grads(*chunk, d_stacked[start : start + 7], rows[:4], rows[4:])
+    for grads in (python.result(), native):
+        for got, needed, want in zip(grads, need_x + need_b, expected, strict=True):
             assert (got is not None) == needed
             if needed:
                 assert want.abs().max() > 1e-3

@@ -20,9 +20,10 @@ except ImportError:  # a source tree that was not built: the plain-PyTorch path 
 
 __all__ = ["KERNELS", "NATIVE_KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
 
-#: Whether the C++ kernels (``pyg_se3._C``) are built. On a CPU, in float32/float64, they build the stacked
-#: basis features and their gradients wherever autograd records nothing (every forward pass, and backward passes
-#: without ``create_graph``); the plain-PyTorch path does the rest (double backward, GPUs, autocast, compile).
+#: Whether the C++ kernels (``pyg_se3._C``) are built. On a CPU, in float32/float64, they run both contractions
+#: (forward, and backward without ``create_graph``) wherever autograd records nothing: every thread takes its own
+#: range of edges through the chunk loop, with single-threaded operations and C++ loops for the stacked basis
+#: features. The plain-PyTorch path does the rest (double backward, GPUs, autocast, compile).
 NATIVE_KERNELS = _C is not None
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
@@ -49,7 +50,7 @@ def _edges_per_chunk(per_edge: int, like: Tensor) -> int:
 
 
 def _fast_path(like: Tensor) -> bool:
-    """Whether this chunked pass may reuse buffers across chunks (``out=``) and, on a CPU, use the C++ kernels:
+    """Whether this chunked pass may reuse buffers across chunks (``out=``), and on a CPU use the C++ kernels:
     autograd records nothing (the forward of the autograd functions below, and their backward without
     ``create_graph``), autocast leaves ``like``'s dtype alone (it is off, or ``like`` is float64, which it never
     casts), and not under ``torch.compile`` (which traces the plain-PyTorch path)."""
@@ -58,13 +59,13 @@ def _fast_path(like: Tensor) -> bool:
 
 
 def _use_native(like: Tensor) -> bool:
-    """Whether :data:`NATIVE_KERNELS` apply to ``like``'s chunk: a fast path, on a CPU, in float32 or float64."""
+    """Whether :data:`NATIVE_KERNELS` run the pass over ``like``: a fast path, on a CPU, in float32 or float64."""
     return NATIVE_KERNELS and like.device.type == "cpu" and like.dtype in _NATIVE_DTYPES and _fast_path(like)
 
 
 def _buffer(like: Tensor, *shape: int) -> Tensor | None:
-    """A buffer that every chunk of a pass writes its ``[:n]`` rows to (``None`` off the fast path). On a CPU,
-    a fresh multi-MiB tensor per chunk costs page faults (the allocator maps and unmaps it every time)."""
+    """A buffer that every chunk of a pass writes its ``[:n]`` rows to (``None`` off the fast path): fresh tensors
+    per chunk cost allocations (on a CPU, page faults)."""
     return like.new_empty(shape) if _fast_path(like) else None
 
 
@@ -73,7 +74,7 @@ def _rows(buffer: Tensor | None, n: int) -> Tensor | None:
 
 
 def _scale(features: Tensor, weights: Tensor, in_place: bool) -> Tensor:
-    """``features * weights``, in place on the fast path (a buffer, or a tensor no one else holds)."""
+    """``features * weights``, in place on the fast path (``features`` is then a fresh tensor no one else holds)."""
     return features.mul_(weights) if in_place else features * weights
 
 
@@ -88,16 +89,12 @@ def _basis_rows(b: Tensor, m: int) -> Tensor:
     return b.view(n, a, -1, m).permute(0, 3, 2, 1).reshape(n, -1, a)
 
 
-def _stacked_features(
-    xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int, out: Tensor | None = None
-) -> Tensor:
+def _stacked_features(xs: Sequence[Tensor], bs: Sequence[Tensor], start: int, stop: int, m: int) -> Tensor:
     r"""``[n, m, K]``: every input block ``x_k [n, C_k, 2k+1]`` times its basis ``[n, 2k+1, nJ m]``, stacked along
     ``K = sum_k nJ C_k``, component-major, then path-major, channels fastest:
     ``stacked[e, i, off_k + J C_k + c] = sum_a x_k[e, c, a] b_k[e, a, J m + i]`` (the layout in which the
-    batched matmuls with the weights are fastest, and the C++ kernel's loops run over contiguous channels).
-    ``out``, a ``[n, m, K]`` buffer, is used by the C++ kernel only."""
-    if _use_native(xs[0]):
-        return _C.stacked_features([x[start:stop] for x in xs], [b[start:stop] for b in bs], m, out)
+    batched matmuls with the weights are fastest, and the C++ kernel's loops run over contiguous channels; the
+    C++ kernel ``_C.stacked_features`` computes the same)."""
     n = stop - start
     return torch.cat(
         [
@@ -110,31 +107,20 @@ def _stacked_features(
 
 class _FeatureGrads:
     """Gradients of the feature blocks ``x_k`` and basis blocks ``b_k`` of :func:`_stacked_features`, added chunk by
-    chunk in a backward pass. With the C++ kernels each chunk's gradients are written straight into rows of
-    full-size tensors; on the PyTorch path the parts are collected and concatenated at the end."""
+    chunk in a backward pass and concatenated at the end (the C++ kernel ``_C.stacked_feature_grads`` writes the
+    same into rows of full-size tensors)."""
 
     def __init__(
         self, xs: Sequence[Tensor], bs: Sequence[Tensor], need_x: Sequence[bool], need_b: Sequence[bool]
     ) -> None:
         self.xs, self.bs, self.need = xs, bs, [*need_x, *need_b]
-        self.native = any(self.need) and _use_native(xs[0])
-        blocks = [*xs, *bs]
-        if self.native:
-            self.full = [
-                torch.empty(t.shape, dtype=t.dtype) if need else None for t, need in zip(blocks, self.need, strict=True)
-            ]
-        else:
-            self.parts: list[list[Tensor]] = [[] for _ in blocks]
+        self.parts: list[list[Tensor]] = [[] for _ in self.need]
 
     def add(self, d_stacked: Tensor, start: int) -> None:
         """The gradients for edges ``start:start+n`` from ``d_stacked [n, m, K]``."""
         n, m = d_stacked.shape[:2]
         stop = start + n
         xs, bs = [x[start:stop] for x in self.xs], [b[start:stop] for b in self.bs]
-        if self.native:
-            rows = [None if full is None else full[start:stop] for full in self.full]
-            _C.stacked_feature_grads(xs, bs, d_stacked, rows[: len(xs)], rows[len(xs) :])
-            return
         sizes = _stacked_sizes(xs, bs, m)
         need_x, need_b = self.need[: len(xs)], self.need[len(xs) :]
         for i, (x, b, d_s) in enumerate(zip(xs, bs, d_stacked.split(sizes, dim=2), strict=True)):
@@ -148,8 +134,6 @@ class _FeatureGrads:
 
     def result(self) -> list[Tensor | None]:
         """Per feature block, then per basis block: its gradient, or ``None`` where not needed (or no edges)."""
-        if self.native:
-            return self.full
         return [torch.cat(parts) if parts else None for parts in self.parts]
 
 
@@ -173,13 +157,12 @@ class _KernelContraction(torch.autograd.Function):
             out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk)
         else:
             out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
-            rows = min(chunk, num_edges)
-            weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
+            weights_buffer = _buffer(hidden, min(chunk, num_edges), weight.shape[0])
             for start in range(0, num_edges, chunk):
                 stop = min(start + chunk, num_edges)
                 n = stop - start
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-                stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
+                stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
                 out[start:stop] = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2)).transpose(1, 2)
         ctx.save_for_backward(hidden, weight, bias, *blocks)
         ctx.chunk, ctx.m, ctx.num_in, ctx.fan_in = chunk, m, num_in, fan_in
@@ -201,15 +184,14 @@ class _KernelContraction(torch.autograd.Function):
             return None, None, *grads
         d_hidden, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_weight = d_bias = None
-        # per chunk, the weights' buffer holds their gradient, then the recomputed weights; the stacked features'
-        # buffer holds the features, then their gradient
+        # per chunk, the weights' buffer holds their gradient, then the recomputed weights
         rows = min(ctx.chunk, hidden.shape[0])
-        weights_buffer, stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
+        weights_buffer, d_stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
         for start in range(0, hidden.shape[0], ctx.chunk):
             stop = min(start + ctx.chunk, hidden.shape[0])
             n = stop - start
             g = grad[start:stop].transpose(1, 2).contiguous()  # [n, m, C]
-            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, n))  # [n, m, K]
+            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
             d_weights = _rows(weights_buffer, n)
             d_weights = torch.bmm(
                 g.transpose(1, 2), stacked, out=None if d_weights is None else d_weights.view(n, -1, fan_in)
@@ -230,7 +212,7 @@ class _KernelContraction(torch.autograd.Function):
                 d_bias = part if d_bias is None else d_bias + part
             if any(need_x) or any(need_b):
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-                feature_grads.add(torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(stacked_buffer, n)), start)
+                feature_grads.add(torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(d_stacked_buffer, n)), start)
         # None (a zero gradient) for inputs that need none, and when there are no edges
         return None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *feature_grads.result()
 
@@ -252,11 +234,10 @@ class _DepthwiseContraction(torch.autograd.Function):
             out = _C.depthwise_contraction(weights, mix, xs, bs, m, chunk)
         else:
             out = weights.new_empty(weights.shape[0], m, mix.shape[0])
-            stacked_buffer = _buffer(weights, min(chunk, weights.shape[0]), m, weights.shape[1])
+            in_place = _fast_path(weights)
             for start in range(0, weights.shape[0], chunk):
                 stop = min(start + chunk, weights.shape[0])
-                paths = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
-                paths = _scale(paths, weights[start:stop, None], in_place=stacked_buffer is not None)
+                paths = _scale(_stacked_features(xs, bs, start, stop, m), weights[start:stop, None], in_place)
                 out[start:stop] = torch.matmul(paths, mix.t())
         ctx.save_for_backward(weights, mix, *blocks)
         ctx.chunk, ctx.m, ctx.num_in = chunk, m, num_in
@@ -278,14 +259,13 @@ class _DepthwiseContraction(torch.autograd.Function):
             return None, None, *grads
         d_weights, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_mix = None
-        rows, fan_in = min(ctx.chunk, weights.shape[0]), weights.shape[1]
-        stacked_buffer, paths_buffer = _buffer(weights, rows, m, fan_in), _buffer(weights, rows, m, fan_in)
-        in_place = stacked_buffer is not None
+        in_place = _fast_path(weights)
         for start in range(0, weights.shape[0], ctx.chunk):
             stop = min(start + ctx.chunk, weights.shape[0])
             g, w = grad[start:stop], weights[start:stop, None]  # [n, m, C], [n, 1, K]
-            stacked = _stacked_features(xs, bs, start, stop, m, _rows(stacked_buffer, stop - start))  # [n, m, K]
-            d_paths = torch.matmul(g, mix, out=_rows(paths_buffer, stop - start))  # [n, m, K]
+            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
+            # a [n m, C] x [C, K] matmul (with out=, matmul would broadcast mix to a slow batched matmul)
+            d_paths = torch.matmul(g, mix)  # [n, m, K]
             if need_weights:
                 d_weights.append((d_paths * stacked).sum(1))
             if need_mix:
