@@ -159,7 +159,7 @@ def test_native_contractions_reject_bad_operands():
         C.kernel_contraction_backward(
             torch.zeros(23, 2, 3).double(), hidden, weight, bias, xs, bs, 3, 7, True, True, True, [True], [True] * 4
         )
-    weights, mix = torch.randn(23, fan_in).double(), torch.randn(5, fan_in).double()
+    weights, mix = torch.randn(23, fan_in).double(), torch.randn(5, sum(CHANNELS)).double()
     with pytest.raises(RuntimeError, match=r"weights, mix: expected \[E, \d+\] and \[C, \d+\]"):
         C.depthwise_contraction(weights, mix[:, 1:], xs, bs, 3, 7)
     with pytest.raises(RuntimeError, match=r"xs: expected 22 edges \(those of weights\), got 23"):

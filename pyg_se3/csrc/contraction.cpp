@@ -5,10 +5,12 @@
 // each thread takes its own contiguous range of edges and runs the same chunk loop on it, every operation
 // single-threaded (ATen runs operations inline inside a parallel region, and MKL runs one thread there): a
 // thin matmul such as the radial weights' [n, 32] x [32, C K] runs at ~85-90% of a dense matmul's rate on one
-// thread, ~60% when two threads split it. Each thread allocates its chunk buffers once per call; parameter
-// gradients are summed per thread, then across threads. Not differentiable: kernel.py calls these only where
-// autograd records nothing.
+// thread, ~60% when two threads split it. Each thread reuses its chunk buffers (scratch memory kept across
+// calls); parameter gradients are summed per thread, then across threads. Not differentiable: kernel.py calls
+// these only where autograd records nothing.
 
+#include "depthwise_paths.h"
+#include "edge_blocks.h"
 #include "stacked_features.h"
 
 #include <ATen/Parallel.h>
@@ -113,9 +115,7 @@ void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like, 
 
 int64_t stacked_width(const Blocks& xs, const Blocks& bs, int64_t m) {
   TORCH_CHECK(!xs.empty() && xs.size() == bs.size(), "xs, bs: expected equally many (at least one) blocks");
-  int64_t fan_in = 0;
-  for (size_t k = 0; k < xs.size(); ++k) fan_in += xs[k].size(1) * (bs[k].size(2) / m);
-  return fan_in;
+  return pyg_se3::stacked_size(xs, bs, m);
 }
 
 // ---- the full kernel: out[e] = (hidden[e] weight^T + bias).view(C, K) @ stacked[e] ---------------------------
@@ -214,65 +214,40 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
   return result;
 }
 
-// ---- the depthwise kernel: out[e] = (stacked[e] * weights[e]) @ mix^T ------------------------------------------
+// ---- the depthwise kernel: out[e] = path_sums(stacked[e] * weights[e]) @ mix^T ------------------------------
 
-void check_depthwise(const at::Tensor& weights, const at::Tensor& mix, const Blocks& xs, const Blocks& bs,
-                     int64_t m) {
+struct DepthwiseShapes {
+  int64_t edges, fan_in, channels_in, channels_out;
+};
+
+DepthwiseShapes depthwise_shapes(const at::Tensor& weights, const at::Tensor& mix, const Blocks& xs,
+                                 const Blocks& bs, int64_t m) {
   check_dense(weights, "weights", weights, 2);
   check_dense(mix, "mix", weights, 2);
   const int64_t fan_in = stacked_width(xs, bs, m);
-  TORCH_CHECK(weights.size(1) == fan_in && mix.size(1) == fan_in, "weights, mix: expected [E, ", fan_in, "] and [C, ",
-              fan_in, "], got ", weights.sizes(), " and ", mix.sizes());
+  int64_t channels_in = 0;
+  for (const auto& x : xs) channels_in += x.size(1);
+  TORCH_CHECK(weights.size(1) == fan_in && mix.size(1) == channels_in, "weights, mix: expected [E, ", fan_in,
+              "] and [C, ", channels_in, "], got ", weights.sizes(), " and ", mix.sizes());
   for (const auto& x : xs)
     TORCH_CHECK(x.size(0) == weights.size(0), "xs: expected ", weights.size(0), " edges (those of weights), got ",
                 x.size(0));
+  return {weights.size(0), fan_in, channels_in, mix.size(0)};
 }
 
-at::Tensor depthwise_contraction(const at::Tensor& weights, const at::Tensor& mix, const Blocks& xs,
+at::Tensor depthwise_contraction(const at::Tensor& weights_in, const at::Tensor& mix, const Blocks& xs,
                                  const Blocks& bs, int64_t m, int64_t chunk) {
-  check_depthwise(weights, mix, xs, bs, m);
-  const int64_t edges = weights.size(0), fan_in = weights.size(1), channels = mix.size(0);
-  at::Tensor out = at::empty({edges, m, channels}, weights.options());
-  auto make = [&](int64_t n) { return scratch(0, {n, m, fan_in}, weights.options()); };
-  for_each_chunk(edges, chunk, make, [&](int64_t start, int64_t n, at::Tensor& buffer) {
-    auto paths = stacked_features(rows(xs, start, n), rows(bs, start, n), m, buffer.narrow(0, 0, n));
-    paths.mul_(weights.narrow(0, start, n).unsqueeze(1));
-    auto out_rows = out.narrow(0, start, n).view({n * m, channels});
-    at::mm_out(out_rows, paths.view({n * m, fan_in}), mix.t());
+  const auto s = depthwise_shapes(weights_in, mix, xs, bs, m);
+  const auto weights = weights_in.contiguous();
+  at::Tensor out = at::empty({s.edges, m, s.channels_out}, weights.options());
+  auto make = [&](int64_t n) { return scratch(0, {n, m, s.channels_in}, weights.options()); };
+  for_each_chunk(s.edges, chunk, make, [&](int64_t start, int64_t n, at::Tensor& buffer) {
+    auto sums = depthwise_path_sums(rows(xs, start, n), rows(bs, start, n), weights.narrow(0, start, n), m,
+                                    buffer.narrow(0, 0, n));
+    auto out_rows = out.narrow(0, start, n).view({n * m, s.channels_out});
+    at::mm_out(out_rows, sums.view({n * m, s.channels_in}), mix.t());
   });
   return out;
-}
-
-// Per edge e and path p: d_weights[e, p] = sum_i d_paths[e, i, p] stacked[e, i, p] (when d_weights is given), then
-// stacked and d_paths scaled by weights[e, p] in place; one pass over both.
-template <typename scalar_t>
-void weight_grads_and_scale(const at::Tensor& weights, at::Tensor& stacked, at::Tensor& d_paths,
-                            at::Tensor* d_weights) {
-  const int64_t n = stacked.size(0), m = stacked.size(1), fan_in = stacked.size(2);
-  const scalar_t* w = weights.data_ptr<scalar_t>();
-  scalar_t* s = stacked.data_ptr<scalar_t>();
-  scalar_t* d = d_paths.data_ptr<scalar_t>();
-  scalar_t* d_w = d_weights == nullptr ? nullptr : d_weights->data_ptr<scalar_t>();
-  for (int64_t e = 0; e < n; ++e) {
-    const scalar_t* __restrict__ w_e = w + e * fan_in;
-    if (d_w != nullptr) {
-      scalar_t* __restrict__ d_w_e = d_w + e * fan_in;
-      std::fill(d_w_e, d_w_e + fan_in, scalar_t(0));
-      for (int64_t i = 0; i < m; ++i) {
-        const scalar_t* __restrict__ s_i = s + (e * m + i) * fan_in;
-        const scalar_t* __restrict__ d_i = d + (e * m + i) * fan_in;
-        for (int64_t p = 0; p < fan_in; ++p) d_w_e[p] += d_i[p] * s_i[p];
-      }
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      scalar_t* __restrict__ s_i = s + (e * m + i) * fan_in;
-      scalar_t* __restrict__ d_i = d + (e * m + i) * fan_in;
-      for (int64_t p = 0; p < fan_in; ++p) {
-        s_i[p] *= w_e[p];
-        d_i[p] *= w_e[p];
-      }
-    }
-  }
 }
 
 // [d_weights, d_mix, d_xs..., d_bs...], none where not needed
@@ -281,37 +256,33 @@ std::vector<OptionalTensor> depthwise_contraction_backward(const at::Tensor& gra
                                                            int64_t m, int64_t chunk, bool need_weights, bool need_mix,
                                                            const std::vector<bool>& need_x,
                                                            const std::vector<bool>& need_b) {
-  check_depthwise(weights_in, mix, xs, bs, m);
-  const auto weights = weights_in.contiguous();  // rows of contiguous paths for weight_grads_and_scale
-  const int64_t edges = weights.size(0), fan_in = weights.size(1), channels = mix.size(0);
+  const auto s = depthwise_shapes(weights_in, mix, xs, bs, m);
+  const auto weights = weights_in.contiguous();
   check_dense(grad, "grad", weights, 3);
-  TORCH_CHECK(grad.size(0) == edges && grad.size(1) == m && grad.size(2) == channels, "grad: expected [", edges, ", ",
-              m, ", ", channels, "], got ", grad.sizes());
+  TORCH_CHECK(grad.size(0) == s.edges && grad.size(1) == m && grad.size(2) == s.channels_out, "grad: expected [",
+              s.edges, ", ", m, ", ", s.channels_out, "], got ", grad.sizes());
   const auto g_all = grad.contiguous();
-  const bool need_features = any(need_x) || any(need_b);
   at::Tensor d_weights = need_weights ? at::empty(weights.sizes(), weights.options()) : at::Tensor();
   const auto d_xs = full_size_grads(xs, need_x), d_bs = full_size_grads(bs, need_b);
   PerThreadSum d_mix(need_mix);
   struct Buffers {
-    at::Tensor stacked, d_paths;
+    at::Tensor sums, d_sums;
   };
   auto make = [&](int64_t n) {
-    return Buffers{scratch(0, {n, m, fan_in}, weights.options()), scratch(1, {n, m, fan_in}, weights.options())};
+    return Buffers{scratch(0, {n, m, s.channels_in}, weights.options()),
+                   scratch(1, {n, m, s.channels_in}, weights.options())};
   };
-  for_each_chunk(edges, chunk, make, [&](int64_t start, int64_t n, Buffers& buf) {
-    const auto x_rows = rows(xs, start, n), b_rows = rows(bs, start, n);
-    const auto g = g_all.narrow(0, start, n).view({n * m, channels});
-    auto stacked = stacked_features(x_rows, b_rows, m, buf.stacked.narrow(0, 0, n));
-    auto d_paths = buf.d_paths.narrow(0, 0, n);
-    auto d_paths_2d = d_paths.view({n * m, fan_in});
-    at::mm_out(d_paths_2d, g, mix);
-    at::Tensor d_weight_rows = need_weights ? d_weights.narrow(0, start, n) : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(stacked.scalar_type(), "depthwise_weight_grads", [&] {
-      weight_grads_and_scale<scalar_t>(weights.narrow(0, start, n), stacked, d_paths,
-                                       need_weights ? &d_weight_rows : nullptr);
-    });
-    if (need_mix) d_mix.part(mix).addmm_(g.t(), stacked.view({n * m, fan_in}));
-    if (need_features) stacked_feature_grads(x_rows, b_rows, d_paths, optional_rows(d_xs, start, n), optional_rows(d_bs, start, n));
+  for_each_chunk(s.edges, chunk, make, [&](int64_t start, int64_t n, Buffers& buf) {
+    const auto g = g_all.narrow(0, start, n).view({n * m, s.channels_out});
+    auto d_sums = buf.d_sums.narrow(0, 0, n);
+    auto d_sums_2d = d_sums.view({n * m, s.channels_in});
+    at::mm_out(d_sums_2d, g, mix);
+    auto sums = buf.sums.narrow(0, 0, n);  // rebuilt for the mixing matrix's gradient only
+    depthwise_path_sum_grads(rows(xs, start, n), rows(bs, start, n), weights.narrow(0, start, n), d_sums,
+                             need_mix ? OptionalTensor(sums) : c10::nullopt,
+                             need_weights ? OptionalTensor(d_weights.narrow(0, start, n)) : c10::nullopt,
+                             optional_rows(d_xs, start, n), optional_rows(d_bs, start, n));
+    if (need_mix) d_mix.part(mix).addmm_(g.t(), sums.view({n * m, s.channels_in}));
   });
   std::vector<OptionalTensor> result{need_weights ? OptionalTensor(d_weights) : c10::nullopt, d_mix.total(mix)};
   for (const auto& d : d_xs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);

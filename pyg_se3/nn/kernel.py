@@ -217,13 +217,33 @@ class _KernelContraction(torch.autograd.Function):
         return None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *feature_grads.result()
 
 
+def _path_sums(paths: Tensor, xs: Sequence[Tensor], bs: Sequence[Tensor]) -> Tensor:
+    """``[n, m, K] -> [n, m, sum_k C_k]``: each input channel's path features summed over its paths ``J``."""
+    n, m = paths.shape[:2]
+    num_j = [b.shape[2] // m for b in bs]
+    parts = paths.split(_stacked_sizes(xs, bs, m), dim=2)
+    return torch.cat([p.view(n, m, j, x.shape[1]).sum(2) for p, j, x in zip(parts, num_j, xs, strict=True)], dim=2)
+
+
+def _spread_over_paths(d_sums: Tensor, xs: Sequence[Tensor], bs: Sequence[Tensor]) -> Tensor:
+    """``[n, m, sum_k C_k] -> [n, m, K]``: the gradient of :func:`_path_sums` (each channel's value on every one
+    of its paths)."""
+    n, m = d_sums.shape[:2]
+    parts = d_sums.split([x.shape[1] for x in xs], dim=2)
+    return torch.cat(
+        [p.unsqueeze(2).expand(n, m, b.shape[2] // m, -1).reshape(n, m, -1) for p, b in zip(parts, bs, strict=True)],
+        dim=2,
+    )
+
+
 class _DepthwiseContraction(torch.autograd.Function):
-    """``out[e] = (stacked[e] * w[e]) @ mix^T`` (``[m, K]`` path features, one weight per path, ``[C, K]``
-    mixing), chunked over edges like :class:`_KernelContraction`: only the inputs are saved, and the backward
-    pass rebuilds each chunk's path features. Against activation checkpointing of the same products under
-    autograd (its previous form), the backward does not redo the forward's mixing matmul or record a graph:
-    1.23-1.28x faster for a whole depthwise ``SE3Transformer`` (N=64..1,024, 2 threads). The backward is
-    written with differentiable operations (double backward).
+    """``out[e] = sum_J(stacked[e] * w[e]) @ mix^T``: ``[m, K]`` path features, one weight per path, summed over
+    each input channel's paths to ``[m, sum_k C_k]``, then ``[C, sum_k C_k]`` channel mixing. Chunked over edges
+    like :class:`_KernelContraction`: only the inputs are saved, and the backward pass rebuilds each chunk's path
+    features. With the C++ kernels the path features are summed as they are built and never stored (a third of
+    the memory traffic, and a mixing matmul a third the size, of weighting ``[m, K]`` features and mixing them
+    with ``mix`` repeated over the paths, their previous form). The backward is written with differentiable
+    operations (double backward).
     """
 
     @staticmethod
@@ -238,7 +258,7 @@ class _DepthwiseContraction(torch.autograd.Function):
             for start in range(0, weights.shape[0], chunk):
                 stop = min(start + chunk, weights.shape[0])
                 paths = _scale(_stacked_features(xs, bs, start, stop, m), weights[start:stop, None], in_place)
-                out[start:stop] = torch.matmul(paths, mix.t())
+                out[start:stop] = torch.matmul(_path_sums(paths, xs, bs), mix.t())
         ctx.save_for_backward(weights, mix, *blocks)
         ctx.chunk, ctx.m, ctx.num_in = chunk, m, num_in
         record_autocast(ctx, weights.device)
@@ -264,12 +284,12 @@ class _DepthwiseContraction(torch.autograd.Function):
             stop = min(start + ctx.chunk, weights.shape[0])
             g, w = grad[start:stop], weights[start:stop, None]  # [n, m, C], [n, 1, K]
             stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
-            # a [n m, C] x [C, K] matmul (with out=, matmul would broadcast mix to a slow batched matmul)
-            d_paths = torch.matmul(g, mix)  # [n, m, K]
+            d_paths = _spread_over_paths(torch.matmul(g, mix), xs, bs)  # [n, m, K]
             if need_weights:
                 d_weights.append((d_paths * stacked).sum(1))
             if need_mix:
-                part = (g.flatten(0, 1).t() @ _scale(stacked, w, in_place).flatten(0, 1)).to(mix.dtype)
+                sums = _path_sums(_scale(stacked, w, in_place), xs, bs)
+                part = (g.flatten(0, 1).t() @ sums.flatten(0, 1)).to(mix.dtype)
                 d_mix = part if d_mix is None else d_mix + part
             if any(need_x) or any(need_b):
                 feature_grads.add(_scale(d_paths, w, in_place), start)
@@ -465,10 +485,6 @@ class DepthwiseEdgeKernel(_KernelBase):
             head_scales=[(self.fan_in[l] / channels_in) ** -0.5 for l in fiber_out.degrees],
         )
         self.mix = SE3Linear(Fiber({l: channels_in for l in fiber_out.degrees}), fiber_out)
-        first = {k: sum(c for d, c in fiber_in if d < k) for k in fiber_in.degrees}  # channel offset of degree k
-        for l in fiber_out.degrees:  # the input channel (of all degrees, in order) of each of the K_l paths
-            index = [first[k] + c for k, c_k in fiber_in for _ in range(num_J(k, l)) for c in range(c_k)]
-            self.register_buffer(f"path_channel_{l}", torch.tensor(index, dtype=torch.long), persistent=False)
 
     def reset_parameters(self) -> None:
         self.radial.reset_parameters()
@@ -491,8 +507,7 @@ class DepthwiseEdgeKernel(_KernelBase):
         out = {}
         for l, weights in zip(self.fiber_out.degrees, self.radial_weights(basis, edge_attr), strict=True):
             bs = [basis[(k, l)] for k in self.fiber_in.degrees]
-            # sum over J and channel mixing in one matmul: the mixing matrix repeated over each channel's paths
-            mix = self.mix.weights[str(l)][:, getattr(self, f"path_channel_{l}")]
+            mix = self.mix.weights[str(l)]  # [C_out, sum_k C_k]
             chunk = self.chunk or _edges_per_chunk(weights.shape[1] * (2 * l + 1), weights)
             messages = _DepthwiseContraction.apply(chunk, 2 * l + 1, weights, mix, *xs, *bs)  # [E, m, C_out]
             out[l] = messages.transpose(1, 2)
