@@ -8,7 +8,7 @@ from pyg_se3 import Fiber, compute_basis
 from pyg_se3.basis import num_J
 from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel
 from pyg_se3.nn import kernel as kernel_module
-from pyg_se3.nn.kernel import NATIVE_KERNELS, _FeatureGrads, _stacked_features
+from pyg_se3.nn.kernel import NATIVE_KERNELS, _FeatureGrads, _path_sums, _stacked_features
 
 CHANNELS = [3, 17, 2, 5]  # 17: more than one group of 16 channels, and a remainder
 
@@ -73,6 +73,32 @@ def test_feature_grads_match_autograd(degree):
             if needed:
                 assert want.abs().max() > 1e-3
                 torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("degree", [0, 2, 3])
+def test_depthwise_path_sums_and_grads_match_autograd(degree):
+    """The depthwise kernel's path sums (weighted path features summed over each channel's paths, never stored)
+    and, from one pass, their gradients for the weights, features and basis, and the sums again."""
+    xs, bs = _operands(degree)
+    m, num_edges = 2 * degree + 1, xs[0].shape[0]
+    fan_in = sum(num_J(k, degree) * c for k, c in enumerate(CHANNELS))
+    weights = torch.randn(num_edges, fan_in, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (weights, *xs, *bs)]
+    stacked = _stacked_features(leaves[1:5], leaves[5:], 0, num_edges, m)
+    expected_sums = _path_sums(stacked * leaves[0][:, None], xs, bs)
+    assert expected_sums.shape == (num_edges, m, sum(CHANNELS))
+    torch.testing.assert_close(kernel_module._C.depthwise_path_sums(xs, bs, weights, m), expected_sums.detach())
+    d_sums = torch.randn_like(expected_sums)
+    expected = torch.autograd.grad(expected_sums, leaves, d_sums)
+    need = [True, True, False, True, True, True, True, False, True]  # weights, then features, then bases
+    got = [torch.empty(t.shape, dtype=t.dtype) if n else None for t, n in zip(leaves, need, strict=True)]
+    sums = torch.full_like(d_sums, float("nan"))
+    kernel_module._C.depthwise_path_sum_grads(xs, bs, weights, d_sums, sums, got[0], got[1:5], got[5:])
+    torch.testing.assert_close(sums, expected_sums.detach(), atol=1e-12, rtol=0)
+    for g, n, want in zip(got, need, expected, strict=True):
+        if n:
+            assert want.abs().max() > 1e-3
+            torch.testing.assert_close(g, want, atol=1e-12, rtol=0)
 
 
 class _CountingC:
@@ -164,3 +190,7 @@ def test_native_contractions_reject_bad_operands():
         C.depthwise_contraction(weights, mix[:, 1:], xs, bs, 3, 7)
     with pytest.raises(RuntimeError, match=r"xs: expected 22 edges \(those of weights\), got 23"):
         C.depthwise_contraction(weights[1:], mix, xs, bs, 3, 7)
+    with pytest.raises(RuntimeError, match=r"weights: expected a CPU tensor \[23, \d+\] .* contiguous rows"):
+        C.depthwise_path_sums(xs, bs, weights.t().contiguous().t(), 3)
+    with pytest.raises(RuntimeError, match=r"d_sums: expected a contiguous CPU tensor of shape \[23, 3, 27\]"):
+        C.depthwise_path_sum_grads(xs, bs, weights, torch.zeros(23, 3, 26).double(), None, None, [None] * 4, [None] * 4)

@@ -44,16 +44,16 @@ void check_weights(const at::Tensor& weights, const std::vector<at::Tensor>& xs,
   const int64_t fan_in = stacked_size(xs, bs, m);
   TORCH_CHECK(weights.device().is_cpu() && weights.scalar_type() == xs[0].scalar_type() && weights.dim() == 2 &&
                   weights.size(0) == xs[0].size(0) && weights.size(1) == fan_in && weights.stride(1) == 1,
-              "weights: expected a CPU tensor [", xs[0].size(0), ", ", fan_in, "] of the dtype of xs with contiguous rows, got ",
-              weights.sizes(), " ", weights.scalar_type());
+              "weights: expected a CPU tensor [", xs[0].size(0), ", ", fan_in,
+              "] of the dtype of xs with contiguous rows, got ", weights.sizes(), " ", weights.scalar_type());
 }
 
 void check_sums(const at::Tensor& t, const char* name, const std::vector<at::Tensor>& xs, int64_t m) {
   const std::vector<int64_t> shape{xs[0].size(0), m, total_channels(xs)};
   TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.is_contiguous() && t.scalar_type() == xs[0].scalar_type() &&
                   t.device().is_cpu(),
-              name, ": expected a contiguous CPU tensor of shape ", at::IntArrayRef(shape), " and the dtype of xs, got ",
-              t.sizes());
+              name, ": expected a contiguous CPU tensor of shape ", at::IntArrayRef(shape),
+              " and the dtype of xs, got ", t.sizes());
 }
 
 template <typename scalar_t>
@@ -172,7 +172,8 @@ at::Tensor depthwise_path_sums(const std::vector<at::Tensor>& xs, const std::vec
 
 void depthwise_path_sum_grads(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases,
                               const at::Tensor& weights, const at::Tensor& d_sums,
-                              const c10::optional<at::Tensor>& sums_out, const c10::optional<at::Tensor>& d_weights_out,
+                              const c10::optional<at::Tensor>& sums_out,
+                              const c10::optional<at::Tensor>& d_weights_out,
                               const std::vector<c10::optional<at::Tensor>>& d_xs_out,
                               const std::vector<c10::optional<at::Tensor>>& d_bs_out) {
   TORCH_CHECK(d_sums.dim() == 3, "d_sums: expected [n, m, C], got ", d_sums.sizes());
@@ -183,22 +184,16 @@ void depthwise_path_sum_grads(const std::vector<at::Tensor>& xs, const std::vect
   check_sums(d_sums, "d_sums", xs, m);
   TORCH_CHECK(d_xs_out.size() == xs.size() && d_bs_out.size() == xs.size(),
               "d_xs, d_bs: expected one entry (a tensor, or None where not needed) per block");
-  auto checked = [&](const c10::optional<at::Tensor>& t, const at::Tensor& like, const char* name, size_t k) {
-    if (!t.has_value()) return at::Tensor();
-    TORCH_CHECK(t->sizes() == like.sizes() && t->is_contiguous() && t->scalar_type() == like.scalar_type() &&
-                    t->device().is_cpu(),
-                name, "[", k, "]: expected a contiguous CPU tensor of shape ", like.sizes(), " and the dtype of xs");
-    return *t;
-  };
   if (sums_out.has_value()) check_sums(*sums_out, "sums", xs, m);
-  if (d_weights_out.has_value()) checked(d_weights_out, weights, "d_weights", 0);
+  if (d_weights_out.has_value()) checked_output(d_weights_out, weights, "d_weights", 0);
   AT_DISPATCH_FLOATING_TYPES(d_sums.scalar_type(), "depthwise_path_sum_grads", [&] {
     GradPointers<scalar_t> out{sums_out.has_value() ? sums_out->data_ptr<scalar_t>() : nullptr,
                                d_weights_out.has_value() ? d_weights_out->data_ptr<scalar_t>() : nullptr,
                                {},
                                {}};
     for (size_t k = 0; k < xs.size(); ++k) {
-      const auto d_x = checked(d_xs_out[k], xs[k], "d_xs", k), d_b = checked(d_bs_out[k], bs[k], "d_bs", k);
+      const auto d_x = checked_output(d_xs_out[k], xs[k], "d_xs", k);
+      const auto d_b = checked_output(d_bs_out[k], bs[k], "d_bs", k);
       out.d_xs.push_back(d_x.defined() ? d_x.data_ptr<scalar_t>() : nullptr);
       out.d_bs.push_back(d_b.defined() ? d_b.data_ptr<scalar_t>() : nullptr);
     }

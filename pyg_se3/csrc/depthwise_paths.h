@@ -15,6 +15,7 @@ at::Tensor depthwise_path_sums(const std::vector<at::Tensor>& xs, const std::vec
 // block, and the sums themselves, written into the given tensors (none where not needed).
 void depthwise_path_sum_grads(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bases,
                               const at::Tensor& weights, const at::Tensor& d_sums,
-                              const c10::optional<at::Tensor>& sums_out, const c10::optional<at::Tensor>& d_weights_out,
+                              const c10::optional<at::Tensor>& sums_out,
+                              const c10::optional<at::Tensor>& d_weights_out,
                               const std::vector<c10::optional<at::Tensor>>& d_xs_out,
                               const std::vector<c10::optional<at::Tensor>>& d_bs_out);

@@ -20,8 +20,8 @@ struct Block {
 };
 
 template <typename scalar_t>
-inline std::vector<Block<scalar_t>> make_blocks(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs,
-                                         int64_t m) {
+inline std::vector<Block<scalar_t>> make_blocks(const std::vector<at::Tensor>& xs,
+                                                const std::vector<at::Tensor>& bs, int64_t m) {
   std::vector<Block<scalar_t>> blocks;
   int64_t offset = 0;
   for (size_t k = 0; k < xs.size(); ++k) {
@@ -99,6 +99,16 @@ inline std::vector<at::Tensor> contiguous_bases(const std::vector<at::Tensor>& b
   std::vector<at::Tensor> out;
   for (const auto& b : bs) out.push_back(b.stride(2) == 1 ? b : b.contiguous());
   return out;
+}
+
+// An output the caller passes (rows of a full-size gradient, written in place), or an undefined tensor for none.
+inline at::Tensor checked_output(const c10::optional<at::Tensor>& out, const at::Tensor& like, const char* name,
+                                 size_t k) {
+  if (!out.has_value()) return at::Tensor();
+  TORCH_CHECK(out->sizes() == like.sizes() && out->is_contiguous() && out->scalar_type() == like.scalar_type() &&
+                  out->device().is_cpu(),
+              name, "[", k, "]: expected a contiguous CPU tensor of shape ", like.sizes(), " and the dtype of xs");
+  return *out;
 }
 
 inline int64_t stacked_size(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, int64_t m) {

@@ -134,17 +134,10 @@ void stacked_feature_grads(const std::vector<at::Tensor>& xs, const std::vector<
   TORCH_CHECK(d_stacked.scalar_type() == xs[0].scalar_type(), "d_stacked: expected the dtype of xs");
   const auto grad = d_stacked.contiguous();
   // the outputs are written in place (callers pass rows of full-size gradients, so nothing is concatenated)
-  auto checked = [&](const c10::optional<at::Tensor>& out, const at::Tensor& like, const char* name, size_t k) {
-    if (!out.has_value()) return at::Tensor();
-    TORCH_CHECK(out->sizes() == like.sizes() && out->is_contiguous() && out->scalar_type() == like.scalar_type() &&
-                    out->device().is_cpu(),
-                name, "[", k, "]: expected a contiguous CPU tensor of shape ", like.sizes(), " and the dtype of xs");
-    return *out;
-  };
   std::vector<at::Tensor> d_xs, d_bs;
   for (size_t k = 0; k < xs.size(); ++k) {
-    d_xs.push_back(checked(d_xs_out[k], xs[k], "d_xs", k));
-    d_bs.push_back(checked(d_bs_out[k], bs[k], "d_bs", k));
+    d_xs.push_back(checked_output(d_xs_out[k], xs[k], "d_xs", k));
+    d_bs.push_back(checked_output(d_bs_out[k], bs[k], "d_bs", k));
   }
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "stacked_feature_grads",
                              [&] { backward_impl<scalar_t>(xs, bs, grad, m, d_xs, d_bs); });
