@@ -89,8 +89,6 @@ class PerThreadSum {
     return sum;
   }
 
-  bool needed() const { return needed_; }
-
  private:
   bool needed_;
   std::vector<at::Tensor> parts_;
