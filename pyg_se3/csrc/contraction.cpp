@@ -21,9 +21,6 @@
 
 namespace {
 
-// a thread's range is never split below this many edges
-constexpr int64_t kGrainEdges = 16;
-
 using Blocks = std::vector<at::Tensor>;
 using OptionalTensor = c10::optional<at::Tensor>;
 
@@ -62,7 +59,7 @@ at::Tensor scratch(size_t slot, at::IntArrayRef shape, const at::TensorOptions& 
 template <typename MakeBuffers, typename Body>
 void for_each_chunk(int64_t num_edges, int64_t chunk, const MakeBuffers& make_buffers, const Body& body) {
   TORCH_CHECK(chunk >= 1, "chunk: expected >= 1, got ", chunk);
-  at::parallel_for(0, num_edges, kGrainEdges, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_edges, pyg_se3::kGrainEdges, [&](int64_t begin, int64_t end) {
     // grad mode is thread-local and worker threads do not inherit the caller's: skip autograd explicitly
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto buffers = make_buffers(std::min(chunk, end - begin));
@@ -111,9 +108,18 @@ void check_dense(const at::Tensor& t, const char* name, const at::Tensor& like, 
   TORCH_CHECK(t.dim() == dim, name, ": expected ", dim, " dimensions, got ", t.sizes());
 }
 
+// K: the stacked features' width, after checking the feature and basis blocks
 int64_t stacked_width(const Blocks& xs, const Blocks& bs, int64_t m) {
-  TORCH_CHECK(!xs.empty() && xs.size() == bs.size(), "xs, bs: expected equally many (at least one) blocks");
+  pyg_se3::check_operands(xs, bs, m);
   return pyg_se3::stacked_size(xs, bs, m);
+}
+
+// [..., d_xs..., d_bs...]: the blocks' gradients appended to `result`, none where not needed
+std::vector<OptionalTensor> with_block_grads(std::vector<OptionalTensor> result, const std::vector<at::Tensor>& d_xs,
+                                             const std::vector<at::Tensor>& d_bs) {
+  for (const auto& d : d_xs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
+  for (const auto& d : d_bs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
+  return result;
 }
 
 // ---- the full kernel: out[e] = (hidden[e] weight^T + bias).view(C, K) @ stacked[e] ---------------------------
@@ -205,11 +211,8 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
     at::bmm_out(stacked, g, weights.view({n, s.channels, s.fan_in}));
     stacked_feature_grads(x_rows, b_rows, stacked, optional_rows(d_xs, start, n), optional_rows(d_bs, start, n));
   });
-  std::vector<OptionalTensor> result{need_hidden ? OptionalTensor(d_hidden) : c10::nullopt, d_weight.total(weight),
-                                     d_bias.total(bias)};
-  for (const auto& d : d_xs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
-  for (const auto& d : d_bs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
-  return result;
+  return with_block_grads(
+      {need_hidden ? OptionalTensor(d_hidden) : c10::nullopt, d_weight.total(weight), d_bias.total(bias)}, d_xs, d_bs);
 }
 
 // ---- the depthwise kernel: out[e] = path_sums(stacked[e] * weights[e]) @ mix^T ------------------------------
@@ -223,8 +226,7 @@ DepthwiseShapes depthwise_shapes(const at::Tensor& weights, const at::Tensor& mi
   check_dense(weights, "weights", weights, 2);
   check_dense(mix, "mix", weights, 2);
   const int64_t fan_in = stacked_width(xs, bs, m);
-  int64_t channels_in = 0;
-  for (const auto& x : xs) channels_in += x.size(1);
+  const int64_t channels_in = pyg_se3::total_channels(xs);
   TORCH_CHECK(weights.size(1) == fan_in && mix.size(1) == channels_in, "weights, mix: expected [E, ", fan_in,
               "] and [C, ", channels_in, "], got ", weights.sizes(), " and ", mix.sizes());
   for (const auto& x : xs)
@@ -282,10 +284,7 @@ std::vector<OptionalTensor> depthwise_contraction_backward(const at::Tensor& gra
                              optional_rows(d_xs, start, n), optional_rows(d_bs, start, n));
     if (need_mix) d_mix.part(mix).addmm_(g.t(), sums.view({n * m, s.channels_in}));
   });
-  std::vector<OptionalTensor> result{need_weights ? OptionalTensor(d_weights) : c10::nullopt, d_mix.total(mix)};
-  for (const auto& d : d_xs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
-  for (const auto& d : d_bs) result.push_back(d.defined() ? OptionalTensor(d) : c10::nullopt);
-  return result;
+  return with_block_grads({need_weights ? OptionalTensor(d_weights) : c10::nullopt, d_mix.total(mix)}, d_xs, d_bs);
 }
 
 }  // namespace

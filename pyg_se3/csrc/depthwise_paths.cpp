@@ -25,14 +25,6 @@ namespace {
 
 using namespace pyg_se3;
 
-constexpr int64_t kGrainEdges = 16;
-
-int64_t total_channels(const std::vector<at::Tensor>& xs) {
-  int64_t channels = 0;
-  for (const auto& x : xs) channels += x.size(1);
-  return channels;
-}
-
 int64_t largest_channels(const std::vector<at::Tensor>& xs) {
   int64_t largest = 1;
   for (const auto& x : xs) largest = std::max(largest, x.size(1));
@@ -135,19 +127,11 @@ void grads_impl(const std::vector<Block<scalar_t>>& blocks, const at::Tensor& we
             if (d_x == nullptr && d_b == nullptr) continue;
             // the gradient of this path row: d_y scaled by the path's weights
             for (int64_t c = 0; c < C; ++c) d_row[c] = dy_row[c] * w_j[c];
-            for (int64_t a = 0; a < A; ++a) {
-              if (d_x != nullptr) {
-                const scalar_t coef = b[a * blk.b_component + j * m + i];
-                scalar_t* __restrict__ acc = d_x_t.data() + a * C;
-                for (int64_t c = 0; c < C; ++c) acc[c] += d_row[c] * coef;
-              }
-              if (d_b != nullptr) d_b[a * P + j * m + i] = dot(x_t.data() + a * C, d_row.data(), C);
-            }
+            if (d_x != nullptr) accumulate_row(d_row.data(), b + j * m + i, blk.b_component, A, C, d_x_t.data());
+            if (d_b != nullptr) row_dots(x_t.data(), d_row.data(), A, C, d_b + j * m + i, P);
           }
         }
-        if (d_x != nullptr)
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t a = 0; a < A; ++a) d_x[c * A + a] = d_x_t[a * C + c];
+        if (d_x != nullptr) store_transposed(d_x_t.data(), A, C, d_x);
         channel_offset += C;
       }
     }

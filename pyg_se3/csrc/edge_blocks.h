@@ -9,6 +9,9 @@
 
 namespace pyg_se3 {
 
+// edges per task of at::parallel_for: a thread's range is never split below this
+constexpr int64_t kGrainEdges = 16;
+
 // One input degree's operands as raw pointers and strides (the basis' last dimension is contiguous).
 template <typename scalar_t>
 struct Block {
@@ -62,6 +65,25 @@ inline void combine(const scalar_t* __restrict__ x_t, const scalar_t* __restrict
   }
 }
 
+// acc_t[a, c] += row[c] coef[a * coef_stride]: the transpose of combine, for the features' gradient
+template <typename scalar_t>
+inline void accumulate_row(const scalar_t* __restrict__ row, const scalar_t* __restrict__ coef, int64_t coef_stride,
+                           int64_t components, int64_t channels, scalar_t* __restrict__ acc_t) {
+  for (int64_t a = 0; a < components; ++a) {
+    const scalar_t ca = coef[a * coef_stride];
+    scalar_t* __restrict__ acc = acc_t + a * channels;
+    for (int64_t c = 0; c < channels; ++c) acc[c] += row[c] * ca;
+  }
+}
+
+// x[e, c, a] = x_t[a, c] for a contiguous [C, A] destination: the inverse of load_transposed
+template <typename scalar_t>
+inline void store_transposed(const scalar_t* __restrict__ x_t, int64_t components, int64_t channels,
+                             scalar_t* __restrict__ x) {
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t a = 0; a < components; ++a) x[c * components + a] = x_t[a * channels + c];
+}
+
 // sum_c u[c] v[c], in kLanes independent partial sums: a single running sum would keep the compiler from
 // vectorising the loop (floating-point addition is not associative)
 constexpr int64_t kLanes = 16;
@@ -93,6 +115,19 @@ inline void check_operands(const std::vector<at::Tensor>& xs, const std::vector<
     TORCH_CHECK(b.size(1) == x.size(2), "bs[", k, "]: expected ", x.size(2), " rows, got ", b.size(1));
     TORCH_CHECK(b.size(2) % m == 0, "bs[", k, "]: expected a multiple of m=", m, " columns, got ", b.size(2));
   }
+}
+
+// dst[a * dst_stride] = sum_c x_t[a, c] row[c]: the basis' gradient from one path row's gradient
+template <typename scalar_t>
+inline void row_dots(const scalar_t* __restrict__ x_t, const scalar_t* __restrict__ row, int64_t components,
+                     int64_t channels, scalar_t* __restrict__ dst, int64_t dst_stride) {
+  for (int64_t a = 0; a < components; ++a) dst[a * dst_stride] = dot(x_t + a * channels, row, channels);
+}
+
+inline int64_t total_channels(const std::vector<at::Tensor>& xs) {
+  int64_t channels = 0;
+  for (const auto& x : xs) channels += x.size(1);
+  return channels;
 }
 
 inline std::vector<at::Tensor> contiguous_bases(const std::vector<at::Tensor>& bs) {

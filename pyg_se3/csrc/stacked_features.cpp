@@ -26,8 +26,6 @@ namespace {
 
 using namespace pyg_se3;
 
-constexpr int64_t kGrainEdges = 16;
-
 template <typename scalar_t>
 void forward_impl(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& bs, int64_t m, at::Tensor& out) {
   const auto blocks = make_blocks<scalar_t>(xs, bs, m);
@@ -71,26 +69,17 @@ void backward_impl(const std::vector<at::Tensor>& xs, const std::vector<at::Tens
         if (d_x_data[k] != nullptr) {  // d_x[e, c, a] = sum_{i, J} grad[e, i, off + J C + c] b[e, a, J m + i]
           std::fill(d_x_t.begin(), d_x_t.begin() + A * C, scalar_t(0));
           for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < blk.num_j; ++j) {
-              const scalar_t* __restrict__ g = grad_edge + i * fan_in + blk.offset + j * C;
-              for (int64_t a = 0; a < A; ++a) {
-                const scalar_t coef = b[a * blk.b_component + j * m + i];
-                scalar_t* __restrict__ acc = d_x_t.data() + a * C;
-                for (int64_t c = 0; c < C; ++c) acc[c] += g[c] * coef;
-              }
-            }
-          scalar_t* d_x = d_x_data[k] + e * C * A;
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t a = 0; a < A; ++a) d_x[c * A + a] = d_x_t[a * C + c];
+            for (int64_t j = 0; j < blk.num_j; ++j)
+              accumulate_row(grad_edge + i * fan_in + blk.offset + j * C, b + j * m + i, blk.b_component, A, C,
+                             d_x_t.data());
+          store_transposed(d_x_t.data(), A, C, d_x_data[k] + e * C * A);
         }
         if (d_b_data[k] != nullptr) {  // d_b[e, a, J m + i] = sum_c x[e, c, a] grad[e, i, off + J C + c]
           load_transposed(blk, e, x_t.data());
           scalar_t* d_b = d_b_data[k] + e * A * P;
           for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < blk.num_j; ++j) {
-              const scalar_t* __restrict__ g = grad_edge + i * fan_in + blk.offset + j * C;
-              for (int64_t a = 0; a < A; ++a) d_b[a * P + j * m + i] = dot(x_t.data() + a * C, g, C);
-            }
+            for (int64_t j = 0; j < blk.num_j; ++j)
+              row_dots(x_t.data(), grad_edge + i * fan_in + blk.offset + j * C, A, C, d_b + j * m + i, P);
         }
       }
     }
