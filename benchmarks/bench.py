@@ -416,11 +416,24 @@ def sweep(args: argparse.Namespace, series: list[Series]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- reporting
+def _measured(rows: list[dict]) -> dict[tuple, dict]:
+    """The rows that measured something, by (model, graph, degrees, N)."""
+    return {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+
+
+def _ratios(numerator: dict, denominator: dict) -> dict[str, float | None]:
+    """``{key}_ratio`` for time and memory: ``numerator / denominator`` (``None`` where the denominator is 0)."""
+    return {
+        f"{key}_ratio": numerator[key] / denominator[key] if denominator[key] > 0 else None
+        for key in ("forward_s", "forward_backward_s", "peak_GB")
+    }
+
+
 def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]:
     """Each peer measurement next to its reference's at the same graph, degrees and N (and next to the
     reference's depthwise-kernel variant, when that was measured too); ratios are peer / ours (above 1: ours is
     faster or smaller)."""
-    ours = {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+    ours = _measured(rows)
     measured = {r["model"] for r in rows}
     ratios = []
     for peer, reference in ((p, ref) for p in peers for ref in (p.reference, f"{p.reference}+depthwise")):
@@ -431,8 +444,7 @@ def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]
             entry = {"peer": peer.name, "reference": reference, "graph": row["graph"], "degrees": row["degrees"]}
             entry |= {"N": row["N"], "peer_row": row, "reference_row": ref}
             if ref is not None and "error" not in row:
-                for key in ("forward_s", "forward_backward_s", "peak_GB"):
-                    entry[f"{key}_ratio"] = row[key] / ref[key] if ref[key] > 0 else None
+                entry |= _ratios(row, ref)
             ratios.append(entry)
     return ratios
 
@@ -440,15 +452,13 @@ def peer_ratios(rows: list[dict], peers: list[peer_adapters.Peer]) -> list[dict]
 def depthwise_ratios(rows: list[dict]) -> list[dict]:
     """Each ``X+depthwise`` measurement next to ``X``'s (the full kernel) at the same graph, degrees and N:
     full / depthwise (above 1: the depthwise kernel is faster or smaller)."""
-    ours = {(r["model"], r["graph"], r["degrees"], r["N"]): r for r in rows if "error" not in r}
+    ours = _measured(rows)
     ratios = []
     for (model, graph, degrees, n), row in ours.items():
         full = ours.get((model.removesuffix("+depthwise"), graph, degrees, n))
         if model.endswith("+depthwise") and full is not None:
             entry = {"model": model.removesuffix("+depthwise"), "graph": graph, "degrees": degrees, "N": n}
-            for key in ("forward_s", "forward_backward_s", "peak_GB"):
-                entry[f"{key}_ratio"] = full[key] / row[key] if row[key] > 0 else None
-            ratios.append(entry)
+            ratios.append(entry | _ratios(full, row))
     return ratios
 
 
