@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train = ParticleDynamics(root, split="train")
         val = ParticleDynamics(root, split="val")[: args.eval_samples]
         test = ParticleDynamics(root, split="test")[: args.eval_samples]
-    config = train.config
+    config, horizon = train.config, train.horizon  # horizon: time between a block's input and its target
     train = train[: args.train_samples]
 
-    horizon = config["block_size"] * config["dt"]  # time between a block's input and its target
     mass_unit = sum(config["mass_range"]) / 2  # the mean mass: inputs of order 1
 
     def features(batch):  # Fiber({0: 1, 1: 1}): mass (type 0), velocity (type 1)

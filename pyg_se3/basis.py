@@ -30,6 +30,7 @@ from e3nn import o3
 from torch import Tensor
 
 from pyg_se3._amp import autocast_disabled
+from pyg_se3.checks import check_edge_index, check_int, check_pos
 
 __all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_vectors", "num_J"]
 
@@ -97,10 +98,21 @@ def edge_vectors(pos: Tensor | tuple[Tensor, Tensor], edge_index: Tensor) -> Ten
     return pos_src.index_select(0, edge_index[0]) - pos_dst.index_select(0, edge_index[1])
 
 
-def _safe_norm(vectors: Tensor) -> Tensor:
-    """``|r|``, clamped below at a tiny length so that zero-length edges have finite values and gradients."""
-    tiny = torch.finfo(vectors.dtype).tiny ** 0.25  # ~1e-77 (float64), ~1e-10 (float32): squares stay normal
-    return (vectors * vectors).sum(dim=-1).clamp_min(tiny * tiny).sqrt()
+def _lengths_and_directions(vectors: Tensor) -> tuple[Tensor, Tensor]:
+    """``|r|`` (``[E, 1]``) and ``r / |r|`` (``[E, 3]``); both exactly 0, with zero gradient, for zero-length edges.
+
+    An edge is zero-length when ``|r|`` is below ``tiny ** 0.25`` of its dtype (~1e-77 in float64, ~1e-10 in
+    float32, where ``|r|^2`` would leave the normal range). Its direction is masked rather than divided by a
+    clamped length: ``r / clamp(|r|)`` has a derivative of ``1 / clamp`` (~1e77), and for a self-loop the
+    ``+G`` and ``-G`` it sends into the same node swamp every other contribution. The mask is a ``torch.where``,
+    so every other edge gets exactly the values and gradients of the plain formula.
+    """
+    tiny = torch.finfo(vectors.dtype).tiny ** 0.25  # squares of lengths above it stay normal
+    square = (vectors * vectors).sum(dim=-1, keepdim=True)
+    zero = square < tiny * tiny
+    # the clamp keeps the unused branch of the masked edges finite, so that their zero gradient stays 0, not NaN
+    length = square.clamp_min(tiny * tiny).sqrt()
+    return torch.where(zero, 0.0, length), torch.where(zero, 0.0, vectors / length)
 
 
 @dataclass
@@ -114,9 +126,10 @@ class Basis:
     rel_pos
         ``[E, 3]`` relative positions ``pos[j] - pos[i]``.
     dist
-        ``[E, 1]`` edge lengths (clamped at a tiny positive value for coincident points).
+        ``[E, 1]`` edge lengths; exactly 0, with zero gradient, for zero-length edges (see :func:`compute_basis`).
     sh
-        ``[E, (L_sh + 1)^2]`` spherical harmonics of all degrees ``0 .. L_sh = 2 * max_degree``.
+        ``[E, (L_sh + 1)^2]`` spherical harmonics of all degrees ``0 .. L_sh = 2 * max_degree``; on zero-length
+        edges ``Y_0 = 1`` and ``Y_J = 0`` for ``J > 0``, with zero gradient (see :func:`compute_basis`).
     pairs
         ``{(k, l): [E, 2k+1, nJ * (2l+1)]}`` for all ``0 <= k, l <= max_degree``.
     edge_weight
@@ -177,6 +190,7 @@ def compute_basis(
     *,
     edge_weight: Tensor | None = None,
     detach: bool = False,
+    check_values: bool = True,
 ) -> Basis:
     r"""Evaluate the kernel basis of every edge for all degree pairs up to ``max_degree``.
 
@@ -193,30 +207,44 @@ def compute_basis(
     detach
         Cut the basis out of the autograd graph (the original SE(3)-Transformer's behaviour). By default the
         basis is differentiable with respect to ``pos``.
+    check_values
+        Check that positions are finite and node indices in range (shapes and dtypes are always checked). Each
+        check reads data back from the device; a caller that has checked them already passes ``False``.
 
     Returns
     -------
     Basis
 
+    Raises
+    ------
+    ValueError
+        Naming the argument: ``pos`` not ``[N, 3]`` floating (or not finite), ``edge_index`` not ``[2, E]``
+        integer (or with indices out of range), ``max_degree`` not an integer ``>= 0``.
+
     Notes
     -----
-    Directions are ``r / |r|`` with ``|r|`` clamped at a tiny length, and the harmonics are evaluated with
-    e3nn's polynomial (Cartesian) form. Harmonics of degree ``J > 0`` are homogeneous polynomials, so a
-    zero-length edge (coincident points, self-loops) gets ``Y_J = 0`` for ``J > 0`` and ``Y_0 = 1``: finite,
-    still equivariant, with finite gradients.
+    **Zero-length edges** (self-loops, coincident points; lengths below ``tiny ** 0.25`` of the dtype, ~1e-77 in
+    float64 and ~1e-10 in float32) have no direction. Their direction is masked to 0: the harmonics are then
+    their polynomial (Cartesian) value at the origin, ``Y_0 = 1`` and ``Y_J = 0`` for ``J > 0``, and ``dist`` is
+    exactly 0; all of them with **zero gradient**. This is the exact limit and the exact derivative for a
+    self-loop, whose relative position is identically zero, so that the model is constant in ``pos`` along it.
+    For two distinct coincident points it is the limit along every motion that keeps them together (the
+    directions along which the model is differentiable, where gradients then agree with finite differences);
+    pulling them apart is not differentiable (the edge's direction jumps), and there the gradient is the bounded
+    one of the other edges. It is equivariant. Every other edge gets bit for bit the values and gradients of the
+    plain ``Y(r / |r|)`` and ``|r|``.
 
     Under ``torch.autocast`` the basis is still computed in the dtype of ``pos`` (autocast is switched off here):
     it is cheap next to the layers that share it, and a 16-bit basis would double the error of the gradients with
     respect to positions (see :mod:`pyg_se3._amp`).
     """
-    if max_degree < 0:
-        raise ValueError(f"max_degree: expected >= 0, got {max_degree}")
+    max_degree = check_int(max_degree, "max_degree", 0)
+    _check_geometry(pos, edge_index, check_values)
     if detach:
         pos = tuple(p.detach() for p in pos) if isinstance(pos, tuple) else pos.detach()
     with autocast_disabled(edge_index.device):  # see Notes
         rel_pos = edge_vectors(pos, edge_index)
-        dist = _safe_norm(rel_pos).unsqueeze(-1)
-        directions = rel_pos / dist
+        dist, directions = _lengths_and_directions(rel_pos)
         sh = o3.spherical_harmonics(
             list(range(2 * max_degree + 1)), directions, normalize=False, normalization="component"
         )
@@ -236,3 +264,17 @@ def compute_basis(
         pairs=pairs,
         edge_weight=edge_weight,
     )
+
+
+def _check_geometry(pos: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, values: bool) -> None:
+    """``pos`` ``[N, 3]`` (or a pair) and ``edge_index`` ``[2, E]`` that indexes it; see :mod:`pyg_se3.checks`."""
+    if isinstance(pos, tuple):
+        if len(pos) != 2:
+            raise ValueError(f"pos: expected a tensor or a pair (pos_src, pos_dst), got a tuple of {len(pos)}")
+        check_pos(pos[0], name="pos[0]", values=values)
+        check_pos(pos[1], name="pos[1]", values=values)
+        num_nodes = (pos[0].shape[0], pos[1].shape[0])
+    else:
+        check_pos(pos, values=values)
+        num_nodes = pos.shape[0]
+    check_edge_index(edge_index, num_nodes, values=values)

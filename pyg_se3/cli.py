@@ -9,102 +9,154 @@ Examples
 
 Under ``torchrun`` (several processes: CPU cores, GPUs or nodes), ``--batch-size`` is per process, so one step
 sees ``batch-size x processes`` samples; see :mod:`pyg_se3.distributed`. Only rank 0 prints and writes files.
+
+Resuming
+--------
+``--resume`` continues the run recorded in ``--out/last.pt`` (if there is one) with the checkpoint's options:
+the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, ``--min-lr``, ``--schedule``,
+``--weight-decay``, ``--seed``, ``--grad-clip`` and ``--max-batches`` (it defines what an epoch trains). An option
+left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
+since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
+is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
+``--no-progress`` and ``--deterministic`` are how to run, not what, and are never taken from the checkpoint.
+
+Errors
+------
+A bad option (a non-positive size, a non-finite or out-of-range number, an unavailable ``--device``, an ``--out``
+that is a file), an unreadable checkpoint, an option that differs from the resumed checkpoint's, or a NaN with
+``--on-nan stop`` ends the command with one ``pyg-se3: error: ...`` line naming the option, and exit status 2;
+option errors are found before any data is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pyg_se3 import distributed
 from pyg_se3.tasks import TASKS, ModelOptions, build_model, get_task
-from pyg_se3.training import TrainConfig, Trainer, seed_everything
+from pyg_se3.training import NonFiniteLossError, TrainConfig, Trainer, json_safe, read_checkpoint, seed_everything
 
 __all__ = ["main"]
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    defaults = ModelOptions()
+    """Model options; a default of ``None`` is filled in by :func:`_apply_defaults` (the task's, then
+    :class:`~pyg_se3.tasks.ModelOptions`')."""
+    group = parser.add_argument_group("model (defaults depend on --task: see the README)")
     group.add_argument(
-        "--iterations",
-        dest="num_iterations",
-        type=int,
-        default=defaults.num_iterations,
-        help="position updates (1 = single-pass SE(3)-Transformer)",
+        "--iterations", dest="num_iterations", type=int, help="position updates (1 = single-pass SE(3)-Transformer)"
     )
-    group.add_argument(
-        "--layers",
-        dest="layers_per_iteration",
-        type=int,
-        default=defaults.layers_per_iteration,
-        help="equivariant layers per iteration",
-    )
-    group.add_argument(
-        "--degrees",
-        dest="num_degrees",
-        type=int,
-        default=defaults.num_degrees,
-        help="hidden fiber degrees 0 .. degrees-1",
-    )
-    group.add_argument("--channels", type=int, default=defaults.channels, help="hidden channels per degree")
-    group.add_argument("--heads", dest="num_heads", type=int, default=defaults.num_heads, help="attention heads")
-    group.add_argument("--graph", choices=["complete", "knn", "radius"], default=defaults.graph)
-    group.add_argument("--radius", type=float, default=defaults.radius, help="cutoff of --graph radius")
-    group.add_argument("--k", type=int, default=defaults.k, help="neighbours of --graph knn")
-    group.add_argument("--share-weights", action="store_true", help="one block for all iterations")
+    group.add_argument("--layers", dest="layers_per_iteration", type=int, help="equivariant layers per iteration")
+    group.add_argument("--degrees", dest="num_degrees", type=int, help="hidden fiber degrees 0 .. degrees-1")
+    group.add_argument("--channels", type=int, help="hidden channels per degree")
+    group.add_argument("--heads", dest="num_heads", type=int, help="attention heads")
+    group.add_argument("--channels-div", type=int, help="key/value channels are the hidden channels divided by this")
+    group.add_argument("--graph", choices=["complete", "knn", "radius"])
+    group.add_argument("--radius", type=float, help="cutoff of --graph radius")
+    group.add_argument("--k", type=int, help="neighbours of --graph knn")
+    group.add_argument("--share-weights", action="store_true", default=None, help="one block for all iterations")
     group.add_argument(
         "--kernel",
         choices=["full", "depthwise"],
-        default=defaults.kernel,
         help="edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
     )
     group.add_argument(
         "--norm",
-        choices=["layer", "rms"],
-        default=defaults.norm,
-        help="norm non-linearity: layer norm of channel norms (SE(3)-Transformer) or rms (not centred; more robust "
-        "to rounding in deep float32 models)",
+        choices=["layer", "rms", "bias"],
+        help="norm non-linearity: layer norm of channel norms (SE(3)-Transformer), rms (not centred; more robust "
+        "to rounding in deep float32 models) or bias (a learned shift only, the original code's GNormBias)",
     )
-    group.add_argument("--detach-basis", action="store_true", help="no gradient through the basis")
+    group.add_argument(
+        "--displacement",
+        choices=["head", "hidden"],
+        help="how a block moves the points: a zero-initialised, scaled type-1 head (head) or the first hidden "
+        "type-1 channel (hidden, the original code)",
+    )
+    group.add_argument(
+        "--relative-position",
+        action=argparse.BooleanOptionalAction,
+        help="add each edge's relative position to the first type-1 channel of its source features (the original "
+        "code's x_ij='add')",
+    )
+    group.add_argument(
+        "--detach-basis",
+        nargs="?",
+        const="geometry",
+        choices=["geometry", "harmonics"],
+        help="no gradient through the basis: through all geometry (bare flag) or only the spherical harmonics",
+    )
     group.add_argument(
         "--start",
         choices=["linear", "constant"],
-        default=defaults.start,
         help="regression tasks: iterate from pos + vel * horizon (linear) or from pos (constant)",
     )
     group.add_argument(
         "--inputs",
         choices=["raw", "invariant"],
-        default=defaults.inputs,
         help="regression tasks: the dataset's node inputs (raw), or only what the physics depends on (invariant): "
         "velocities relative to the centre of mass and, for nbody, |q| for the node charge (q_i q_j stays on edges)",
     )
     group.add_argument(
         "--motion-edges",
         action="store_true",
+        default=None,
         help="regression tasks: every edge also carries the pair's distance, radial speed and relative speed at the "
         "input frame",
     )
+    group.add_argument(
+        "--edge-inputs",
+        choices=["energy", "parameters"],
+        help="energy task: edges carry the current pair energy V (energy, the original experiment) or also the "
+        "pair parameter p (parameters: one pass then knows each pair's preferred distance)",
+    )
+
+
+#: The trainer's options as the CLI names them, with their defaults where a task sets none.
+TRAIN_DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "min_lr": 0.0,
+    "schedule": "epoch",
+    "train_samples": None,
+    "weight_decay": 0.0,
+    "seed": 0,
+    "grad_clip": 1.0,
+    "on_nan": "skip",
+}
+
+
+def _apply_defaults(args: argparse.Namespace) -> None:
+    """Fill every option left at ``None``: the task's default, else the generic one."""
+    task = TASKS[args.task]
+    generic = {**asdict(ModelOptions()), **TRAIN_DEFAULTS}
+    for name, value in {**generic, **task.model_defaults, **task.train_defaults}.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--root", default="data", help="dataset folder (raw/processed files)")
     parser.add_argument(
-        "--train-samples", type=int, default=None, help="use only the first N training samples (default: all)"
+        "--train-samples",
+        type=int,
+        help="use only the first N training samples (default: all); energy: fresh samples per epoch (default 5000)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="per process under torchrun")
+    parser.add_argument("--batch-size", type=int, help="per process under torchrun (default: 16; energy 128)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (torchrun: cuda means cuda:LOCAL_RANK)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -114,14 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model; writes metrics, checkpoints and plots to --out")
     _add_data_arguments(train)
     _add_model_arguments(train)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--max-batches", type=int, default=None, help="training batches per epoch (default all)")
-    train.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: no clipping)")
-    train.add_argument("--on-nan", choices=["skip", "stop"], default="skip")
+    train.add_argument("--epochs", type=int, help="default: 10; energy 100")
+    train.add_argument("--lr", type=float, help="initial learning rate (default 1e-3)")
+    train.add_argument("--min-lr", type=float, help="where the cosine schedule ends (default 0; energy 1e-4)")
+    train.add_argument(
+        "--schedule",
+        choices=["epoch", "step"],
+        help="cosine learning rate per epoch or per step (default epoch; energy step)",
+    )
+    train.add_argument("--weight-decay", type=float, help="AdamW's (default 0)")
+    train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
+    train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")
+    train.add_argument("--on-nan", choices=["skip", "stop"], help="a non-finite loss: skip the batch (default) or stop")
     train.add_argument("--out", default="runs/default", help="output folder")
-    train.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out/last.pt with its options: one left out is the checkpoint's, one that differs is "
+        "refused; only --epochs, --on-nan, --device, --root, --no-progress and --deterministic may change",
+    )
     train.add_argument(
         "--deterministic",
         action="store_true",
@@ -138,12 +201,117 @@ def _model_options(args: argparse.Namespace) -> ModelOptions:
     return ModelOptions(**{f.name: getattr(args, f.name) for f in fields(ModelOptions)})
 
 
-def _subset(dataset, n: int | None):
-    if n is None:
-        return dataset
-    if n < 1:
-        raise ValueError(f"--train-samples: expected >= 1, got {n}")
-    return dataset[:n]
+#: The command-line names of the options whose attribute has another name.
+_FLAGS = {
+    "num_iterations": "--iterations",
+    "layers_per_iteration": "--layers",
+    "num_degrees": "--degrees",
+    "num_heads": "--heads",
+}
+#: Options that must be integers >= 1 (when given; ``None`` means "all" for the last two).
+_POSITIVE_INTEGERS = (
+    "num_iterations",
+    "layers_per_iteration",
+    "num_degrees",
+    "channels",
+    "num_heads",
+    "channels_div",
+    "k",
+    "epochs",
+    "batch_size",
+    "train_samples",
+    "max_batches",
+)
+#: Options that must be finite numbers, and their bound.
+_FINITE_NUMBERS = {"lr": "> 0", "radius": "> 0", "min_lr": ">= 0", "weight_decay": ">= 0", "grad_clip": ">= 0 (0: off)"}
+
+
+def _flag(name: str) -> str:
+    """``--option`` as typed on the command line for the attribute ``name``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, naming the option, a value that would fail after the data is loaded or would train wrongly."""
+    for name in _POSITIVE_INTEGERS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"{_flag(name)}: expected a positive integer, got {value}")
+    for name, bound in _FINITE_NUMBERS.items():
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and (value >= 0 if bound.startswith(">=") else value > 0)):
+            raise ValueError(f"{_flag(name)}: expected a finite number {bound}, got {value}")
+    if getattr(args, "min_lr", None) is not None and args.min_lr > args.lr:
+        raise ValueError(f"--min-lr: expected a number in [0, --lr={args.lr}], got {args.min_lr}")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out: expected a folder, but {out} is a file")
+    _check_device(args.device)
+
+
+def _check_device(name: str) -> None:
+    """Refuse a device that PyTorch cannot parse or that this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N, mps, ..., got {name!r}") from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if not hasattr(backend, "is_available"):
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N, mps, ..., got {name!r}")
+    if not backend.is_available():
+        raise ValueError(f"--device: {name!r} is not available on this machine (PyTorch sees no {device.type} device)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device: {name!r} is not available on this machine ({count} {device.type} devices)")
+
+
+def _read_cli_checkpoint(path: str | Path, option: str) -> dict[str, Any]:
+    """A checkpoint written by ``pyg-se3 train``, on the CPU; a ``ValueError`` naming ``option`` otherwise."""
+    try:
+        state = read_checkpoint(path, map_location="cpu")
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
+    extra = state["config"].get("extra", {}) if isinstance(state["config"], dict) else {}
+    if not {"task", "model"} <= extra.keys():
+        raise ValueError(f"{option}: {path} was not written by pyg-se3 train (it records no task and model options)")
+    return state
+
+
+#: The trainer's options that a resumed run takes from its checkpoint; see the module docstring.
+_RECORDED_TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "min_lr", "schedule", "weight_decay", "seed", "max_batches")
+#: Recorded options that ``--resume`` may change.
+_MAY_CHANGE_ON_RESUME = ("epochs", "on_nan")
+
+
+def _recorded_options(state: dict[str, Any]) -> dict[str, Any]:
+    """The options of the run that wrote ``state``, by attribute name, as the command line gives them."""
+    config, extra = state["config"], state["config"]["extra"]
+    recorded = {"task": extra["task"], **extra["model"]}
+    recorded |= {name: config[name] for name in (*_RECORDED_TRAIN_OPTIONS, "on_nan") if name in config}
+    if "grad_clip" in config:
+        recorded["grad_clip"] = config["grad_clip"] or 0.0  # no clipping: None in the checkpoint, 0 on the CLI
+    if "train_samples" in extra:  # recorded since the checkpoints of this version
+        recorded["train_samples"] = extra["train_samples"]
+    return recorded
+
+
+def _resume_options(args: argparse.Namespace, explicit: set[str]) -> None:
+    """With ``--resume`` and an ``--out/last.pt``: take every recorded option not in ``explicit`` (given on the
+    command line) from the checkpoint, and refuse one given with another value."""
+    path = Path(args.out) / "last.pt"
+    if not path.exists():
+        return  # nothing to resume: a new run
+    for name, value in _recorded_options(_read_cli_checkpoint(path, "--resume")).items():
+        if name not in explicit:
+            setattr(args, name, value)
+        elif name not in _MAY_CHANGE_ON_RESUME and getattr(args, name) != value:
+            recorded = f"no {_flag(name)}" if value is None else value
+            raise ValueError(
+                f"{_flag(name)}: the checkpoint in {args.out} was trained with {recorded}; resume with the same "
+                "value or start a new --out"
+            )
 
 
 @contextmanager
@@ -170,14 +338,16 @@ def _train(args: argparse.Namespace) -> dict:
     options = _model_options(args)
     task = get_task(args.task, options)
     with distributed.main_first():  # the first process prepares the dataset files, the others then load them
-        sets = task.datasets(args.root)
-    scale = task.displacement_scale(sets["train"])
+        sets = task.datasets(args.root, train_samples=args.train_samples)
+    scale = task.model_displacement_scale(sets["train"])
     seed_everything(args.seed)
     model = build_model(task.dataset_cls.fiber, options, task.edge_dim, scale)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        min_lr=args.min_lr,
+        schedule=args.schedule,
         weight_decay=args.weight_decay,
         seed=args.seed,
         device=device,
@@ -187,11 +357,14 @@ def _train(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip or None,
         max_batches=args.max_batches,
         progress=not args.no_progress,
-        extra={"task": args.task, "model": asdict(options), "displacement_scale": scale},
+        extra={
+            "task": args.task,
+            "model": asdict(options),
+            "displacement_scale": scale,
+            "train_samples": args.train_samples,
+        },
     )
-    trainer = Trainer(
-        model, task, _subset(sets["train"], args.train_samples), sets["val"], config, eval_sets={"test": sets["test"]}
-    )
+    trainer = Trainer(model, task, sets["train"], sets["val"], config, eval_sets={"test": sets["test"]})
     if distributed.is_main():
         processes = f" in {distributed.world_size()} processes" if distributed.is_distributed() else ""
         print(
@@ -202,15 +375,15 @@ def _train(args: argparse.Namespace) -> dict:
 
     def report(row: dict[str, float]) -> None:
         if distributed.is_main():
-            print(json.dumps(row), flush=True)
+            print(json.dumps(json_safe(row), allow_nan=False), flush=True)  # one JSON line: NaN as null
 
     history = trainer.fit(on_epoch_end=report)
     return history[-1] if history else {}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    state = _read_cli_checkpoint(args.checkpoint, "--checkpoint")
     device = distributed.setup(args.device)
-    state = torch.load(args.checkpoint, map_location=device, weights_only=False)
     extra = state["config"]["extra"]
     if extra.get("task") != args.task:
         raise ValueError(f"--task: the checkpoint was trained on {extra.get('task')!r}, not {args.task!r}")
@@ -229,14 +402,23 @@ def evaluate(args: argparse.Namespace) -> dict:
     trainer = Trainer(model, task, sets["train"], None, config)
     results = {split: trainer.evaluate(dataset) for split, dataset in sets.items()}
     if distributed.is_main():
-        print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"] - 1, **results}, indent=1))
+        report = {"checkpoint": args.checkpoint, "epoch": state["epoch"] - 1, **results}
+        print(json.dumps(json_safe(report), indent=1, allow_nan=False))
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    explicit = {name for name, value in vars(args).items() if value is not None}  # the rest default to None
     try:
+        _apply_defaults(args)
+        if args.command == "train" and args.resume:
+            _resume_options(args, explicit)
+        _check_options(args)
         (train if args.command == "train" else evaluate)(args)
+    except NonFiniteLossError as error:
+        print(f"pyg-se3: error: --on-nan stop: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:
         print(f"pyg-se3: error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
+from pyg_se3.checks import as_integer, check_int
+
 __all__ = ["Fiber", "wigner_D"]
 
 
@@ -27,7 +29,8 @@ class Fiber:
     Parameters
     ----------
     structure
-        ``{degree: channels}`` or an iterable of ``(degree, channels)`` pairs. Degrees may come in any order;
+        ``{degree: channels}`` or an iterable of ``(degree, channels)`` pairs of integers (``int``, NumPy or 0-d
+        torch integers; not ``bool``, nor floats such as ``1.5`` or ``2.0``). Degrees may come in any order;
         they are stored sorted. A degree given twice is an error (use ``+`` to add channels).
 
     Examples
@@ -54,11 +57,11 @@ class Fiber:
         for item in items:
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"structure: expected (degree, channels) pairs, got {item!r}")
-            degree, channels = (int(v) for v in item)
-            if degree < 0:
-                raise ValueError(f"structure: degrees must be >= 0, got degree {degree}")
-            if channels < 1:
-                raise ValueError(f"structure: channels must be >= 1, got {channels} for degree {degree}")
+            degree, channels = (as_integer(v) for v in item)
+            if degree is None or degree < 0:
+                raise ValueError(f"structure: degrees must be integers >= 0, got degree {item[0]!r}")
+            if channels is None or channels < 1:
+                raise ValueError(f"structure: channels must be integers >= 1, got {item[1]!r} for degree {degree}")
             if degree in parsed:
                 raise ValueError(f"structure: degree {degree} given twice")
             parsed[degree] = channels
@@ -68,9 +71,7 @@ class Fiber:
     @classmethod
     def create(cls, num_degrees: int, channels: int) -> Fiber:
         """Degrees ``0 .. num_degrees - 1``, each with ``channels`` channels."""
-        if num_degrees < 1:
-            raise ValueError(f"num_degrees: expected >= 1, got {num_degrees}")
-        return cls({degree: channels for degree in range(num_degrees)})
+        return cls({degree: channels for degree in range(check_int(num_degrees, "num_degrees", 1))})
 
     @classmethod
     def from_irreps(cls, irreps: o3.Irreps | str) -> Fiber:
@@ -144,6 +145,7 @@ class Fiber:
 
     def scaled(self, divisor: int) -> Fiber:
         """Every degree's channels divided by ``divisor`` (an error unless it divides them all)."""
+        divisor = check_int(divisor, "divisor", 1)
         for degree, channels in self:
             if channels % divisor:
                 raise ValueError(f"divisor: {divisor} does not divide the {channels} channels of degree {degree}")

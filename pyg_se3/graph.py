@@ -18,7 +18,7 @@ import torch
 import torch_cluster
 from torch import Tensor
 
-from pyg_se3.checks import check_pos
+from pyg_se3.checks import check_batch, check_int, check_pos
 
 __all__ = [
     "KNN",
@@ -63,6 +63,9 @@ class GraphBuilder(ABC):
     def __call__(self, pos: Tensor, batch: Tensor | None = None) -> Tensor:
         """``edge_index [2, E]`` (int64, on ``pos.device``); sources in row 0, targets in row 1.
 
+        ``batch`` is each node's graph, sorted, each index non-negative and below ``N`` (as PyG's ``Batch`` builds
+        it; :func:`~pyg_se3.checks.check_batch`), or ``None`` for one graph.
+
         Under ``torch.compile`` this runs eagerly, between compiled graphs: torch-cluster's operators cannot be
         traced, and the number of edges depends on the positions.
         """
@@ -70,7 +73,7 @@ class GraphBuilder(ABC):
             return _call_eagerly(self, pos, batch)
         check_pos(pos)
         if batch is not None:
-            _check_batch(batch, pos.shape[0])
+            check_batch(batch, pos.shape[0], require_sorted=True)
         with torch.no_grad():
             return self.build(pos.detach(), batch)
 
@@ -108,11 +111,10 @@ class Radius(GraphBuilder):
     ) -> None:
         if not r > 0 or not math.isfinite(r):
             raise ValueError(f"r: expected a finite radius > 0, got {r}")
-        if max_num_neighbors < 1:
-            raise ValueError(f"max_num_neighbors: expected >= 1, got {max_num_neighbors}")
+        max_num_neighbors = check_int(max_num_neighbors, "max_num_neighbors", 1)
         if envelope is not None and envelope not in _ENVELOPES:
             raise ValueError(f"envelope: expected one of {sorted(_ENVELOPES)} or None, got {envelope!r}")
-        self.r, self.cutoff, self.max_num_neighbors = float(r), float(r), int(max_num_neighbors)
+        self.r, self.cutoff, self.max_num_neighbors = float(r), float(r), max_num_neighbors
         self.envelope, self.loop = envelope, loop
         self._warned = False
 
@@ -152,9 +154,7 @@ class KNN(GraphBuilder):
     """
 
     def __init__(self, k: int, loop: bool = False) -> None:
-        if k < 1:
-            raise ValueError(f"k: expected >= 1, got {k}")
-        self.k, self.loop = int(k), loop
+        self.k, self.loop = check_int(k, "k", 1), loop
 
     def build(self, pos: Tensor, batch: Tensor | None) -> Tensor:
         return torch_cluster.knn_graph(pos, self.k, batch, loop=self.loop, flow="source_to_target")
@@ -172,17 +172,25 @@ class Complete(GraphBuilder):
     def build(self, pos: Tensor, batch: Tensor | None) -> Tensor:
         if batch is None:
             batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        return complete_edge_index(batch, self.loop)
+        return _complete_edge_index(batch, self.loop)  # batch checked by __call__
 
     def __repr__(self) -> str:
         return f"Complete(loop={self.loop})"
 
 
 def complete_edge_index(batch: Tensor | int, loop: bool = False) -> Tensor:
-    """All edges ``(j, i)`` within each graph of a sorted ``batch`` vector (or of one graph of ``batch`` nodes),
-    ordered by target ``i``, then source ``j``."""
-    if isinstance(batch, int):
-        batch = torch.zeros(batch, dtype=torch.long)
+    """All edges ``(j, i)`` within each graph of a sorted ``batch`` vector (checked as the graph builders check
+    it, see :func:`~pyg_se3.checks.check_batch`), or of one graph of ``batch`` nodes; ordered by target ``i``,
+    then source ``j``."""
+    if isinstance(batch, Tensor):
+        # N is its own length; the shape check then refuses anything but a vector
+        check_batch(batch, batch.shape[0] if batch.dim() else 0, require_sorted=True)
+    else:
+        batch = torch.zeros(check_int(batch, "batch", 0), dtype=torch.long)
+    return _complete_edge_index(batch, loop)
+
+
+def _complete_edge_index(batch: Tensor, loop: bool) -> Tensor:
     num_nodes, device = batch.numel(), batch.device
     sizes = torch.bincount(batch)
     start = torch.cumsum(sizes, 0) - sizes  # first node of each graph
@@ -198,10 +206,3 @@ def complete_edge_index(batch: Tensor | int, loop: bool = False) -> Tensor:
 _call_eagerly = torch.compiler.disable(
     GraphBuilder.__call__, reason="neighbour search: torch-cluster operators, a data-dependent number of edges"
 )
-
-
-def _check_batch(batch: Tensor, num_nodes: int) -> None:
-    if not isinstance(batch, Tensor) or batch.shape != (num_nodes,) or batch.is_floating_point():
-        raise ValueError(f"batch: expected an integer [N] = [{num_nodes}] tensor, got {getattr(batch, 'shape', batch)}")
-    if num_nodes and bool((batch[1:] < batch[:-1]).any()):
-        raise ValueError("batch: expected a sorted graph-index vector (as PyG's Batch builds it)")

@@ -1,9 +1,13 @@
 """A small, dependable training loop: progress bars, metrics files, atomic checkpoints, exact resume, plots.
 
 The loop is task-agnostic: a :class:`Task` says how to compute the loss and the evaluation metrics of a batch.
-Every epoch writes ``metrics.csv`` and ``metrics.json`` (one row per epoch), ``last.pt`` (model, optimizer,
-history, RNG states) and, when validation improves, ``best.pt``; ``loss.png`` plots the curves.
-Checkpoints are written to a temporary file and renamed, so a killed run never leaves a half-written one.
+Every epoch writes ``metrics.csv`` and ``metrics.json`` (one row per epoch; ``metrics.json`` writes a non-finite
+number as ``null``, so that it stays valid JSON, ``metrics.csv`` as ``nan``), ``last.pt`` (model, optimizer,
+history, RNG states) and, when validation improves, ``best.pt``; ``loss.png`` plots the curves. A NaN validation
+loss never counts as an improvement; an epoch that made no optimisation step (every batch skipped as non-finite)
+reports a NaN training loss, with a warning on stderr.
+Checkpoints are written to a temporary file and renamed, so a killed run never leaves a half-written one, and
+``best.pt`` is written before ``last.pt``: a run killed between the two resumes at the epoch before and redoes it.
 ``resume=True`` continues from ``last.pt`` with the identical optimizer state; batch order is a function of
 ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
 
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 
 from pyg_se3 import distributed
 
-__all__ = ["Task", "TrainConfig", "Trainer", "atomic_save", "seed_everything"]
+__all__ = ["Task", "TrainConfig", "Trainer", "atomic_save", "json_safe", "read_checkpoint", "seed_everything"]
 
 
 class Task(Protocol):
@@ -55,8 +59,15 @@ class TrainConfig:
     Attributes
     ----------
     epochs, batch_size, lr, weight_decay
-        The optimisation (AdamW; the learning rate of epoch ``e`` is ``lr (1 + cos(pi e / epochs)) / 2``).
-        Under ``torchrun``, ``batch_size`` is per process: a step sees ``batch_size * world_size`` samples.
+        The optimisation (AdamW: ``lr`` finite and > 0, ``weight_decay`` finite and >= 0; cosine decay of the
+        learning rate from ``lr`` to ``min_lr``: at time ``t`` (in epochs) it is
+        ``min_lr + (lr - min_lr) (1 + cos(pi t / epochs)) / 2``). Under ``torchrun``, ``batch_size`` is per
+        process: a step sees ``batch_size * world_size`` samples.
+    min_lr
+        The learning rate the cosine reaches at the end (default 0).
+    schedule
+        ``"epoch"`` (default): ``t`` is the epoch's index, one rate per epoch; ``"step"``: ``t`` is
+        ``epoch + batch / batches_per_epoch``, a new rate every step (the original energy experiment's schedule).
     seed
         Seeds initialisation and the batch order of every epoch.
     device
@@ -66,11 +77,11 @@ class TrainConfig:
     resume
         Continue from ``out/last.pt`` if it exists.
     grad_clip
-        Clip the gradient norm to this value (``None``: no clipping).
+        Clip the gradient norm to this value, finite and > 0 (``None``: no clipping).
     on_nan
         A non-finite loss or gradient: ``"skip"`` the batch (reported with its index) or ``"stop"`` the run.
     max_batches
-        Stop each epoch after this many training batches (``None``: all); for smoke tests and quick looks.
+        Stop each epoch after this many training batches, >= 1 (``None``: all); for smoke tests and quick looks.
     progress
         Show tqdm progress bars.
     """
@@ -78,6 +89,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
+    min_lr: float = 0.0
+    schedule: str = "epoch"
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -94,8 +107,19 @@ class TrainConfig:
             raise ValueError(f"epochs: expected >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr: expected a finite number > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr}], got {self.min_lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay: expected a finite number >= 0, got {self.weight_decay}")
+        # a negative max-norm would flip the gradient: the run would train uphill
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"grad_clip: expected a finite number > 0 or None (no clipping), got {self.grad_clip}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches: expected >= 1 or None (all), got {self.max_batches}")
+        if self.schedule not in ("epoch", "step"):
+            raise ValueError(f"schedule: expected 'epoch' or 'step', got {self.schedule!r}")
         if self.on_nan not in ("skip", "stop"):
             raise ValueError(f"on_nan: expected 'skip' or 'stop', got {self.on_nan!r}")
 
@@ -107,6 +131,32 @@ class NonFiniteLossError(RuntimeError):
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) in its dicts and lists replaced by ``None``: ``json.dumps``
+    would write ``NaN``, which is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint written by :class:`Trainer`; a ``ValueError`` naming ``path`` when it is missing, empty,
+    truncated, damaged or not a checkpoint."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except Exception as error:  # torch.load fails on damaged files in many ways (EOF, zip, pickle, ...)
+        raise ValueError(f"{path}: not a readable checkpoint (empty, truncated or damaged?): {error}") from error
+    if not isinstance(state, dict) or not {"model", "epoch", "config"} <= state.keys():
+        raise ValueError(f"{path}: not a checkpoint written by pyg_se3 (no model, epoch and config)")
+    return state
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -162,6 +212,8 @@ class Trainer:
         self.skipped_batches: list[tuple[int, int]] = []
         if config.resume and self._checkpoint_exists(self.out / "last.pt"):
             self.load(self.out / "last.pt")
+            if distributed.is_main():
+                self._restore_best()
         self.train_model = distributed.wrap(self.model, self.device)
 
     @staticmethod
@@ -187,12 +239,39 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Restore everything :meth:`state` saved; training continues at the epoch after the saved one."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.history, self.best_val = state["epoch"], state["history"], state["best_val"]
+        if math.isnan(self.best_val):  # written by an older version, which let a NaN validation loss poison it
+            self.best_val = min(
+                (v for v in map(self._selection_loss, self.history) if math.isfinite(v)), default=math.inf
+            )
         torch.set_rng_state(state["rng"]["torch"].cpu())  # map_location may have moved it to the GPU
         random.setstate(state["rng"]["python"])
+
+    def _restore_best(self) -> None:
+        """Rewrite ``best.pt`` from the state just loaded when that state is the best epoch and ``best.pt`` is
+        missing, unreadable or of another epoch: an older version wrote ``last.pt`` first, and a run killed
+        between the two writes lost the best checkpoint for good."""
+        best = next((row for row in self.history if self._selection_loss(row) == self.best_val), None)
+        if best is None or best is not self.history[-1]:
+            return  # the best epoch is an earlier one: its weights are only in best.pt
+        path = self.out / "best.pt"
+        try:
+            if read_checkpoint(path)["epoch"] == self.start_epoch:
+                return
+        except ValueError:
+            pass  # missing or damaged: rewrite it
+        tqdm.write(
+            f"warning: {path} is not the best epoch ({best['epoch']}); rewriting it from last.pt", file=sys.stderr
+        )
+        atomic_save(self.state(), path)
+
+    @staticmethod
+    def _selection_loss(row: dict[str, float]) -> float:
+        """The loss that picks the best checkpoint: the validation loss, else the training loss."""
+        return row.get("val_loss", row["train_loss"])
 
     # ------------------------------------------------------------------ loops
     def loader(self, dataset: Iterable, shuffle: bool, epoch: int = 0) -> DataLoader:
@@ -209,29 +288,45 @@ class Trainer:
             generator=generator,
         )
 
-    def learning_rate(self, epoch: int) -> float:
-        """Cosine decay from ``lr`` over ``epochs``: a function of the epoch alone, so a run resumed with a larger
-        ``--epochs`` continues on the longer schedule."""
-        return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(self.config.epochs, 1)))
+    def learning_rate(self, epoch: int, fraction: float = 0.0) -> float:
+        """Cosine decay from ``lr`` to ``min_lr`` over ``epochs``, at ``fraction`` (in [0, 1)) of ``epoch``: a
+        function of the time alone, so a run resumed with a larger ``--epochs`` continues on the longer
+        schedule."""
+        lr, low = self.config.lr, self.config.min_lr
+        t = (epoch + fraction) / max(self.config.epochs, 1)
+        return low + (lr - low) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def _set_learning_rate(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
 
     def train_epoch(self, epoch: int) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(epoch)
+        self._set_learning_rate(self.learning_rate(epoch))
         self.model.train()
         total, count = 0.0, 0
+        set_epoch = getattr(self.train_set, "set_epoch", None)
+        if set_epoch is not None:  # a stream of fresh samples: this epoch's, a function of (seed, epoch)
+            set_epoch(epoch, seed=self.config.seed)
         loader = self.loader(self.train_set, shuffle=True, epoch=epoch)
         num_batches = len(loader) if self.config.max_batches is None else min(len(loader), self.config.max_batches)
         bar = tqdm(loader, desc=f"epoch {epoch}", total=num_batches, leave=False, disable=not self._progress)
         for index, batch in enumerate(bar):
             if self.config.max_batches is not None and index >= self.config.max_batches:
                 break
+            if self.config.schedule == "step":
+                self._set_learning_rate(self.learning_rate(epoch, index / max(num_batches, 1)))
             loss = self.step(batch.to(self.device), epoch, index)
             if loss is not None:
                 total, count = total + loss, count + 1
                 bar.set_postfix(loss=f"{loss:.4g}")
         # Several processes: every step's global loss is the mean of the per-process losses (equal local batches).
         total, count = distributed.sum_floats(total, count)
-        return total / max(count, 1)
+        if count == 0:  # nothing was trained: a loss of 0 would read as a perfect epoch
+            if distributed.is_main():
+                message = f"epoch {epoch} made no optimisation step (every batch skipped, or none); train_loss is nan"
+                tqdm.write(f"warning: {message}", file=sys.stderr)
+            return math.nan
+        return total / count
 
     @property
     def _progress(self) -> bool:
@@ -299,15 +394,18 @@ class Trainer:
         return self.history
 
     def _checkpoint(self, row: dict[str, float]) -> None:
-        val = row.get("val_loss", row["train_loss"])
-        improved = val < self.best_val
-        self.best_val = min(val, self.best_val)
+        val = self._selection_loss(row)
+        improved = math.isfinite(val) and val < self.best_val  # a NaN is no improvement (and would stick in min)
+        if improved:
+            self.best_val = val
         if not distributed.is_main():
             return
         state = self.state()
-        atomic_save(state, self.out / "last.pt")
+        # best.pt first: last.pt records the new best_val, so a kill between the two must leave last.pt at the
+        # epoch before, which a resumed run then redoes (writing both again)
         if improved:
             atomic_save(state, self.out / "best.pt")
+        atomic_save(state, self.out / "last.pt")
         self.write_metrics()
         self.plot()
 
@@ -321,7 +419,7 @@ class Trainer:
             writer.writerows(self.history)
         os.replace(tmp, self.out / "metrics.csv")
         tmp = self.out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(self.history, indent=1))
+        tmp.write_text(json.dumps(json_safe(self.history), indent=1, allow_nan=False))
         os.replace(tmp, self.out / "metrics.json")
 
     def plot(self) -> None:

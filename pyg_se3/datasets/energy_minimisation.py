@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Data, Dataset
 from torch_geometric.utils import scatter
 from tqdm import tqdm
 
@@ -30,7 +30,7 @@ from pyg_se3.datasets._base import (
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import complete_edge_index
 
-__all__ = ["EnergyMinimisation"]
+__all__ = ["EnergyConfigurations", "EnergyMinimisation"]
 
 #: Constant offset of the pair potential: makes its global minimum (almost exactly) 0.
 V_OFFSET = 0.321919
@@ -64,6 +64,10 @@ class EnergyMinimisation(GeneratedDataset):
     same value), ``x`` ``[N, 1]`` of ones (:attr:`fiber` ``= Fiber({0: 1})``: the points are
     indistinguishable; the information is in ``p``), ``sample_id`` ``[1]``. There is no target ``y``: train by
     minimising :meth:`energy` of the output positions. Default sizes 2000 / 500 / 500.
+
+    As in the original experiment, a model should see ``p`` only through the pair energies ``V(r; p)`` of its
+    current positions (:class:`~pyg_se3.tasks.EnergyTask` does so), and train on fresh configurations
+    (:class:`EnergyConfigurations`); the packaged validation and test splits stay fixed.
 
     Parameters
     ----------
@@ -138,26 +142,12 @@ class EnergyMinimisation(GeneratedDataset):
             p.append(torch.rand(n * (n - 1) // 2, generator=g, dtype=torch.float64))
         return {
             "config": config_array(config),
-            "pos": torch.stack(pos).to(torch.float32).numpy(),
+            "pos": _finite_float32("pos_std", torch.stack(pos)),
             "p": torch.stack(p).to(torch.float32).numpy(),
         }
 
     def build_samples(self, arrays: Mapping[str, np.ndarray]) -> list[Data]:
-        n = self.config["num_nodes"]
-        edge_index = complete_edge_index(n)
-        pairs = pair_index(edge_index, n)
-        pos_all, p_all = self.tensor(arrays["pos"]), self.tensor(arrays["p"])
-        x = torch.ones(n, 1, dtype=self.dtype)
-        return [
-            Data(
-                pos=pos_all[s].clone(),
-                edge_index=edge_index.clone(),
-                p=p_all[s][pairs],
-                x=x.clone(),
-                sample_id=torch.tensor([s]),
-            )
-            for s in range(pos_all.shape[0])
-        ]
+        return _samples(self.tensor(arrays["pos"]), self.tensor(arrays["p"]))
 
     # -------------------------------------------------------------- the objective
     @staticmethod
@@ -253,3 +243,98 @@ class EnergyMinimisation(GeneratedDataset):
                 x = (x - lr * grad).detach()
         final = EnergyMinimisation.energy(x, edge_index, p, batch, num_graphs).detach()
         return x, final
+
+
+def _finite_float32(name: str, values: Tensor) -> np.ndarray:
+    """``values`` rounded to float32, or a ValueError naming the generation parameter that made them overflow."""
+    rounded = values.to(torch.float32)
+    if not bool(torch.isfinite(rounded).all()):
+        raise ValueError(f"{name}: the generated values do not fit in float32; expected a smaller {name}")
+    return rounded.numpy()
+
+
+def _samples(pos_all: Tensor, p_all: Tensor) -> list[Data]:
+    """One ``Data`` per row of ``pos_all [S, N, 3]`` and ``p_all [S, N(N-1)/2]`` (pairs ``i < j`` row-major)."""
+    n = pos_all.shape[1]
+    edge_index = complete_edge_index(n)
+    pairs = pair_index(edge_index, n)
+    x = torch.ones(n, 1, dtype=pos_all.dtype)
+    return [
+        Data(
+            pos=pos_all[s].clone(),
+            edge_index=edge_index.clone(),
+            p=p_all[s][pairs],
+            x=x.clone(),
+            sample_id=torch.tensor([s]),
+        )
+        for s in range(pos_all.shape[0])
+    ]
+
+
+class EnergyConfigurations(Dataset):
+    r"""A stream of fresh :class:`EnergyMinimisation` configurations: new samples every epoch.
+
+    The original experiment trains on configurations drawn afresh for every batch (5,000 per epoch, 100 epochs:
+    about 500,000 in all), so a model cannot memorise a fixed training set. Here each epoch's samples are a
+    function of ``(seed, epoch)`` alone: :meth:`set_epoch` (called by :class:`~pyg_se3.training.Trainer` at
+    the start of every epoch, like ``DistributedSampler.set_epoch``) regenerates them, so a resumed run sees
+    exactly the samples of an uninterrupted one. Samples have the fields and distribution of
+    :class:`EnergyMinimisation` (positions :math:`N(0, \mathrm{pos\_std}^2)` rounded to float32,
+    :math:`p_{ij} \sim U(0, 1)`), and batch with PyG's ``DataLoader`` like any dataset.
+
+    Parameters
+    ----------
+    num_samples
+        Samples per epoch (default 5000, as in the original experiment).
+    num_nodes
+        Points per sample (>= 2).
+    pos_std
+        Standard deviation of the initial positions per axis (> 0).
+    seed
+        Seed of the stream (>= 0); :meth:`set_epoch` may override it.
+    dtype
+        Floating dtype of ``pos`` and ``p``.
+    """
+
+    fiber = EnergyMinimisation.fiber
+
+    def __init__(
+        self,
+        num_samples: int = 5000,
+        *,
+        num_nodes: int = 10,
+        pos_std: float = 0.5,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.num_nodes = check_int("num_nodes", num_nodes, 2)
+        self.pos_std = check_positive("pos_std", pos_std)
+        self.seed, self.dtype, self.epoch = check_int("seed", seed, 0), dtype, 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        """Draw the samples of ``epoch`` (>= 0) of the stream ``seed`` (default: the constructor's)."""
+        self.epoch = check_int("epoch", epoch, 0)
+        if seed is not None:
+            self.seed = check_int("seed", seed, 0)
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, dtype=np.uint32)
+        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        n = self.num_nodes
+        pos = self.pos_std * torch.randn(self.num_samples, n, 3, generator=g, dtype=torch.float64)
+        p = torch.rand(self.num_samples, n * (n - 1) // 2, generator=g, dtype=torch.float64)
+        pos = torch.from_numpy(_finite_float32("pos_std", pos))
+        self._samples = _samples(pos.to(self.dtype), p.to(torch.float32).to(self.dtype))
+
+    def len(self) -> int:
+        return self.num_samples
+
+    def get(self, idx: int) -> Data:
+        return self._samples[idx]
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.num_samples}, num_nodes={self.num_nodes}, pos_std={self.pos_std:g}, "
+            f"seed={self.seed}, epoch={self.epoch})"
+        )

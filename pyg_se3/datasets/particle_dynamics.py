@@ -1,9 +1,9 @@
-r"""Particle dynamics: predict where N interacting particles are 10 time steps later.
+r"""Particle dynamics: predict where N interacting particles are 10 saved time steps later.
 
 The dataset of the Iterative SE(3)-Transformer blog post (Dauparas & Fuchs, 2021, see ``datasets/README.md``):
 simulate N particles under a pair potential with ordinary Newtonian dynamics, slice every simulation into
-blocks of ``block_size`` steps, and ask for the positions at the end of each block given positions, velocities
-and masses at its start. The task is SE(3)-equivariant: rotating and translating the input rotates and
+blocks of ``block_size`` saved steps, and ask for the positions at the end of each block given positions,
+velocities and masses at its start. The task is SE(3)-equivariant: rotating and translating the input rotates and
 translates the target.
 """
 
@@ -36,12 +36,20 @@ __all__ = ["ParticleDynamics"]
 
 _POTENTIALS = ("gravity", "lennard_jones")
 #: Default masses per potential. Velocity Verlet resolves an oscillation of frequency omega when
-#: dt * omega << 1. Gravity (G = 1, softening 0.1, dt = 0.01): a softened close encounter has
-#: omega^2 = G (m_i + m_j) / softening^3, so m <= 0.015 gives dt * omega <= 0.055 and energy errors below 1e-3
-#: (measured: 5.0e-4 worst over the default simulations), whereas m ~ 1 gives dt * omega ~ 0.15 and errors
-#: ~1e-2. Lennard-Jones (epsilon = sigma = 1): the bond has omega^2 = 114 epsilon / (m sigma^2); mean mass 4
-#: makes dt = 0.01 the customary MD step of 0.005 (sigma^2 m / epsilon)^(1/2) for unit mass.
+#: dt * omega << 1. Gravity (G = 1, dt = 0.01): a softened close encounter has
+#: omega^2 = G (m_i + m_j) / softening^3, so m <= 0.015 with softening 0.15 gives dt * omega <= 0.03 and energy
+#: errors ~2e-4 (0.055 and 5e-4 with the softening 0.1 of version 1), whereas m ~ 1 gives dt * omega ~ 0.15
+#: and errors ~1e-2. Lennard-Jones (epsilon = sigma = 1): the bond has omega^2 = 114 epsilon / (m sigma^2);
+#: mean mass 4 makes dt = 0.01 the customary MD step of 0.005 (sigma^2 m / epsilon)^(1/2) for unit mass.
 DEFAULT_MASS_RANGE = {"gravity": (0.005, 0.015), "lennard_jones": (2.0, 6.0)}
+#: Default integrator steps per saved step. Gravity: the default cluster (N ~ 12, total mass ~ 0.12, radius
+#: ~ 0.9) has a crossing time sqrt(R^3 / (G M)) ~ 2.3; a block of 10 saved steps of 25 * 0.01 spans 2.5, so
+#: the velocities turn within a block and linear extrapolation leaves ~35% of the constant-position error
+#: (one integrator step per saved step, as in version 1, spans 0.1 and leaves 0.1%). Lennard-Jones keeps one
+#: (unchanged from version 1): with 25, its warm cluster (kT = 0.5) evaporates within the run.
+DEFAULT_SUBSTEPS = {"gravity": 25, "lennard_jones": 1}
+#: The parameters that differ from version 1 of the dataset: passing them reproduces its data bit for bit.
+VERSION_1 = {"softening": 0.1, "substeps": 1}
 #: Jitter of the Lennard-Jones lattice, in units of sigma.
 LATTICE_JITTER = 0.05
 
@@ -68,27 +76,33 @@ class ParticleDynamics(GeneratedDataset):
     (:mod:`pyg_se3.datasets.simulate`), integrated with velocity Verlet (:func:`~.simulate.velocity_verlet`):
 
     - ``'gravity'`` (default): :math:`F_i = G m_i \sum_j m_j (x_j - x_i) / (|x_j - x_i|^2 + \varepsilon^2)^{3/2}`
-      with ``G = 1``, softening :math:`\varepsilon = 0.1`. Initial positions :math:`x_i \sim N(0, s^2 I)`
+      with ``G = 1``, softening :math:`\varepsilon = 0.15`. Initial positions :math:`x_i \sim N(0, s^2 I)`
       (``pos_std`` :math:`s = 0.5`), masses :math:`m_i \sim U(0.005, 0.015)`, velocities
       :math:`v_i \sim N(0, I)` rescaled per simulation to virial equilibrium :math:`2K = -U`, so that the
-      cluster neither collapses nor disperses during the simulation.
+      cluster neither collapses nor disperses as a whole (a few particles escape: ~2% of the particles are
+      unbound at a block start). ``substeps = 25`` integrator steps per saved step: a block spans 2.5 time
+      units, about one crossing time, so the trajectories within a block are curved.
     - ``'lennard_jones'``: :math:`U = \sum_{i<j} 4\epsilon[(\sigma/r)^{12} - (\sigma/r)^6]`; particles start on a
       simple cubic lattice of spacing :math:`2^{1/6}\sigma` (the pair minimum) jittered by
       :math:`N(0, (0.05\sigma)^2)`, masses :math:`U(2, 6)`, Maxwell-Boltzmann velocities
       :math:`v_i \sim N(0, (k T / m_i) I)` at ``temperature`` :math:`kT = 0.5\epsilon`.
 
-    Each simulation draws its number of particles uniformly from ``num_particles`` (default 5..20) and runs
-    ``num_steps`` steps of ``dt = 0.01`` (an int, or a ``(low, high)`` range drawn per simulation).
+    Each simulation draws its number of particles uniformly from ``num_particles`` (default 5..20) and saves
+    ``num_steps`` steps (an int, or a ``(low, high)`` range drawn per simulation), each of ``substeps``
+    integrator steps of ``dt = 0.01``. Time between saved steps: ``substeps * dt``; between a sample's input
+    and its target: :attr:`horizon` ``= block_size * substeps * dt`` (2.5 for gravity, 0.1 for
+    Lennard-Jones). Version 1 of the dataset (softening 0.1, one integrator step per saved step, an almost
+    straight-line task) is ``ParticleDynamics(root, softening=0.1, substeps=1)`` (:data:`VERSION_1`).
 
-    **Samples.** One per block of ``block_size`` steps (non-overlapping, starting at step 0); a simulation of
-    ``T`` steps gives ``T // block_size`` blocks. Attributes:
+    **Samples.** One per block of ``block_size`` saved steps (non-overlapping, starting at step 0); a simulation
+    of ``T`` saved steps gives ``T // block_size`` blocks. Attributes:
 
     - ``pos`` ``[N, 3]``, ``vel`` ``[N, 3]``: the state at the start of the block;
     - ``mass`` ``[N, 1]``;
     - ``x`` ``[N, 4]``: the flat fiber features of :attr:`fiber` ``= Fiber({0: 1, 1: 1})``, i.e. ``[m, vx, vy, vz]``;
     - ``y`` ``[N, 3]``: the positions at the end of the block;
-    - ``sim_id`` ``[1]``: the simulation (index within the split), ``block_start`` ``[1]``: the step the
-      block starts at.
+    - ``sim_id`` ``[1]``: the simulation (index within the split), ``block_start`` ``[1]``: the saved step
+      the block starts at.
 
     No edges are stored: models build their graph from ``pos`` (e.g. ``torch_cluster.radius_graph`` or a
     complete graph), as the iterative model must after every position update anyway.
@@ -108,15 +122,17 @@ class ParticleDynamics(GeneratedDataset):
     potential
         ``'gravity'`` or ``'lennard_jones'``.
     G, softening
-        Gravity only: gravitational constant and Plummer softening length.
+        Gravity only: gravitational constant and Plummer softening length (default 0.15; version 1: 0.1).
     epsilon, sigma, temperature
         Lennard-Jones only: well depth, length scale and initial temperature (units of ``epsilon``).
     dt
-        Time step (> 0).
+        Integrator time step (> 0).
+    substeps
+        Integrator steps per saved step (an integer >= 1); default per potential (see above), 1 in version 1.
     num_steps
-        Steps per simulation: an int or an inclusive ``(low, high)`` range.
+        Saved steps per simulation: an int or an inclusive ``(low, high)`` range.
     block_size
-        Steps per sample.
+        Saved steps per sample.
     num_particles
         Particles per simulation: an int or an inclusive ``(low, high)`` range (each >= 2).
     mass_range
@@ -145,11 +161,12 @@ class ParticleDynamics(GeneratedDataset):
         *,
         potential: str = "gravity",
         G: float = 1.0,
-        softening: float = 0.1,
+        softening: float = 0.15,
         epsilon: float = 1.0,
         sigma: float = 1.0,
         temperature: float = 0.5,
         dt: float = 0.01,
+        substeps: int | None = None,
         num_steps: int | tuple[int, int] = 200,
         block_size: int = 10,
         num_particles: int | tuple[int, int] = (5, 20),
@@ -173,6 +190,7 @@ class ParticleDynamics(GeneratedDataset):
             sigma=sigma,
             temperature=temperature,
             dt=dt,
+            substeps=substeps,
             num_steps=num_steps,
             block_size=block_size,
             num_particles=num_particles,
@@ -190,11 +208,12 @@ class ParticleDynamics(GeneratedDataset):
         num_simulations: int | None = None,
         potential: str = "gravity",
         G: float = 1.0,
-        softening: float = 0.1,
+        softening: float = 0.15,
         epsilon: float = 1.0,
         sigma: float = 1.0,
         temperature: float = 0.5,
         dt: float = 0.01,
+        substeps: int | None = None,
         num_steps: int | tuple[int, int] = 200,
         block_size: int = 10,
         num_particles: int | tuple[int, int] = (5, 20),
@@ -212,6 +231,8 @@ class ParticleDynamics(GeneratedDataset):
         steps = _range("num_steps", num_steps, block_size)
         if mass_range is None:
             mass_range = DEFAULT_MASS_RANGE[potential]
+        if substeps is None:
+            substeps = DEFAULT_SUBSTEPS[potential]
         if not (isinstance(mass_range, tuple | list) and len(mass_range) == 2):
             raise ValueError(f"mass_range: expected a (low, high) pair, got {mass_range!r}")
         low, high = (check_positive("mass_range", m) for m in mass_range)
@@ -219,12 +240,13 @@ class ParticleDynamics(GeneratedDataset):
             raise ValueError(f"mass_range: expected low <= high, got {mass_range!r}")
         config: dict[str, Any] = {
             "dataset": cls.name,
-            "version": 1,
+            "version": 2,
             "split": split,
             "num_simulations": check_int("num_simulations", num_simulations, 1),
             "seed": check_int("seed", seed, 0),
             "potential": potential,
             "dt": check_positive("dt", dt),
+            "substeps": check_int("substeps", substeps, 1),
             "num_steps": steps,
             "block_size": block_size,
             "num_particles": _range("num_particles", num_particles, 2),
@@ -297,7 +319,7 @@ class ParticleDynamics(GeneratedDataset):
         Simulations with the same N are integrated together (vectorised along the batch dimension); the
         result of each is bit-identical to integrating it alone.
         """
-        block = config["block_size"]
+        block, substeps = config["block_size"], config["substeps"]
         out: list[tuple[Tensor, Tensor] | None] = [None] * len(initial)
         by_size: dict[int, list[int]] = {}
         for index, state in enumerate(initial):
@@ -308,10 +330,9 @@ class ParticleDynamics(GeneratedDataset):
             mass = torch.stack([initial[i]["mass"] for i in members])
             pos = torch.stack([initial[i]["pos"] for i in members])
             vel = torch.stack([initial[i]["vel"] for i in members])
-            steps = max(initial[i]["num_steps"] for i in members)
-            traj = velocity_verlet(
-                pos, vel, mass, cls.pair_potential(config, mass).forces, config["dt"], steps, save_every=block
-            )
+            steps = max(initial[i]["num_steps"] for i in members) * substeps
+            forces = cls.pair_potential(config, mass).forces
+            traj = velocity_verlet(pos, vel, mass, forces, config["dt"], steps, save_every=block * substeps)
             for row, i in enumerate(members):
                 frames = initial[i]["num_steps"] // block + 1
                 out[i] = (traj.pos[row, :frames], traj.vel[row, :frames])
@@ -366,10 +387,16 @@ class ParticleDynamics(GeneratedDataset):
     def potential(self) -> str:
         return self.config["potential"]
 
+    @property
+    def horizon(self) -> float:
+        """Time between a sample's input and its target: ``block_size * substeps * dt``."""
+        return self.config["block_size"] * self.config["substeps"] * self.config["dt"]
+
     def integrate_block(self, data: Data, num_steps: int | None = None) -> Tensor:
-        """Positions after integrating a sample's own initial state ``num_steps`` (default: one block) steps
-        with the dataset's potential and the library's integrator, in the sample's dtype."""
-        steps = self.config["block_size"] if num_steps is None else num_steps
+        """Positions after integrating a sample's own initial state ``num_steps`` integrator steps of ``dt``
+        (default: one block, ``block_size * substeps``) with the dataset's potential and the library's
+        integrator, in the sample's dtype."""
+        steps = self.config["block_size"] * self.config["substeps"] if num_steps is None else num_steps
         mass = data.mass.squeeze(-1).unsqueeze(0)
         traj = velocity_verlet(
             data.pos.unsqueeze(0),

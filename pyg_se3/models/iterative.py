@@ -56,14 +56,17 @@ class IterativeSE3Transformer(nn.Module):
         (h_t, \Delta x_t) = \mathrm{Block}_t(h_{t-1}, x_t, E_t, B_t), \quad x_{t+1} = x_t + \Delta x_t
 
     Each block is an :class:`~pyg_se3.models.SE3Transformer` with ``layers_per_iteration`` equivariant layers
-    (``layers_per_iteration - 1`` attention blocks and a final convolution) whose output fiber is
-    ``fiber_hidden`` plus one type-1 channel, the displacement; its weights start at zero, so an untrained model
-    leaves the points where they are (and still learns: the gradients of zeroed weights are not zero).
+    (``layers_per_iteration - 1`` attention blocks and a final convolution). With ``displacement="head"``
+    (default) its output fiber is ``fiber_hidden`` plus one type-1 channel, the displacement, whose weights start
+    at zero, so an untrained model leaves the points where they are (and still learns: the gradients of zeroed
+    weights are not zero); with ``displacement="hidden"`` (the original code's choice) the block outputs
+    ``fiber_hidden`` only and the points move by its first type-1 channel.
     The **whole** hidden fiber is carried to the next
     iteration (no bottleneck to type-1). The neighbour graph is rebuilt from the updated positions (indices
     carry no gradient), and the basis is recomputed from them **inside the autograd graph**, so gradients reach
     block ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that
-    path (the original SE(3)-Transformer's behaviour) to compare.
+    path (the original SE(3)-Transformer's behaviour) to compare, and ``detach_basis="harmonics"`` cuts only the
+    angular part (the original code's ablation: distances, edge features and relative positions keep theirs).
 
     Parameters
     ----------
@@ -91,6 +94,14 @@ class IterativeSE3Transformer(nn.Module):
         The displacement heads' outputs are multiplied by this length. Set it to the typical size of one
         iteration's update in your data (a target normalisation): the heads then work at unit scale, and the
         first optimiser steps do not throw the points far from where they start.
+    displacement
+        ``"head"`` (default): a separate type-1 output channel per block, zero at initialisation, times
+        ``displacement_scale``. ``"hidden"``: the first type-1 channel of the hidden fiber the block returns
+        (times ``displacement_scale``, default 1), as in the original code; needs a type-1 channel in
+        ``fiber_hidden``.
+    relative_position
+        Every layer adds the edge's relative position to the first type-1 channel of its source features
+        (see :class:`~pyg_se3.models.SE3Transformer`). Default ``False``.
     """
 
     def __init__(
@@ -111,8 +122,16 @@ class IterativeSE3Transformer(nn.Module):
         checkpoint: bool = False,
         norm: bool | str = True,
         checkpoint_edges: int = 2**15,
+        displacement: str = "head",
+        relative_position: bool = False,
     ) -> None:
         super().__init__()
+        if displacement not in ("head", "hidden"):
+            raise ValueError(f"displacement: expected 'head' or 'hidden', got {displacement!r}")
+        if displacement == "hidden" and 1 not in fiber_hidden:
+            raise ValueError(
+                f"fiber_hidden: displacement='hidden' moves the points by a type-1 channel, {fiber_hidden}"
+            )
         if not displacement_scale > 0:
             raise ValueError(f"displacement_scale: expected > 0, got {displacement_scale}")
         if num_iterations < 1:
@@ -126,9 +145,10 @@ class IterativeSE3Transformer(nn.Module):
         self.graph = graph if graph is not None else KNN(k=16)
         self.share_weights, self.edge_dim = share_weights, edge_dim
         self.displacement_scale = float(displacement_scale)
+        self.displacement = displacement
         block_args = {
             "fiber_hidden": fiber_hidden,
-            "fiber_out": fiber_hidden + DISPLACEMENT,
+            "fiber_out": fiber_hidden + DISPLACEMENT if displacement == "head" else fiber_hidden,
             "num_layers": layers_per_iteration - 1,
             "num_heads": num_heads,
             "edge_dim": edge_dim,
@@ -139,6 +159,7 @@ class IterativeSE3Transformer(nn.Module):
             "checkpoint": checkpoint,
             "checkpoint_edges": checkpoint_edges,
             "norm": norm,
+            "relative_position": relative_position,
         }
         if share_weights:
             lost = [d for d in fiber_in.degrees if d not in fiber_hidden]
@@ -167,6 +188,8 @@ class IterativeSE3Transformer(nn.Module):
     def _zero_displacements(self) -> None:
         """Every block starts as the identity on positions (as AlphaFold zero-initialises its final layers):
         an untrained model does not throw points around, and training moves them from where they are."""
+        if self.displacement != "head":
+            return
         displacement = slice(self.fiber_hidden[1], self.fiber_hidden[1] + 1)  # after the hidden type-1 channels
         for block in self.blocks:
             block.output.zero_output_(1, displacement)
@@ -177,7 +200,7 @@ class IterativeSE3Transformer(nn.Module):
         pos: Tensor,
         batch: Tensor | None = None,
         edge_attr_fn: EdgeAttrFn | None = None,
-        detach_basis: bool = False,
+        detach_basis: bool | str = False,
         tol: float | None = None,
         max_iterations: int | None = None,
     ) -> IterativeOutput:
@@ -195,13 +218,17 @@ class IterativeSE3Transformer(nn.Module):
             ``(pos, edge_index) -> [E, edge_dim]`` invariant edge features, called after every graph rebuild
             with the current positions (required iff ``edge_dim > 0``).
         detach_basis
-            Compute each iteration's basis, edge lengths, envelope and edge features from detached positions.
+            ``True`` (or ``"geometry"``): compute each iteration's basis, edge lengths, envelope and edge features
+            from detached positions. ``"harmonics"``: detach only the basis (spherical harmonics times
+            Clebsch-Gordan); lengths, relative positions and edge features keep their gradients.
         tol
             Shared weights, inference only: stop once the largest displacement of an iteration is below ``tol``.
         max_iterations
             Shared weights only: the number of iterations to run (default ``num_iterations``).
         """
         num_steps = self._num_steps(tol, max_iterations)
+        if detach_basis not in (False, True, "geometry", "harmonics"):
+            raise ValueError(f"detach_basis: expected False, True, 'geometry' or 'harmonics', got {detach_basis!r}")
         if (edge_attr_fn is None) != (self.edge_dim == 0):
             raise ValueError(
                 f"edge_attr_fn: expected a function (pos, edge_index) -> [E, {self.edge_dim}] when edge_dim > 0, "
@@ -231,15 +258,22 @@ class IterativeSE3Transformer(nn.Module):
 
     def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis):
         edge_index = self.graph(pos, batch)
-        geometry = pos.detach() if detach_basis else pos
+        geometry = pos.detach() if detach_basis in (True, "geometry") else pos
         edge_attr = None
         if edge_attr_fn is not None:
             edge_attr = edge_attr_fn(geometry, edge_index)
             check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim)
-        basis = compute_basis(geometry, edge_index, block.max_degree)
+        basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False)  # checked by the graph
+        if detach_basis == "harmonics":
+            basis.sh = basis.sh.detach()
+            basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
         out = block(h, geometry, edge_index, edge_attr, basis=basis)
-        h, displacement = Fiber.uncat(out, self.fiber_hidden, DISPLACEMENT)
+        if self.displacement == "head":
+            h, displacement = Fiber.uncat(out, self.fiber_hidden, DISPLACEMENT)
+        else:
+            h, first = out, self.fiber_hidden.offsets()[1].start
+            displacement = h[:, first : first + 3]
         return h, pos + self.displacement_scale * displacement, edge_index
 
     def _num_steps(self, tol: float | None, max_iterations: int | None) -> int:
@@ -258,7 +292,7 @@ class IterativeSE3Transformer(nn.Module):
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_hidden}, num_iterations="
             f"{self.num_iterations}, layers_per_iteration={self.layers_per_iteration}, graph={self.graph}, "
             f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
-            f"displacement_scale={self.displacement_scale:g})"
+            f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g})"
         )
 
 

@@ -41,7 +41,8 @@ class SE3Transformer(nn.Module):
     norm
         Put an :class:`~pyg_se3.nn.SE3Norm` after each attention block: ``True`` or ``"layer"`` (the
         SE(3)-Transformer's), ``"rms"`` (channel norms scaled, not centred: more robust to rounding in deep
-        models), ``False`` for none.
+        models), ``"bias"`` (no normalisation, a learned shift of each channel norm: the original code's
+        ``GNormBias``), ``False`` for none.
     radial_hidden, radial_layers
         Width and depth of every radial network.
     kernel
@@ -55,6 +56,9 @@ class SE3Transformer(nn.Module):
         one more forward pass of time. Values are those of the unchunked model up to summation order.
     checkpoint_edges
         Edges per group when ``checkpoint`` is on.
+    relative_position
+        Every layer adds each edge's relative position to the first type-1 channel of its source features
+        (:func:`~pyg_se3.nn.conv.add_relative_position`; the original code's ``x_ij="add"``). Default ``False``.
     pooling
         ``None`` for node outputs ``[N, fiber_out.dim]``, or ``"mean"``/``"sum"`` to pool per graph of
         ``batch`` to ``[B, fiber_out.dim]``.
@@ -76,6 +80,7 @@ class SE3Transformer(nn.Module):
         kernel: str = "full",
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
+        relative_position: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -92,6 +97,7 @@ class SE3Transformer(nn.Module):
             "radial_hidden": radial_hidden,
             "radial_layers": radial_layers,
             "kernel": kernel,
+            "relative_position": relative_position,
         }
         layers: list[nn.Module] = []
         fiber = fiber_in
@@ -142,7 +148,7 @@ class SE3Transformer(nn.Module):
         """
         check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch)
         if basis is None:
-            basis = compute_basis(pos, edge_index, self.max_degree)
+            basis = compute_basis(pos, edge_index, self.max_degree, check_values=False)  # checked above
         groups = (
             TargetGroups(x.shape[0], edge_index, edge_attr, basis, self.checkpoint_edges) if self.checkpoint else None
         )

@@ -9,6 +9,7 @@ from torch_geometric.nn import MessagePassing
 from pyg_se3._amp import upcast
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
+from pyg_se3.nn.conv import add_relative_position
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.utils import edge_softmax, node_features, prepare_basis
@@ -52,6 +53,10 @@ class SE3Attention(MessagePassing):
         ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
         (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
         several times faster).
+    relative_position
+        Add each edge's relative position to the first type-1 channel of the source features before the key and
+        value kernel (:func:`~pyg_se3.nn.conv.add_relative_position`; the original code's ``x_ij="add"``).
+        Default ``False``.
 
     Shapes
     ------
@@ -70,6 +75,7 @@ class SE3Attention(MessagePassing):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        relative_position: bool = False,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
         if num_heads < 1:
@@ -78,6 +84,7 @@ class SE3Attention(MessagePassing):
             raise ValueError(f"channels_div: expected >= 1, got {channels_div}")
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
         self.num_heads, self.channels_div = num_heads, channels_div
+        self.relative_position = relative_position
         self.value_fiber = Fiber({d: max(1, c // channels_div) for d, c in fiber_out})
         self.key_fiber = self.value_fiber & fiber_in
         if not len(self.key_fiber):
@@ -149,6 +156,8 @@ class SE3Attention(MessagePassing):
         ptr: Tensor | None,
         size_i: int | None,
     ) -> Tensor:
+        if self.relative_position:
+            x_j = add_relative_position(x_j, self.fiber_in, basis)
         key_value = self.to_key_value.forward_blocks(x_j, basis, edge_attr)
         keys = {d: key_value[d][:, :c] for d, c in self.key_fiber}
         values = {d: key_value[d][:, self.key_fiber[d] :] for d in self.value_fiber.degrees}
@@ -171,5 +180,5 @@ class SE3Attention(MessagePassing):
         return (
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, num_heads={self.num_heads}, "
             f"key_fiber={self.key_fiber}, value_fiber={self.value_fiber}, edge_dim={self.edge_dim}, "
-            f"kernel={type(self.to_key_value).__name__})"
+            f"kernel={type(self.to_key_value).__name__}, relative_position={self.relative_position})"
         )

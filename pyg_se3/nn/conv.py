@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
@@ -13,7 +14,17 @@ from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.utils import node_features, prepare_basis
 
-__all__ = ["SE3Conv"]
+__all__ = ["SE3Conv", "add_relative_position"]
+
+
+def add_relative_position(x_j: Tensor, fiber: Fiber, basis: Basis) -> Tensor:
+    """Source features ``x_j [E, fiber.dim]`` with each edge's relative position ``r_ij = pos[j] - pos[i]`` added
+    to the first type-1 channel (the original SE(3)-Transformer code's ``x_ij="add"``); ``x_j`` itself when
+    ``fiber`` has no type-1 channel. ``r_ij`` is a type-1 vector, so the sum is one too."""
+    if 1 not in fiber:
+        return x_j
+    start = fiber.offsets()[1].start
+    return x_j + F.pad(basis.rel_pos.to(x_j.dtype), (start, fiber.dim - start - 3))
 
 
 class SE3Conv(MessagePassing):
@@ -46,6 +57,10 @@ class SE3Conv(MessagePassing):
         ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
         (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
         several times faster).
+    relative_position
+        Add each edge's relative position to the first type-1 channel of the source features before the
+        kernel (:func:`add_relative_position`; the original SE(3)-Transformer code's ``x_ij="add"``). Default
+        ``False``.
 
     Shapes
     ------
@@ -64,9 +79,11 @@ class SE3Conv(MessagePassing):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        relative_position: bool = False,
     ) -> None:
         super().__init__(aggr=aggr, node_dim=0)
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
+        self.relative_position = relative_position
         self.kernel = make_kernel(
             kernel, fiber_in, fiber_out, edge_dim=edge_dim, radial_hidden=radial_hidden, radial_layers=radial_layers
         )
@@ -118,6 +135,8 @@ class SE3Conv(MessagePassing):
         return out
 
     def message(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None) -> Tensor:
+        if self.relative_position:
+            x_j = add_relative_position(x_j, self.fiber_in, basis)
         messages = upcast(self.kernel(x_j, basis, edge_attr))  # summed over edges: float32 under autocast
         if basis.edge_weight is not None:
             messages = messages * basis.edge_weight.unsqueeze(-1)
@@ -127,5 +146,5 @@ class SE3Conv(MessagePassing):
         return (
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}, "
             f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r}, "
-            f"kernel={type(self.kernel).__name__})"
+            f"kernel={type(self.kernel).__name__}, relative_position={self.relative_position})"
         )

@@ -337,6 +337,9 @@ class _KernelBase(nn.Module):
 
     def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None) -> None:
         super().__init__()
+        for name, fiber in (("fiber_in", fiber_in), ("fiber_out", fiber_out)):
+            if not len(fiber):  # no input to weigh, or no output to produce: the radial network has no shape
+                raise ValueError(f"{name}: expected at least one degree for an edge kernel, got {fiber}")
         if edge_dim < 0:
             raise ValueError(f"edge_dim: expected >= 0, got {edge_dim}")
         if chunk is not None and chunk < 1:

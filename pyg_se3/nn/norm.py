@@ -22,6 +22,9 @@ class SE3Norm(nn.Module):
     only the affine part, because a normalisation over one value is constant. The same ``ε`` regularises both
     norms, so a zero feature maps to zero with finite gradients.
 
+    ``kind="bias"`` is the original SE(3)-Transformer code's ``GNormBias``: no normalisation, only a learned shift
+    per channel, ``σ(‖f‖_c + b_c)``, with ``b ~ N(0, 1)`` at initialisation as there.
+
     ``kind="rms"`` replaces the layer norm by an RMS norm (``‖f‖_c / rms_c(‖f‖) · w_c + b_c``): the channel norms
     are scaled but not centred. Centring subtracts the mean of positive numbers, which amplifies relative
     rounding errors (by 1.4-2.5 per layer in float32, measured), and deep iterative models compound that; the RMS
@@ -37,7 +40,8 @@ class SE3Norm(nn.Module):
     eps
         The regulariser ``ε`` of the norm.
     kind
-        ``"layer"`` (the SE(3)-Transformer's layer norm over channel norms) or ``"rms"`` (scaled, not centred).
+        ``"layer"`` (the SE(3)-Transformer's layer norm over channel norms), ``"rms"`` (scaled, not centred) or
+        ``"bias"`` (a shift only, as the original code's ``GNormBias``).
     """
 
     def __init__(
@@ -48,7 +52,7 @@ class SE3Norm(nn.Module):
             raise ValueError(f"kind: expected one of {sorted(NORMS)}, got {kind!r}")
         self.fiber, self.eps, self.kind = fiber, eps, kind
         self.nonlinearity = nonlinearity if nonlinearity is not None else nn.ReLU()
-        self.norms = nn.ModuleDict({str(d): NORMS[kind](c) if c > 1 else _Affine() for d, c in fiber})
+        self.norms = nn.ModuleDict({str(d): _norm(kind, c) for d, c in fiber})
 
     def reset_parameters(self) -> None:
         for module in self.norms.values():
@@ -68,6 +72,26 @@ class SE3Norm(nn.Module):
             f"{self.__class__.__name__}({self.fiber}, nonlinearity={self.nonlinearity}, eps={self.eps}, "
             f"kind={self.kind!r})"
         )
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """The function of one degree's channel norms; a normalisation over a single channel would be constant."""
+    return NORMS[kind](channels) if channels > 1 or kind == "bias" else _Affine()
+
+
+class _Shift(nn.Module):
+    """``x + b`` per channel, ``b ~ N(0, 1)`` at initialisation (the original code's ``GNormBias``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
 
 
 class _Affine(nn.Module):
@@ -102,4 +126,4 @@ class _RMSAffine(nn.Module):
         return self.rms(x) + self.bias
 
 
-NORMS = {"layer": nn.LayerNorm, "rms": _RMSAffine}
+NORMS = {"layer": nn.LayerNorm, "rms": _RMSAffine, "bias": _Shift}

@@ -42,6 +42,8 @@ def prepare_basis(
     """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``).
 
     ``x`` is the pair of :func:`node_features`; ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
+    A layer given a ``basis`` does not read ``pos``; when both are given, ``pos`` still gets its (free) shape
+    checks, but not the value check, which would synchronise with the device at every layer.
     """
     bipartite = x[0] is not x[1]
     num_nodes = (x[0].shape[0], x[1].shape[0]) if bipartite else x[0].shape[0]
@@ -53,19 +55,28 @@ def prepare_basis(
     if basis is None:
         if pos is None:
             raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
-        if bipartite:
-            if not isinstance(pos, tuple) or len(pos) != 2:
-                raise ValueError("pos: a bipartite x = (x_src, x_dst) needs pos = (pos_src, pos_dst) or a basis")
-            check_pos(pos[0], num_nodes[0], "pos[0]")
-            check_pos(pos[1], num_nodes[1], "pos[1]")
-        else:
-            check_pos(pos, num_nodes)
-        return compute_basis(pos, edge_index, layer.max_degree)
+        _check_positions(pos, num_nodes, bipartite, values=True)
+        return compute_basis(pos, edge_index, layer.max_degree, check_values=False)  # checked above
+    if pos is not None:
+        _check_positions(pos, num_nodes, bipartite, values=False)
     if basis.num_edges != edge_index.shape[1]:
         raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
     if basis.max_degree < layer.max_degree:
         raise ValueError(f"basis: computed up to degree {basis.max_degree}, the layer needs {layer.max_degree}")
     return basis
+
+
+def _check_positions(
+    pos: Tensor | tuple[Tensor, Tensor], num_nodes: int | tuple[int, int], bipartite: bool, values: bool
+) -> None:
+    """``pos [N, 3]``, or ``(pos_src, pos_dst)`` for a bipartite graph, one row per node of ``x``."""
+    if not bipartite:
+        check_pos(pos, num_nodes, values=values)
+        return
+    if not isinstance(pos, tuple) or len(pos) != 2:
+        raise ValueError("pos: a bipartite x = (x_src, x_dst) needs pos = (pos_src, pos_dst) or a basis")
+    check_pos(pos[0], num_nodes[0], "pos[0]", values)
+    check_pos(pos[1], num_nodes[1], "pos[1]", values)
 
 
 def edge_softmax(
