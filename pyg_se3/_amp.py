@@ -12,6 +12,11 @@ dtype, as autocast decides. pyg_se3 keeps float32 where rounding would cost accu
 The custom kernel contraction records the autocast state of its forward and runs its backward in it
 (:func:`record_autocast`, :func:`backward_with_forward_autocast`). Float64 tensors are never cast by autocast, and
 float32 and float64 computations outside autocast are unchanged by any of this. Measured errors: README, Precision.
+
+A model cast to 16 bits (``model.half()``, ``model.bfloat16()``) is refused with a ``ValueError`` at call time
+(:func:`~pyg_se3.checks.model_dtype`): the float32 sums above cannot meet its 16-bit weights, and 16-bit weights
+would lose the small updates of training anyway. Keep the parameters in float32 and use autocast. Inputs ``x``,
+``pos`` and ``edge_attr`` must have the parameters' dtype (float32 under autocast too; autocast casts inside).
 """
 
 from __future__ import annotations
@@ -24,9 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["autocast_disabled", "autocast_on", "backward_with_forward_autocast", "record_autocast", "upcast"]
+__all__ = [
+    "LOW_PRECISION",
+    "autocast_disabled",
+    "autocast_on",
+    "backward_with_forward_autocast",
+    "record_autocast",
+    "upcast",
+]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def autocast_on(device_type: str) -> bool:
@@ -43,7 +55,7 @@ def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager
 
 def upcast(tensor: Tensor) -> Tensor:
     """``tensor`` in float32 if it is float16/bfloat16 (what autocast's matrix products return), else itself."""
-    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
+    return tensor.float() if tensor.dtype in LOW_PRECISION else tensor
 
 
 def record_autocast(ctx: Any, device: torch.device) -> None:

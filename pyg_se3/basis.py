@@ -106,13 +106,22 @@ def _lengths_and_directions(vectors: Tensor) -> tuple[Tensor, Tensor]:
     clamped length: ``r / clamp(|r|)`` has a derivative of ``1 / clamp`` (~1e77), and for a self-loop the
     ``+G`` and ``-G`` it sends into the same node swamp every other contribution. The mask is a ``torch.where``,
     so every other edge gets exactly the values and gradients of the plain formula.
+
+    An edge whose ``|r|^2`` overflows (float32 lengths above ~1e19) is first divided by its largest component:
+    ``|r| = s |r / s|`` and ``r / |r| = (r / s) / |r / s|``, finite for every representable length. Every other
+    edge is divided by exactly 1, which leaves its values and gradients bit for bit as they were.
     """
     tiny = torch.finfo(vectors.dtype).tiny ** 0.25  # squares of lengths above it stay normal
-    square = (vectors * vectors).sum(dim=-1, keepdim=True)
+    with torch.no_grad():
+        huge = torch.isinf((vectors * vectors).sum(dim=-1, keepdim=True))
+        # constant in autograd: both formulas are homogeneous in s, so their derivatives are those of the plain ones
+        scale = torch.where(huge, vectors.abs().amax(dim=-1, keepdim=True), 1.0)
+    scaled = vectors / scale
+    square = (scaled * scaled).sum(dim=-1, keepdim=True)
     zero = square < tiny * tiny
     # the clamp keeps the unused branch of the masked edges finite, so that their zero gradient stays 0, not NaN
     length = square.clamp_min(tiny * tiny).sqrt()
-    return torch.where(zero, 0.0, length), torch.where(zero, 0.0, vectors / length)
+    return torch.where(zero, 0.0, scale * length), torch.where(zero, 0.0, scaled / length)
 
 
 @dataclass

@@ -14,18 +14,22 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from pyg_se3._amp import LOW_PRECISION, autocast_on
+
 if TYPE_CHECKING:  # pyg_se3.fiber imports this module
     from pyg_se3.fiber import Fiber
 
 __all__ = [
     "as_integer",
     "check_batch",
+    "check_dtype",
     "check_edge_index",
     "check_graph_inputs",
     "check_int",
     "check_pos",
     "check_vectors",
     "checking_values",
+    "model_dtype",
 ]
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
@@ -64,13 +68,64 @@ def check_int(value: object, name: str, minimum: int | None = None) -> int:
     return result
 
 
-def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos", values: bool = True) -> None:
-    """``pos`` must be a finite floating ``[N, 3]`` tensor (with ``N == num_nodes`` when given).
+def model_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s floating parameters, which its floating inputs must have (``None`` without any).
 
-    Finiteness is a value check, skipped with ``values=False`` and under ``torch.compile``
+    A model cast to float16 or bfloat16 gets a ``ValueError``: sums over edges are kept in float32
+    (:func:`~pyg_se3._amp.upcast`), which a 16-bit model cannot multiply; ``torch.autocast`` on a float32 model
+    runs its matrix products in 16 bits instead.
+    """
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype in LOW_PRECISION:
+        raise ValueError(
+            f"model: its parameters are {dtype}, which pyg_se3 models do not support; keep float32 parameters and "
+            f"run the model under torch.autocast(device_type, dtype={dtype}) instead of casting it"
+        )
+    return dtype
+
+
+def check_dtype(value: object, name: str, dtype: torch.dtype | None, autocast: bool = False) -> None:
+    """``value`` must be a tensor of ``dtype``, the model's (:func:`model_dtype`; any dtype when ``None``).
+
+    With ``autocast=True`` a float32 model also takes the autocast dtype while autocast is on for the tensor's
+    device: features that autocast's matrix products made (e.g. an embedding before the first block).
+    """
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if dtype is None or value.dtype == dtype:
+        return
+    device_type = value.device.type
+    if autocast and dtype == torch.float32 and autocast_on(device_type):
+        if value.dtype == torch.get_autocast_dtype(device_type):
+            return
+    raise ValueError(
+        f"{name}: expected a tensor of the model's dtype {dtype} (that of its parameters), got {value.dtype}; "
+        f"convert the input or the model"
+    )
+
+
+def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos", values: bool = True) -> None:
+    """``pos`` must be a finite floating ``[N, 3]`` tensor (with ``N == num_nodes`` when given) whose coordinates
+    are at most ``sqrt(finfo.max) / 4`` in magnitude (~4.6e18 in float32, ~3.4e153 in float64).
+
+    Within that bound no squared edge length ``|pos[j] - pos[i]|^2 <= 12 bound^2`` overflows: beyond it the
+    basis is still finite (:func:`~pyg_se3.basis.compute_basis` rescales such edges), but the radial networks'
+    layer norms, which square lengths times weights, would return NaN. Finiteness and the bound are one value
+    check (one device synchronisation), skipped with ``values=False`` and under ``torch.compile``
     (:func:`checking_values`).
     """
-    check_vectors(pos, num_nodes, name, "positions", values)
+    check_vectors(pos, num_nodes, name, "positions", values=False)
+    if not (values and checking_values()):
+        return
+    bound = torch.finfo(pos.dtype).max ** 0.5 / 4
+    if bool((pos.abs() <= bound).all()):  # NaN and inf fail this too: one read-back for both checks
+        return
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
+    raise ValueError(
+        f"{name}: coordinates must lie within +-{bound:.3g} for {pos.dtype} (squared distances would overflow), got "
+        f"up to {float(pos.abs().max()):.3g}; change the length unit or use float64"
+    )
 
 
 def check_vectors(
@@ -175,28 +230,37 @@ def check_graph_inputs(
     edge_attr: Tensor | None = None,
     edge_dim: int = 0,
     batch: Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Validate the arguments of a layer or model ``forward(x, pos, edge_index, edge_attr, batch)``."""
+    """Validate the arguments of a layer or model ``forward(x, pos, edge_index, edge_attr, batch)``.
+
+    ``dtype`` is the model's (:func:`model_dtype`): ``x``, ``pos`` and ``edge_attr`` must have it (``x`` may also
+    have autocast's, see :func:`check_dtype`).
+    """
     fiber_in.check(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x: expected a [N, {fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
+    check_dtype(x, "x", dtype, autocast=True)
     num_nodes = x.shape[0]
     check_pos(pos, num_nodes)
+    check_dtype(pos, "pos", dtype)
     check_edge_index(edge_index, num_nodes)
-    check_edge_attr(edge_attr, edge_index.shape[1], edge_dim)
+    check_edge_attr(edge_attr, edge_index.shape[1], edge_dim, dtype)
     if batch is not None:
         # Its values are checked where they are used (pooling, graph builders), once.
         check_batch(batch, num_nodes, values=False)
 
 
-def check_edge_attr(edge_attr: Tensor | None, num_edges: int, edge_dim: int) -> None:
-    """``edge_attr`` must be ``[E, edge_dim]`` when ``edge_dim > 0`` and absent when it is 0."""
+def check_edge_attr(edge_attr: Tensor | None, num_edges: int, edge_dim: int, dtype: torch.dtype | None = None) -> None:
+    """``edge_attr`` must be ``[E, edge_dim]`` (of the model's ``dtype`` when given, or autocast's, see
+    :func:`check_dtype`) when ``edge_dim > 0`` and absent when it is 0."""
     if edge_dim == 0:
         if edge_attr is not None:
             raise ValueError("edge_attr: the layer was built with edge_dim=0; pass edge_attr=None")
         return
     if edge_attr is None:
         raise ValueError(f"edge_attr: expected a [E, {edge_dim}] tensor (edge_dim={edge_dim}), got None")
+    check_dtype(edge_attr, "edge_attr", dtype, autocast=True)
     if edge_attr.dim() != 2 or edge_attr.shape != (num_edges, edge_dim):
         raise ValueError(f"edge_attr: expected shape [{num_edges}, {edge_dim}], got {tuple(edge_attr.shape)}")
 

@@ -10,6 +10,10 @@ Life of a dataset instance (PyG's ``InMemoryDataset`` protocol):
 2. ``process`` turns the raw arrays into ``Data`` objects and saves them to ``root/processed``.
 3. Every file written gets a ``.sha256`` sidecar. A raw or processed file whose checksum does not match
    (corrupted, truncated, edited) is never loaded: the dataset warns and rebuilds it.
+4. Every processed file also gets a ``.pre.json`` sidecar recording the ``pre_transform`` and ``pre_filter`` that
+   made it (:func:`preprocessing_record`). A processed file made with others is never loaded: the dataset warns
+   and rebuilds it. (PyG records them once per ``processed`` folder, which here holds every split, dtype and
+   configuration: it would miss a stale file and warn about a fresh one.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import shutil
 import warnings
 import zipfile
@@ -159,6 +164,28 @@ def checksum_ok(path: str | Path) -> bool:
     return sidecar.read_text().strip() == sha256_file(path)
 
 
+def preprocessing_record(pre_transform: object, pre_filter: object) -> dict[str, str]:
+    """What made a processed file: the ``repr`` of ``pre_transform`` and ``pre_filter`` without memory addresses.
+
+    A function is recorded by its qualified name, an object (e.g. ``torch_geometric.transforms.Compose``) by its
+    ``repr``. Two lambdas of one scope, or one function whose code changed, record the same: pass
+    ``force_reload=True`` then.
+    """
+
+    def describe(obj: object) -> str:
+        return "None" if obj is None else re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+    return {"pre_transform": describe(pre_transform), "pre_filter": describe(pre_filter)}
+
+
+def read_record(path: str | Path) -> dict[str, str] | None:
+    """The :func:`preprocessing_record` stored next to processed file ``path``; ``None`` if missing or unreadable."""
+    try:
+        return json.loads(Path(f"{path}.pre.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def packaged_dir() -> Path:
     """The repository's top-level ``datasets/`` folder (absent from an installed wheel)."""
     return Path(pyg_se3.__file__).resolve().parents[1] / "datasets"
@@ -211,15 +238,20 @@ class GeneratedDataset(InMemoryDataset):
         self.progress = bool(progress)
         super().__init__(str(root), transform, pre_transform, pre_filter, force_reload=force_reload)
         path = self.processed_paths[0]
-        if not checksum_ok(path):
-            warnings.warn(
-                f"{path}: processed file fails its sha256 checksum (corrupted or modified); rebuilding it "
-                "from the raw data",
-                UserWarning,
-                stacklevel=2,
-            )
+        problem = self._processed_file_problem(path)
+        if problem is not None:
+            warnings.warn(f"{path}: {problem}; rebuilding it from the raw data", UserWarning, stacklevel=2)
             self.process()
         self.load(path)
+
+    def _processed_file_problem(self, path: str) -> str | None:
+        """Why the processed file must not be loaded (corrupted, or made with other pre-processing), or ``None``."""
+        if not checksum_ok(path):
+            return "processed file fails its sha256 checksum (corrupted or modified)"
+        record, wanted = read_record(path), preprocessing_record(self.pre_transform, self.pre_filter)
+        if record != wanted:
+            return f"processed file was made with {record or 'unrecorded pre-processing'}, not with {wanted}"
+        return None
 
     # -------------------------------------------------------------- subclass interface
     @classmethod
@@ -259,6 +291,16 @@ class GeneratedDataset(InMemoryDataset):
             write_npz(target, self.generate(self.config, progress=self.progress))
         write_sidecar(target)
 
+    def _process(self) -> None:
+        """Build the processed file if it is missing (or on ``force_reload``); ``__init__`` checks an existing one.
+
+        Replaces PyG's version, whose per-folder ``pre_transform.pt``/``pre_filter.pt`` record is wrong here (see
+        the module doc); each processed file has its own record.
+        """
+        if self.force_reload or not Path(self.processed_paths[0]).is_file():
+            Path(self.processed_dir).mkdir(parents=True, exist_ok=True)
+            self.process()
+
     def process(self) -> None:
         raw = Path(self.raw_paths[0])
         if not checksum_ok(raw) or read_config(raw) != self.config:
@@ -276,6 +318,8 @@ class GeneratedDataset(InMemoryDataset):
         path = self.processed_paths[0]
         self.save(data_list, path)
         write_sidecar(path)
+        record = preprocessing_record(self.pre_transform, self.pre_filter)
+        Path(f"{path}.pre.json").write_text(json.dumps(record, sort_keys=True) + "\n")
 
     def _matching_packaged_file(self) -> Path | None:
         """The packaged file of this split if it was generated from exactly this config and is intact."""

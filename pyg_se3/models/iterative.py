@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_se3.basis import compute_basis
-from pyg_se3.checks import check_edge_attr, check_graph_inputs
+from pyg_se3.checks import check_edge_attr, check_graph_inputs, model_dtype
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, GraphBuilder
 from pyg_se3.models.se3_transformer import SE3Transformer
@@ -235,7 +235,7 @@ class IterativeSE3Transformer(nn.Module):
                 f"and None when edge_dim == 0 (edge_dim={self.edge_dim})"
             )
         empty = torch.empty(2, 0, dtype=torch.long, device=pos.device if isinstance(pos, Tensor) else None)
-        check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch)
+        check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch, dtype=model_dtype(self))
         h = self.embed_input(x)
         out = IterativeOutput(pos=pos, x=h, trajectory=[pos])
         for t in range(num_steps):
@@ -262,7 +262,7 @@ class IterativeSE3Transformer(nn.Module):
         edge_attr = None
         if edge_attr_fn is not None:
             edge_attr = edge_attr_fn(geometry, edge_index)
-            check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim)
+            check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim, model_dtype(self))
         basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False)  # checked by the graph
         if detach_basis == "harmonics":
             basis.sh = basis.sh.detach()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pyg_se3.basis import Basis, compute_basis
-from pyg_se3.checks import check_graph_inputs
+from pyg_se3.checks import check_graph_inputs, model_dtype
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, TargetGroups, global_pool
 
@@ -146,7 +146,7 @@ class SE3Transformer(nn.Module):
         Tensor
             ``[N, fiber_out.dim]``, or ``[B, fiber_out.dim]`` with pooling.
         """
-        check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch)
+        check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch, model_dtype(self))
         if basis is None:
             basis = compute_basis(pos, edge_index, self.max_degree, check_values=False)  # checked above
         groups = (
