@@ -1,6 +1,6 @@
 """The three experiments as training tasks: datasets, models, losses, metrics and baselines.
 
-- ``dynamics``: :class:`~pyg_se3.datasets.ParticleDynamics`, predict positions 10 steps ahead (MSE).
+- ``dynamics``: :class:`~pyg_se3.datasets.ParticleDynamics`, predict positions one block (10 saved steps) ahead (MSE).
 - ``energy``: :class:`~pyg_se3.datasets.EnergyMinimisation`, move the points to minimise the pair energy
   (unsupervised: the loss is the energy of the predicted positions).
 - ``nbody``: :class:`~pyg_se3.datasets.NBodyCharged`, predict positions 1000 steps ahead (MSE), EGNN protocol.
@@ -241,8 +241,8 @@ class _RegressionTask(_Task):
 
 
 class DynamicsTask(_RegressionTask):
-    """Particle dynamics, 10 steps ahead; inputs: mass (type 0, divided by the mean of the mass range so that it
-    is of order 1) and velocity (type 1)."""
+    """Particle dynamics, one block (10 saved steps) ahead; inputs: mass (type 0, divided by the mean of the mass
+    range so that it is of order 1) and velocity (type 1)."""
 
     name = "dynamics"
     dataset_cls = ParticleDynamics
