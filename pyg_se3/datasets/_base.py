@@ -36,6 +36,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 import pyg_se3
+from pyg_se3 import checks
 from pyg_se3.fiber import Fiber
 
 __all__ = [
@@ -61,9 +62,8 @@ def check_split(split: str) -> str:
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """:func:`pyg_se3.checks.check_int` with the argument order of the other generation-parameter checks here."""
+    return checks.check_int(value, name, minimum)
 
 
 def check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
