@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
 
     def build(task: EnergyTask) -> torch.nn.Module:
-        return build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, task.displacement_scale(train))
+        return build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, task.model_displacement_scale(train))
 
     torch.manual_seed(args.seed)
     tasks = {"iterative": EnergyTask(options(args.iterations, args.layers))}

@@ -57,7 +57,8 @@ def options(num_iterations: int, layers_per_iteration: int) -> ModelOptions:
 
 def train_model(name: str, task: EnergyTask, sets: dict, args: argparse.Namespace) -> Trainer:
     seed_everything(args.seed)
-    model = build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, task.displacement_scale(sets["train"]))
+    scale = task.model_displacement_scale(sets["train"])
+    model = build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, scale)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -105,12 +106,13 @@ def equivariance_error(trainer: Trainer, batch) -> float:
     return float((rotated - expected).norm() / expected.norm())
 
 
-def results(trainers: dict[str, Trainer], batch) -> dict[str, float]:
-    rows = {"initial positions": float(trainers["iterative"].task.energies(batch.pos, batch).mean())}
+def results(trainers: dict[str, Trainer], curves: dict[str, list[float]], batch) -> dict[str, float]:
+    """Mean test energies: the initial positions, gradient descent, and each model's (the last of its curve)."""
+    rows = {"initial positions": curves["iterative"][0]}
     _, descended = EnergyMinimisation.gradient_descent(batch.pos, batch.edge_index, batch.p, batch.batch, 1000)
     rows["gradient descent (1000 steps)"] = float(descended.mean())
-    for name, trainer in trainers.items():
-        rows[f"{name} SE(3)-Transformer"] = energy_per_iteration(trainer, batch)[-1]
+    for name in trainers:
+        rows[f"{name} SE(3)-Transformer"] = curves[name][-1]
     return rows
 
 
@@ -184,14 +186,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainers = {name: train_model(name, task, sets, args) for name, task in tasks.items()}
     test = next(iter(DataLoader(sets["test"], batch_size=len(sets["test"]))))
-    rows = results(trainers, test)
+    curves = {name: energy_per_iteration(trainer, test) for name, trainer in trainers.items()}
+    rows = results(trainers, curves, test)
     print(f"\nMean test energy ({len(sets['test'])} configurations), best-validation checkpoints:")
     for name, value in rows.items():
         print(f"  {name:<34}{value:>10.4f}")
     ratio = rows["iterative SE(3)-Transformer"] / rows["single-pass SE(3)-Transformer"]
     verdict = "iteration helps" if ratio < 1 else "iteration does not help on this short schedule"
     print(f"  iterative / single-pass: {ratio:.2f} ({verdict})")
-    energies = energy_per_iteration(trainers["iterative"], test)
+    energies = curves["iterative"]
     print("  iterative model, energy after each iteration: " + " -> ".join(f"{e:.4f}" for e in energies))
     print(
         "\nequivariance error of the trained iterative model (float64, random rotation + translation): "

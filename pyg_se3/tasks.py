@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.loader import DataLoader
 
+from pyg_se3.checks import check_int
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation, NBodyCharged, ParticleDynamics
 from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.fiber import Fiber
@@ -93,11 +94,7 @@ def _folder(root: str, dataset_cls: Any) -> str:
 
 def _first(dataset: Any, n: int | None) -> Any:
     """The first ``n`` samples of ``dataset`` (all of them for ``None``)."""
-    if n is None:
-        return dataset
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"train_samples: expected an integer >= 1, got {n!r}")
-    return dataset[:n]
+    return dataset if n is None else dataset[: check_int(n, "train_samples", 1)]
 
 
 def _mse_per_graph(pred: Tensor, target: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
