@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +36,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from pyg_se3 import distributed
+from pyg_se3._files import replacing, write_text_atomic
 
 __all__ = ["Task", "TrainConfig", "Trainer", "atomic_save", "json_safe", "read_checkpoint", "seed_everything"]
 
@@ -161,10 +161,8 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -412,15 +410,11 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
     def write_metrics(self) -> None:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        tmp = self.out / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as handle:
+        with replacing(self.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, self.out / "metrics.csv")
-        tmp = self.out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(json_safe(self.history), indent=1, allow_nan=False))
-        os.replace(tmp, self.out / "metrics.json")
+        write_text_atomic(self.out / "metrics.json", json.dumps(json_safe(self.history), indent=1, allow_nan=False))
 
     def plot(self) -> None:
         import matplotlib

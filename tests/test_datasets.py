@@ -5,6 +5,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from torch_geometric.loader import DataLoader
 
 import pyg_se3.datasets._base as base
 from pyg_se3 import Fiber
+from pyg_se3._files import file_lock
 from pyg_se3.datasets import ALL_DATASETS, SPLITS, EnergyMinimisation, NBodyCharged, ParticleDynamics, packaged_dir
 from pyg_se3.datasets._base import read_npz, sha256_file, write_npz
 from pyg_se3.datasets.particle_dynamics import VERSION_1
@@ -533,3 +536,79 @@ def test_corrupted_packaged_file_is_not_copied(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="does not match datasets/SHA256SUMS"):
         dataset = EnergyMinimisation(tmp_path / "root", split="val", progress=False)
     assert sha256_file(dataset.raw_paths[0]) == _sums()["energy_minimisation/val.npz"]
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+_LOADER = """
+import sys, torch
+from pyg_se3.datasets import EnergyMinimisation
+root, loads, force = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "force"
+print("ready", flush=True)
+for i in range(loads):
+    data = EnergyMinimisation(root, split="val", progress=False, force_reload=force and i % 2 == 0)
+    torch.save(data._data.pos, f"{root}/pos-{sys.argv[4]}-{i}.pt")
+"""
+
+
+def _loader(root: Path, loads: int, force: bool, name: str) -> subprocess.Popen:
+    args = [sys.executable, "-c", _LOADER, str(root), str(loads), "force" if force else "load", name]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_pyg_per_folder_records_are_neither_read_nor_needed(tmp_path):
+    reference = EnergyMinimisation(tmp_path, split="val", progress=False)._data.pos
+    processed = Path(tmp_path) / "processed"
+    for name in ("pre_transform.pt", "pre_filter.pt"):  # truncated or damaged copies from another tool
+        (processed / name).write_bytes(b"PK\x03\x04")
+    for force in (False, True):
+        assert torch.equal(
+            EnergyMinimisation(tmp_path, split="val", progress=False, force_reload=force)._data.pos, reference
+        )
+
+
+def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    dataset = EnergyMinimisation(tmp_path, split="val", progress=False)
+    path = Path(dataset.processed_paths[0])
+    before = path.read_bytes()
+
+    def dies_mid_write(data_list, target):
+        Path(target).write_bytes(before[: len(before) // 3])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EnergyMinimisation, "save", staticmethod(dies_mid_write))
+    with pytest.raises(KeyboardInterrupt):
+        EnergyMinimisation(tmp_path, split="val", progress=False, force_reload=True)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not list(Path(tmp_path).rglob("*.tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # intact: loads without a rebuild warning
+        assert torch.equal(EnergyMinimisation(tmp_path, split="val", progress=False)._data.pos, dataset._data.pos)
+
+
+def test_a_process_waits_while_another_holds_the_dataset_lock(tmp_path):
+    dataset = EnergyMinimisation(tmp_path, split="val", progress=False)
+    lock = Path(tmp_path) / f".val-{dataset.tag}.lock"
+    assert lock.is_file()
+    with file_lock(lock) as held:
+        assert held
+        process = _loader(tmp_path, loads=1, force=True, name="waiting")
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(2.0)  # loading with force_reload takes well under a second once imported
+        assert process.poll() is None, "the loader did not wait for the lock"
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors
+    assert torch.equal(torch.load(tmp_path / "pos-waiting-0.pt"), dataset._data.pos)
+
+
+def test_concurrent_force_reload_and_loads_never_crash(tmp_path):
+    reference = EnergyMinimisation(tmp_path, split="val", progress=False)._data.pos
+    processes = [_loader(tmp_path, loads=4, force=i % 2 == 0, name=str(i)) for i in range(3)]
+    for process in processes:
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors
+        assert "rebuilding" not in errors  # no reader ever saw a partial file
+    for i in range(3):
+        for j in range(4):
+            assert torch.equal(torch.load(tmp_path / f"pos-{i}-{j}.pt"), reference)
+    assert not list(Path(tmp_path).rglob("*.tmp"))

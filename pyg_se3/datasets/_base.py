@@ -12,8 +12,13 @@ Life of a dataset instance (PyG's ``InMemoryDataset`` protocol):
    (corrupted, truncated, edited) is never loaded: the dataset warns and rebuilds it.
 4. Every processed file also gets a ``.pre.json`` sidecar recording the ``pre_transform`` and ``pre_filter`` that
    made it (:func:`preprocessing_record`). A processed file made with others is never loaded: the dataset warns
-   and rebuilds it. (PyG records them once per ``processed`` folder, which here holds every split, dtype and
-   configuration: it would miss a stale file and warn about a fresh one.)
+   and rebuilds it. (PyG records them once per ``processed`` folder, in ``pre_transform.pt``/``pre_filter.pt``,
+   which here holds every split, dtype and configuration: it would miss a stale file and warn about a fresh one.
+   Those two files are neither written nor read here.)
+5. Many processes may share a root (a sweep, data-parallel ranks, a ``force_reload`` while others load): every
+   file is written under a temporary name and renamed into place, and steps 1-4 run under an inter-process lock
+   per split and configuration (``root/.<split>-<tag>.lock``), so a process waits while another builds the
+   files it needs, then loads them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch_geometric.data import Data, InMemoryDataset
 
 import pyg_se3
 from pyg_se3 import checks
+from pyg_se3._files import file_lock, replacing, write_text_atomic
 from pyg_se3.fiber import Fiber
 
 __all__ = [
@@ -116,8 +122,7 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for name in sorted(arrays):
             array = np.asarray(arrays[name])
             if array.dtype.kind in "iuf" and array.dtype.byteorder == ">":
@@ -130,7 +135,6 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:
             info.create_system = 3
             info.external_attr = 0o644 << 16
             archive.writestr(info, buffer.getvalue())
-    tmp.replace(path)
     return sha256_file(path)
 
 
@@ -153,7 +157,7 @@ def config_array(config: Mapping[str, Any]) -> np.ndarray:
 
 
 def write_sidecar(path: str | Path) -> None:
-    Path(f"{path}.sha256").write_text(sha256_file(path) + "\n")
+    write_text_atomic(f"{path}.sha256", sha256_file(path) + "\n")
 
 
 def checksum_ok(path: str | Path) -> bool:
@@ -236,13 +240,15 @@ class GeneratedDataset(InMemoryDataset):
         self.dtype = dtype
         self._dtype_name = check_dtype(dtype)
         self.progress = bool(progress)
-        super().__init__(str(root), transform, pre_transform, pre_filter, force_reload=force_reload)
-        path = self.processed_paths[0]
-        problem = self._processed_file_problem(path)
-        if problem is not None:
-            warnings.warn(f"{path}: {problem}; rebuilding it from the raw data", UserWarning, stacklevel=2)
-            self.process()
-        self.load(path)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with file_lock(Path(root) / f".{self.split}-{config_tag(config)}.lock"):
+            super().__init__(str(root), transform, pre_transform, pre_filter, force_reload=force_reload)
+            path = self.processed_paths[0]
+            problem = self._processed_file_problem(path)
+            if problem is not None:
+                warnings.warn(f"{path}: {problem}; rebuilding it from the raw data", UserWarning, stacklevel=2)
+                self.process()
+            self.load(path)
 
     def _processed_file_problem(self, path: str) -> str | None:
         """Why the processed file must not be loaded (corrupted, or made with other pre-processing), or ``None``."""
@@ -286,7 +292,8 @@ class GeneratedDataset(InMemoryDataset):
         packaged = self._matching_packaged_file()
         if packaged is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(packaged, target)
+            with replacing(target) as tmp:
+                shutil.copyfile(packaged, tmp)
         else:
             write_npz(target, self.generate(self.config, progress=self.progress))
         write_sidecar(target)
@@ -316,10 +323,11 @@ class GeneratedDataset(InMemoryDataset):
         if self.pre_transform is not None:
             data_list = [self.pre_transform(data) for data in data_list]
         path = self.processed_paths[0]
-        self.save(data_list, path)
+        with replacing(path) as tmp:
+            self.save(data_list, str(tmp))
         write_sidecar(path)
         record = preprocessing_record(self.pre_transform, self.pre_filter)
-        Path(f"{path}.pre.json").write_text(json.dumps(record, sort_keys=True) + "\n")
+        write_text_atomic(f"{path}.pre.json", json.dumps(record, sort_keys=True) + "\n")
 
     def _matching_packaged_file(self) -> Path | None:
         """The packaged file of this split if it was generated from exactly this config and is intact."""
