@@ -6,6 +6,7 @@
 #   make demo    the main job
 #   make bench   speed and memory over graph sizes, against the peers (benchmarks/results/; installs the bench extra)
 #   make lint    ruff
+#   make install-check  a user's install into a fresh venv with another torch (minutes; not part of `make test`)
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,26 +14,25 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
-TORCH_VERSION := 2.13.0
+# Exact versions of everything `make setup` installs (pyproject.toml declares ranges, for users' environments).
+CONSTRAINTS := -c constraints.txt
 # torch-scatter / torch-cluster ship only as source: build them against the installed torch,
 # without build isolation (otherwise pip pulls a multi-GB CUDA torch into the build env). Their setup.py files
 # compile one file at a time, so the two packages build side by side (one per core); pip caches the wheels.
-SCATTER := torch-scatter==2.1.2
-CLUSTER := torch-cluster==1.6.3
 export MAX_JOBS ?= 2
 
-.PHONY: setup test demo bench lint format clean
+.PHONY: setup test demo bench lint format clean install-check
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile $(wildcard pyg_se3/csrc/*.cpp pyg_se3/csrc/*.h)
+$(STAMP): pyproject.toml constraints.txt setup.py Makefile $(wildcard pyg_se3/csrc/*.cpp pyg_se3/csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" wheel "setuptools>=77"
-	$(PIP) install -q torch==$(TORCH_VERSION) ninja
-	$(PIP) install -q --no-build-isolation $(SCATTER) & scatter=$$!; \
-	  $(PIP) install -q --no-build-isolation $(CLUSTER); cluster=$$?; \
+	$(PIP) install -q $(CONSTRAINTS) torch ninja
+	$(PIP) install -q --no-build-isolation $(CONSTRAINTS) torch-scatter & scatter=$$!; \
+	  $(PIP) install -q --no-build-isolation $(CONSTRAINTS) torch-cluster; cluster=$$?; \
 	  wait $$scatter && test $$cluster -eq 0
-	$(PIP) install -q --no-build-isolation -e ".[test,dev]"
+	PYG_SE3_NATIVE=1 $(PIP) install -q --no-build-isolation $(CONSTRAINTS) -e ".[cluster,scatter,test,dev]"
 	$(PY) -W error -c "import pyg_se3, pyg_se3._C, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
 	touch $(STAMP)
 
@@ -59,6 +59,34 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff format $(LINT_DIRS)
 	$(PY) -m ruff check --fix $(LINT_DIRS)
+
+# A user's install, end to end: a fresh venv under build/ with a torch other than the one `make setup` pins,
+# then a plain (isolated) `pip install` of this tree, which builds pyg_se3 without its C++ kernels (no torch in
+# the isolated build environment). Then a silent `-W error` import and a subset of the tests that needs neither
+# torch-cluster nor the kernels, run against the installed package (not the source tree: pytest's console script
+# does not put the current directory on sys.path). Then the fallback of a non-isolated build that cannot compile
+# (CC/CXX=false). Not part of `make test`: torch and its dependencies take minutes to install.
+CHECK_VENV := build/install-check
+CHECK_TORCH ?= 2.14.1
+CHECK_TESTS ?= tests/test_fiber.py tests/test_basis.py tests/test_layers.py tests/test_install.py
+CHECK_PY := $(CHECK_VENV)/bin/python
+CHECK_IMPORT := import pyg_se3, pyg_se3.nn.kernel as k, torch; \
+  print('pyg_se3', pyg_se3.__version__, 'torch', torch.__version__, 'from', pyg_se3.__file__); \
+  print('native kernels:', k.NATIVE_KERNELS, '-', k.NATIVE_KERNELS_INFO)
+
+install-check:
+	rm -rf $(CHECK_VENV)
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_PY) -m pip install -q --upgrade "pip>=24"
+	$(CHECK_PY) -m pip install -q "torch==$(CHECK_TORCH)" "pytest>=8.0" "hypothesis>=6.100"
+	$(CHECK_PY) -m pip install -q .
+	$(CHECK_PY) -m pip list 2>/dev/null | grep -iE "^(torch|torch[-_]geometric|e3nn|numpy|pyg[-_]se3) "
+	cd $(CHECK_VENV) && bin/python -W error -c "import pyg_se3, pyg_se3.nn" >stdout 2>stderr && \
+	  test ! -s stdout && test ! -s stderr && echo "silent: python -W error -c 'import pyg_se3, pyg_se3.nn'"
+	cd $(CHECK_VENV) && bin/python -W error -c "$(CHECK_IMPORT)"
+	$(CHECK_VENV)/bin/pytest -p no:cacheprovider -q $(CHECK_TESTS) -k "not dev_environment"
+	CC=false CXX=false $(CHECK_PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall .
+	cd $(CHECK_VENV) && bin/python -W error -c "$(CHECK_IMPORT)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache pyg_se3/*.so
