@@ -13,8 +13,14 @@ with respect to the positions and every parameter. Everything runs in one proces
 go to a fresh temporary folder (``--warm-cache`` uses the usual ones, as a second run of a program would). Times
 are the *minimum* over repeats (the least disturbed by other work on the machine). Prints a Markdown table.
 
+With ``--batches B`` it instead runs a PyG ``DataLoader`` of ``B`` batches of different sizes (``--graphs`` random
+point clouds of 24..48 points each, kNN graphs within each cloud, so that every batch has its own node and edge
+counts): eager, then compiled, one forward+backward per batch, and prints each batch's time and the number of
+graphs Dynamo compiled (``torch._dynamo.utils.counters``). ``--dynamic true`` compiles with ``dynamic=True``.
+
     python benchmarks/compile.py                       # N = 1024, 1 thread
     python benchmarks/compile.py --num-nodes 256 --repeats 3
+    python benchmarks/compile.py --batches 5 --channels 8 --max-degree 1   # compile time over a DataLoader
 """
 
 from __future__ import annotations
@@ -68,6 +74,56 @@ def step(model: Callable[..., torch.Tensor], params: list[torch.Tensor], x, pos,
     return elapsed
 
 
+def make_loader(num_batches: int, graphs: int, seed: int = 0) -> list:
+    """``num_batches`` PyG batches of ``graphs`` point clouds (24..48 points, density and features as in
+    :func:`make_inputs`, kNN graph within each cloud), each batch with its own node and edge counts."""
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    clouds = []
+    for _ in range(num_batches * graphs):
+        n = int(torch.randint(24, 49, (), generator=g))
+        pos = torch.rand(n, 3, generator=g) * (n / 16 * 4.19) ** (1 / 3)
+        clouds.append(Data(x=torch.randn(n, 4, generator=g), pos=pos, edge_index=KNN(K)(pos)))
+    return list(DataLoader(clouds, batch_size=graphs))
+
+
+def run_loader(model: torch.nn.Module, params: list[torch.Tensor], args: argparse.Namespace) -> None:
+    """Eager, then compiled, forward+backward over a DataLoader of batches of different sizes; prints a table."""
+    from torch._dynamo.utils import counters
+
+    batches = make_loader(args.batches, args.graphs)
+
+    def steps(runner: Callable[..., torch.Tensor]) -> list[tuple[float, float]]:
+        """Per batch: wall time, and this process's CPU time (what compiling costs on a machine shared with other
+        work, whose wall time mostly measures waiting)."""
+        times = []
+        for b in batches:
+            cpu = time.process_time()
+            wall = step(runner, params, b.x, b.pos.requires_grad_(True), b.edge_index)
+            times.append((wall, time.process_time() - cpu))
+        return times
+
+    eager = steps(model)
+    dynamic = {"auto": None, "true": True}[args.dynamic]
+    counters.clear()
+    compiled = steps(torch.compile(model, fullgraph=True, dynamic=dynamic))
+    print(
+        f"SE3Transformer, {NUM_LAYERS} layers, degrees 0..{args.max_degree} x {args.channels} channels, "
+        f"{NUM_HEADS} heads, kNN K={K}; a DataLoader of {args.batches} batches of {args.graphs} point clouds; "
+        f"torch.compile(fullgraph=True, dynamic={dynamic}); float32, {args.threads} CPU threads, "
+        f"torch {torch.__version__}; {'warm' if args.warm_cache else 'cold'} compile caches\n"
+    )
+    print("| batch | nodes | edges | eager | compiled (first pass): wall | CPU |")
+    print("|---|---|---|---|---|---|")
+    for i, (b, (e, _), (wall, cpu)) in enumerate(zip(batches, eager, compiled, strict=True)):
+        print(f"| {i} | {b.num_nodes} | {b.edge_index.shape[1]} | {e:.2f} s | {wall:.1f} s | {cpu:.1f} s |")
+    graphs = counters["stats"]["unique_graphs"]
+    wall, cpu = (sum(t[i] for t in compiled) for i in range(2))
+    print(f"\ngraphs compiled: {graphs}; compiled pass over all batches: {wall:.0f} s wall, {cpu:.0f} s CPU")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-nodes", type=int, default=1024)
@@ -82,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         help="chunks per compiled kernel contraction (pyg_se3.nn.kernel.COMPILED_MAX_CHUNKS)",
     )
     parser.add_argument("--warm-cache", action="store_true", help="use Inductor's usual on-disk caches")
+    parser.add_argument("--batches", type=int, default=0, help="time a DataLoader of this many batches instead")
+    parser.add_argument("--graphs", type=int, default=4, help="point clouds per batch (with --batches)")
+    parser.add_argument("--dynamic", choices=["auto", "true"], default="auto", help="torch.compile's dynamic")
     args = parser.parse_args(argv)
     if not args.warm_cache:  # read by Inductor when it first compiles
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="pyg_se3_compile_")
@@ -99,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
         channels_div=CHANNELS_DIV,
     )
     params = list(model.parameters())
+    if args.batches:
+        run_loader(model, params, args)
+        if not args.warm_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        return
     x, pos, edge_index = make_inputs(args.num_nodes)
 
     eager = [step(model, params, x, pos, edge_index) for _ in range(args.repeats + 1)][1:]

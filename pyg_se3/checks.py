@@ -1,18 +1,28 @@
 """Input validation shared by layers and models: bad input gets a ``ValueError`` naming the argument.
 
 Checks of shapes, dtypes and sizes are static and run everywhere. Checks of *values* (finite positions, node
-indices in range) read tensor data back to Python: in eager mode they always run; inside ``torch.compile`` (and
-``torch.export``) they are skipped, since reading data back would split the graph at every layer
-(:func:`checking_values`).
+indices in range) read tensor data back to Python (:func:`checking_values`):
+
+- on the CPU they always run in eager mode (reading back costs nothing there);
+- on a GPU they run only in debug mode (:func:`debug`, :func:`set_debug`, or ``torch_geometric.debug()``), since
+  each read-back synchronises the host with the device. Without it an out-of-range index surfaces as a device-side
+  assert (CUDA's ``index out of bounds``) and NaN positions as NaN outputs;
+- inside ``torch.compile`` (and ``torch.export``) they are skipped, since reading data back would split the graph;
+- a model checks its inputs once per call and runs its layers under :func:`no_value_checks`; a layer called
+  directly checks its own inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import operator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch_geometric import is_debug_enabled as _pyg_debug_enabled
 
 from pyg_se3._amp import LOW_PRECISION, autocast_on
 
@@ -24,25 +34,82 @@ __all__ = [
     "check_batch",
     "check_dtype",
     "check_edge_index",
+    "check_edge_weight",
     "check_graph_inputs",
     "check_int",
     "check_pos",
     "check_vectors",
     "checking_values",
+    "debug",
+    "is_debug_enabled",
     "model_dtype",
+    "no_value_checks",
+    "set_debug",
 ]
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
 
-def checking_values() -> bool:
-    """Whether value checks run: always in eager mode, never while ``torch.compile`` traces.
+_debug = False
+# Set while a model runs its layers on inputs it has checked (no_value_checks): a contextvar, so that one thread's
+# model call does not switch off the checks of a layer another thread calls directly.
+_values_checked: contextvars.ContextVar[bool] = contextvars.ContextVar("pyg_se3_values_checked", default=False)
 
-    Value checks (``bool(tensor)``, ``int(tensor)``) are data-dependent: under Dynamo each would be a graph
-    break (and a device synchronisation). A compiled model is expected to be checked once in eager mode, as
-    compiled code is usually compared with eager code anyway.
+
+def is_debug_enabled() -> bool:
+    """Whether debug mode is on: value checks then also run on GPUs (see :func:`checking_values`).
+
+    On with :func:`set_debug` or inside :func:`debug`, and also inside ``torch_geometric.debug()``.
     """
-    return not torch.compiler.is_compiling()
+    return _debug or _pyg_debug_enabled()  # PyG's switch turns ours on too
+
+
+def set_debug(mode: bool) -> None:
+    """Switch debug mode on or off for the whole process (see :func:`debug` for a scoped switch)."""
+    global _debug
+    _debug = bool(mode)
+
+
+@contextlib.contextmanager
+def debug() -> Iterator[None]:
+    """Debug mode inside the block (as ``torch_geometric.debug()``): value checks run on GPUs too, at the cost of
+    a host-device synchronisation per check."""
+    previous = _debug
+    set_debug(True)
+    try:
+        yield
+    finally:
+        set_debug(previous)
+
+
+class _NoValueChecks:
+    def __enter__(self) -> None:
+        self._token = _values_checked.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _values_checked.reset(self._token)
+
+
+def no_value_checks() -> contextlib.AbstractContextManager[None]:
+    """A context in which :func:`checking_values` is ``False``: for a model that has checked its inputs once, to
+    call its layers (and its graph builders) without checking the same values again.
+
+    Under ``torch.compile`` a ``nullcontext`` (Dynamo cannot trace a contextvar, and checks are off anyway).
+    """
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else _NoValueChecks()
+
+
+def checking_values(device: torch.device | str | None = None) -> bool:
+    """Whether value checks of tensors on ``device`` run: in eager mode, on the CPU, or on any device in debug mode
+    (:func:`is_debug_enabled`); never while ``torch.compile`` traces, nor inside :func:`no_value_checks`.
+
+    Value checks (``bool(tensor)``, ``int(tensor)``) are data-dependent: on a GPU each is a host-device
+    synchronisation, under Dynamo a graph break. A compiled model is expected to be checked once in eager mode, as
+    compiled code is usually compared with eager code anyway. ``device=None`` leaves the device out of it.
+    """
+    if torch.compiler.is_compiling() or _values_checked.get():
+        return False
+    return device is None or torch.device(device).type == "cpu" or is_debug_enabled()
 
 
 def as_integer(value: object) -> int | None:
@@ -115,7 +182,7 @@ def check_pos(pos: Tensor, num_nodes: int | None = None, name: str = "pos", valu
     (:func:`checking_values`).
     """
     check_vectors(pos, num_nodes, name, "positions", values=False)
-    if not (values and checking_values()):
+    if not (values and checking_values(pos.device)):
         return
     bound = torch.finfo(pos.dtype).max ** 0.5 / 4
     if bool((pos.abs() <= bound).all()):  # NaN and inf fail this too: one read-back for both checks
@@ -142,7 +209,7 @@ def check_vectors(
         raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
     if num_nodes is not None and value.shape[0] != num_nodes:
         raise ValueError(f"{name}: expected {num_nodes} rows (one per node), got {value.shape[0]}")
-    if values and checking_values() and not bool(torch.isfinite(value).all()):
+    if values and checking_values(value.device) and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name}: contains NaN or inf")
 
 
@@ -159,7 +226,7 @@ def check_edge_index(
         raise ValueError(f"{name}: expected a [2, E] tensor, got {_shape(edge_index)}")
     if edge_index.dtype not in _INDEX_DTYPES:
         raise ValueError(f"{name}: expected an int64 tensor, got {edge_index.dtype}")
-    if values and edge_index.numel() and checking_values():
+    if values and edge_index.numel() and checking_values(edge_index.device):
         if isinstance(num_nodes, tuple):
             ranges = [(edge_index[0], "source", num_nodes[0]), (edge_index[1], "target", num_nodes[1])]
         else:
@@ -202,7 +269,7 @@ def check_batch(
         raise ValueError(f"{name}: expected a [N] = [{num_nodes}] tensor of graph indices, got {_shape(batch)}")
     if batch.dtype not in _INDEX_DTYPES:
         raise ValueError(f"{name}: expected an int64 (or int32) tensor of graph indices, got {batch.dtype}")
-    if not (values and num_nodes and checking_values()):
+    if not (values and num_nodes and checking_values(batch.device)):
         return None
     stats = [*torch.aminmax(batch)]
     if require_sorted:
@@ -231,20 +298,22 @@ def check_graph_inputs(
     edge_dim: int = 0,
     batch: Tensor | None = None,
     dtype: torch.dtype | None = None,
+    values: bool = True,
 ) -> None:
     """Validate the arguments of a layer or model ``forward(x, pos, edge_index, edge_attr, batch)``.
 
     ``dtype`` is the model's (:func:`model_dtype`): ``x``, ``pos`` and ``edge_attr`` must have it (``x`` may also
-    have autocast's, see :func:`check_dtype`).
+    have autocast's, see :func:`check_dtype`). ``values=False`` leaves out the value checks of ``pos`` and
+    ``edge_index``, for a caller that has them checked elsewhere.
     """
     fiber_in.check(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x: expected a [N, {fiber_in.dim}] tensor, got shape {tuple(x.shape)}")
     check_dtype(x, "x", dtype, autocast=True)
     num_nodes = x.shape[0]
-    check_pos(pos, num_nodes)
+    check_pos(pos, num_nodes, values=values)
     check_dtype(pos, "pos", dtype)
-    check_edge_index(edge_index, num_nodes)
+    check_edge_index(edge_index, num_nodes, values=values)
     check_edge_attr(edge_attr, edge_index.shape[1], edge_dim, dtype)
     if batch is not None:
         # Its values are checked where they are used (pooling, graph builders), once.
@@ -263,6 +332,18 @@ def check_edge_attr(edge_attr: Tensor | None, num_edges: int, edge_dim: int, dty
     check_dtype(edge_attr, "edge_attr", dtype, autocast=True)
     if edge_attr.dim() != 2 or edge_attr.shape != (num_edges, edge_dim):
         raise ValueError(f"edge_attr: expected shape [{num_edges}, {edge_dim}], got {tuple(edge_attr.shape)}")
+
+
+def check_edge_weight(edge_weight: Tensor | None, num_edges: int, dtype: torch.dtype | None = None) -> None:
+    """``edge_weight`` must be ``None`` or ``[E]`` weights in ``[0, 1]`` (an envelope), of the model's ``dtype``
+    when given (or autocast's, see :func:`check_dtype`). The range is a value check (:func:`checking_values`)."""
+    if edge_weight is None:
+        return
+    check_dtype(edge_weight, "edge_weight", dtype, autocast=True)
+    if edge_weight.shape != (num_edges,):
+        raise ValueError(f"edge_weight: expected shape [{num_edges}] (one weight per edge), got {_shape(edge_weight)}")
+    if checking_values(edge_weight.device) and not bool(((edge_weight >= 0) & (edge_weight <= 1)).all()):
+        raise ValueError("edge_weight: expected weights in [0, 1] (an envelope), got values outside (or NaN)")
 
 
 def _shape(value: object) -> str:

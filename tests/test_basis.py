@@ -37,11 +37,11 @@ def test_relative_position_is_source_minus_target():
     torch.testing.assert_close(basis.dist, torch.tensor([[14.0**0.5]], dtype=torch.float64))
 
 
-def test_basis_is_equivariant():
+def test_basis_is_equivariant(device):
     """B^{lk}(R r) = D^l(R) B^{lk}(r) D^k(R)^T for every J, 20 random rotations."""
-    pos, edge_index = random_graph(8, 30)
+    pos, edge_index = (t.to(device) for t in random_graph(8, 30))
     basis = compute_basis(pos, edge_index, MAX_DEGREE)
-    for R in random_rotations():
+    for R in random_rotations().to(device):
         rotated = compute_basis(pos @ R.T, edge_index, MAX_DEGREE)
         for (k, l), B in basis.pairs.items():
             B = B.view(-1, 2 * k + 1, num_J(k, l), 2 * l + 1)
@@ -50,10 +50,10 @@ def test_basis_is_equivariant():
             assert relative_error(actual, expected) < 1e-12
 
 
-def test_basis_is_translation_invariant():
-    pos, edge_index = random_graph(8, 30)
+def test_basis_is_translation_invariant(device):
+    pos, edge_index = (t.to(device) for t in random_graph(8, 30))
     a = compute_basis(pos, edge_index, 2)
-    b = compute_basis(pos + torch.tensor([3.0, -1.0, 7.5], dtype=pos.dtype), edge_index, 2)
+    b = compute_basis(pos + torch.tensor([3.0, -1.0, 7.5], dtype=pos.dtype, device=device), edge_index, 2)
     for pair in a.pairs:
         torch.testing.assert_close(a[pair], b[pair], atol=1e-13, rtol=0)
 

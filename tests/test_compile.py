@@ -1,10 +1,14 @@
 """``torch.compile``: the SE(3)-Transformer compiles to one graph (no graph breaks) and computes what eager mode
-computes, values and gradients with respect to positions and parameters; new positions reuse the compiled code.
+computes, values and gradients with respect to positions and parameters; new positions reuse the compiled code, and
+batches of other node and edge counts (a PyG ``DataLoader``'s) reuse it too once it is shape-dynamic.
 The iterative model compiles too, with a graph break at each neighbour search."""
 
 import pytest
 import torch
 from helpers import relative_error, unzero_displacements
+from torch._dynamo.utils import counters
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
 
 import pyg_se3.nn.kernel
 from pyg_se3 import Fiber
@@ -29,6 +33,7 @@ FIBER_IO = Fiber({0: 1, 1: 1})
 @pytest.fixture
 def fresh_dynamo():
     torch._dynamo.reset()
+    counters.clear()  # reset() leaves Dynamo's counters (of compiled graphs) alone
     yield
     torch._dynamo.reset()
 
@@ -65,6 +70,62 @@ def test_compiled_model_matches_eager_values_and_gradients(fresh_dynamo, monkeyp
             for name, a, b in zip(["pos", *dict(model.named_parameters())], got_grads, want_grads, strict=True):
                 assert b.abs().max() > 0, name
                 assert relative_error(a, b) < 1e-4, name
+
+
+def loader_batches():
+    """Five batches of a PyG ``DataLoader`` (two point clouds each, kNN graphs of 3 to 5 neighbours): every batch
+    has its own number of nodes and of edges."""
+    g = torch.Generator().manual_seed(2)
+    clouds = []
+    for n in [7, 11, 9, 13, 8, 12, 10, 14, 6, 15]:
+        pos = torch.randn(n, 3, generator=g)
+        clouds.append(Data(x=torch.randn(n, FIBER_IO.dim, generator=g), pos=pos, edge_index=KNN(3 + n % 3)(pos)))
+    batches = list(DataLoader(clouds, batch_size=2))
+    assert len(batches) == 5
+    assert len({b.num_nodes for b in batches}) == 5 and len({b.edge_index.shape[1] for b in batches}) == 5
+    return batches
+
+
+def check_over_batches(compiled, model, batches):
+    """The compiled model computes eager mode's values and gradients on every batch."""
+    g = torch.Generator().manual_seed(3)
+    for batch in batches:
+        weights = torch.randn(batch.num_nodes, FIBER_IO.dim, generator=g)
+        want, want_grads = step(model, batch.x, batch.pos, batch.edge_index, weights)
+        got, got_grads = step(compiled, batch.x, batch.pos, batch.edge_index, weights)
+        assert want.abs().max() > 1e-2
+        assert relative_error(got, want) < 1e-5
+        for name, a, b in zip(["pos", *dict(model.named_parameters())], got_grads, want_grads, strict=True):
+            assert b.abs().max() > 0, name
+            assert relative_error(a, b) < 1e-4, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic, most", [(None, 2), (True, 1)])
+def test_compiled_model_is_shape_dynamic_over_a_dataloader(dynamic, most, fresh_dynamo, monkeypatch, one_thread):
+    """Five batches of different node and edge counts: compiled at most twice by default (Dynamo compiles the
+    first batch's static shapes, and on the next batch marks the sizes that changed dynamic), once with
+    ``dynamic=True``, and every batch computes what eager mode computes. Nothing in the model specialises the
+    number of nodes or edges: chunk bounds are symbolic (``pyg_se3.nn.kernel._chunks``; 4 chunks of each batch's
+    63..110 edges here, made tiny as in the test above). Dynamo and AOTAutograd only (``aot_eager``): the
+    forward and backward graphs are traced with symbolic sizes; Inductor is the next test's."""
+    monkeypatch.setattr(pyg_se3.nn.kernel, "_CHUNK_BYTES", {"cpu": 2**8, "cuda": 2**8})
+    torch.manual_seed(0)
+    model = SE3Transformer(FIBER_IO, Fiber({0: 4, 1: 4}), FIBER_IO, num_layers=1, num_heads=2)
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    check_over_batches(compiled, model, loader_batches())
+    assert 1 <= counters["stats"]["unique_graphs"] <= most
+
+
+@pytest.mark.slow
+def test_compiled_model_with_inductor_compiles_once_over_a_dataloader(fresh_dynamo, one_thread):
+    """Inductor generates code for symbolic sizes (``dynamic=True``: one compilation, the slow part, rather than
+    the two of the default, whose second is the same code generation) that computes eager mode's values and
+    gradients on five batches of different node and edge counts."""
+    torch.manual_seed(0)
+    model = SE3Transformer(FIBER_IO, Fiber({0: 4, 1: 4}), FIBER_IO, num_layers=1, num_heads=2)
+    check_over_batches(torch.compile(model, fullgraph=True, dynamic=True), model, loader_batches())
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 # Resuming after the graph break of the neighbour search, Dynamo probes `.grad` of the (non-leaf) positions; torch

@@ -50,14 +50,14 @@ def point_cloud(n=8, seed=0):
     "graph, share_weights, kernel",
     [(g, s, "full") for g in GRAPHS for s in (False, True)] + [("radius", False, "depthwise")],
 )
-def test_equivariance_including_graph_rebuilds(graph, share_weights, kernel):
-    model = make_model(graph, share_weights, kernel=kernel)
-    x, pos = point_cloud()
+def test_equivariance_including_graph_rebuilds(graph, share_weights, kernel, device):
+    model = make_model(graph, share_weights, kernel=kernel).to(device)
+    x, pos = (t.to(device) for t in point_cloud())
     with torch.no_grad():
         out = model(x, pos)
         assert (out.pos - pos).abs().max() > 1e-4  # the points did move
-        for R in random_rotations(5):
-            shift = torch.randn(3, dtype=torch.float64)
+        for R in random_rotations(5).to(device):
+            shift = torch.randn(3, dtype=torch.float64).to(device)
             rot = model(FIBER_IN.rotate(x, R), pos @ R.T + shift)
             assert relative_error(rot.pos, out.pos @ R.T + shift) <= 1e-9
             assert relative_error(rot.x, FIBER_HIDDEN.rotate(out.x, R)) <= 1e-9

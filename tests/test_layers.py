@@ -43,7 +43,7 @@ def apply(layer, x, pos, edge_index, edge_attr=None):
     if isinstance(layer, SE3Conv | SE3Attention):
         return layer(x, pos, edge_index, edge_attr)
     if isinstance(layer, SE3GlobalPool):
-        return layer(x, torch.tensor([0] * 4 + [1] * (x.shape[0] - 4)))
+        return layer(x, torch.tensor([0] * 4 + [1] * (x.shape[0] - 4), device=x.device))
     return layer(x)
 
 
@@ -53,17 +53,17 @@ GRAPH_LAYERS = ("conv", "attention", "conv_depthwise", "attention_depthwise")
 
 @pytest.mark.parametrize("name", LAYERS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_equivariance(name, dtype, tol):
-    layer = make_layer(name, edge_dim=2 if name in GRAPH_LAYERS else 0).to(dtype)
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES, dtype)
-    x = random_features(FIBER_IN, NUM_NODES, dtype)
-    edge_attr = torch.randn(NUM_EDGES, 2, dtype=dtype) if name in GRAPH_LAYERS else None
+def test_equivariance(name, dtype, tol, device):
+    layer = make_layer(name, edge_dim=2 if name in GRAPH_LAYERS else 0).to(device, dtype)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES, dtype))
+    x = random_features(FIBER_IN, NUM_NODES, dtype).to(device)
+    edge_attr = torch.randn(NUM_EDGES, 2, dtype=dtype).to(device) if name in GRAPH_LAYERS else None
     fiber_out = fiber_out_of(layer)
     with torch.no_grad():
         out = apply(layer, x, pos, edge_index, edge_attr)
         worst = 0.0
-        for R in random_rotations(dtype=dtype):
-            shift = torch.randn(3, dtype=dtype)
+        for R in random_rotations(dtype=dtype).to(device):
+            shift = torch.randn(3, dtype=dtype).to(device)
             rotated = apply(layer, FIBER_IN.rotate(x, R), pos @ R.T + shift, edge_index, edge_attr)
             worst = max(worst, relative_error(rotated, fiber_out.rotate(out, R)))
     assert out.abs().max() > 1e-3  # a non-trivial output
@@ -71,13 +71,13 @@ def test_equivariance(name, dtype, tol):
 
 
 @pytest.mark.parametrize("name", GRAPH_LAYERS)
-def test_permutation_equivariance(name):
-    layer = make_layer(name).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x = random_features(FIBER_IN, NUM_NODES)
-    perm = torch.randperm(NUM_NODES)
+def test_permutation_equivariance(name, device):
+    layer = make_layer(name).to(device, torch.float64)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x = random_features(FIBER_IN, NUM_NODES).to(device)
+    perm = torch.randperm(NUM_NODES).to(device)
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(NUM_NODES)
+    inverse[perm] = torch.arange(NUM_NODES, device=device)
     out = layer(x, pos, edge_index)
     out_perm = layer(x[perm], pos[perm], inverse[edge_index])
     torch.testing.assert_close(out_perm, out[perm], atol=1e-12, rtol=0)

@@ -22,31 +22,31 @@ def small_model(edge_dim=0, **kwargs):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("kernel", ["full", "depthwise"])
-def test_equivariance(dtype, tol, kernel):
-    model = small_model(edge_dim=1, kernel=kernel).to(dtype)
-    pos, edge_index = random_graph(10, 45, dtype)
-    x = random_features(FIBER_IN, 10, dtype)
-    edge_attr = torch.rand(45, 1, dtype=dtype)
+def test_equivariance(dtype, tol, kernel, device):
+    model = small_model(edge_dim=1, kernel=kernel).to(device, dtype)
+    pos, edge_index = (t.to(device) for t in random_graph(10, 45, dtype))
+    x = random_features(FIBER_IN, 10, dtype).to(device)
+    edge_attr = torch.rand(45, 1, dtype=dtype).to(device)
     with torch.no_grad():
         out = model(x, pos, edge_index, edge_attr)
         errors = [
             relative_error(
-                model(FIBER_IN.rotate(x, R), pos @ R.T + torch.randn(3, dtype=dtype), edge_index, edge_attr),
+                model(FIBER_IN.rotate(x, R), pos @ R.T + torch.randn(3, dtype=dtype).to(device), edge_index, edge_attr),
                 FIBER_OUT.rotate(out, R),
             )
-            for R in random_rotations(dtype=dtype)
+            for R in random_rotations(dtype=dtype).to(device)
         ]
     assert max(errors) <= tol, max(errors)
     assert out.abs().max() > 1e-3
 
 
-def test_translation_invariance_and_permutation_equivariance():
-    model = small_model().double()
-    pos, edge_index = random_graph(8, 30)
-    x = random_features(FIBER_IN, 8)
+def test_translation_invariance_and_permutation_equivariance(device):
+    model = small_model().to(device, torch.float64)
+    pos, edge_index = (t.to(device) for t in random_graph(8, 30))
+    x = random_features(FIBER_IN, 8).to(device)
     out = model(x, pos, edge_index)
     torch.testing.assert_close(model(x, pos + 10.0, edge_index), out, atol=1e-10, rtol=0)
-    perm = torch.randperm(8)
+    perm = torch.randperm(8).to(device)
     inverse = torch.argsort(perm)
     torch.testing.assert_close(model(x[perm], pos[perm], inverse[edge_index]), out[perm], atol=1e-12, rtol=0)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_se3.basis import compute_basis
-from pyg_se3.checks import check_edge_attr, check_graph_inputs, model_dtype
+from pyg_se3.checks import check_edge_attr, check_graph_inputs, model_dtype, no_value_checks
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, GraphBuilder
 from pyg_se3.models.se3_transformer import SE3Transformer
@@ -235,7 +235,8 @@ class IterativeSE3Transformer(nn.Module):
                 f"and None when edge_dim == 0 (edge_dim={self.edge_dim})"
             )
         empty = torch.empty(2, 0, dtype=torch.long, device=pos.device if isinstance(pos, Tensor) else None)
-        check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch, dtype=model_dtype(self))
+        # values=False: the graph builder checks the positions (and batch) it gets, at every iteration
+        check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch, dtype=model_dtype(self), values=False)
         h = self.embed_input(x)
         out = IterativeOutput(pos=pos, x=h, trajectory=[pos])
         for t in range(num_steps):
@@ -268,7 +269,8 @@ class IterativeSE3Transformer(nn.Module):
             basis.sh = basis.sh.detach()
             basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
-        out = block(h, geometry, edge_index, edge_attr, basis=basis)
+        with no_value_checks():  # the graph builder has checked pos, and built edge_index in range
+            out = block(h, geometry, edge_index, edge_attr, basis=basis)
         if self.displacement == "head":
             h, displacement = Fiber.uncat(out, self.fiber_hidden, DISPLACEMENT)
         else:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from torch import Tensor, nn
 
 from pyg_se3.basis import Basis, compute_basis
-from pyg_se3.checks import check_graph_inputs, model_dtype
+from pyg_se3.checks import check_edge_weight, check_graph_inputs, model_dtype, no_value_checks
 from pyg_se3.fiber import Fiber
+from pyg_se3.graph import check_envelope, envelope_weight
 from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, TargetGroups, global_pool
 
 __all__ = ["SE3Transformer"]
@@ -62,6 +66,15 @@ class SE3Transformer(nn.Module):
     pooling
         ``None`` for node outputs ``[N, fiber_out.dim]``, or ``"mean"``/``"sum"`` to pool per graph of
         ``batch`` to ``[B, fiber_out.dim]``.
+    cutoff
+        The cutoff radius ``r_c`` of the graph (e.g. that of :class:`~pyg_se3.graph.Radius` or PyG's
+        ``RadiusGraph``), or ``None`` (default) for no envelope. When set, every message and attention term of
+        edge ``(j, i)`` is weighted by ``u(|x_j - x_i| / r_c)``, which falls smoothly to 0 at the cutoff (and is 0
+        beyond it): the output is then continuous, and differentiable, as points cross the cutoff. Without it, a
+        radius graph makes the model jump whenever an edge appears or disappears (as in SchNet's ``cutoff``).
+    envelope
+        The envelope ``u`` used with ``cutoff``: ``"cosine"`` (default) or ``"polynomial"``
+        (:func:`~pyg_se3.graph.envelope_weight`).
     """
 
     def __init__(
@@ -81,8 +94,14 @@ class SE3Transformer(nn.Module):
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
         relative_position: bool = False,
+        cutoff: float | None = None,
+        envelope: str = "cosine",
     ) -> None:
         super().__init__()
+        if cutoff is not None and not (isinstance(cutoff, int | float) and math.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"cutoff: expected a finite radius > 0 or None, got {cutoff!r}")
+        self.cutoff = None if cutoff is None else float(cutoff)
+        self.envelope = check_envelope(envelope, allow_none=False)
         if num_layers < 0:
             raise ValueError(f"num_layers: expected >= 0, got {num_layers}")
         if checkpoint_edges < 1:
@@ -122,6 +141,7 @@ class SE3Transformer(nn.Module):
         edge_attr: Tensor | None = None,
         batch: Tensor | None = None,
         basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor:
         """Run the network.
 
@@ -140,6 +160,10 @@ class SE3Transformer(nn.Module):
         basis
             A basis already computed for ``(pos, edge_index)`` (e.g. with envelope weights); computed here
             when ``None``.
+        edge_weight
+            ``[E]`` weights in ``[0, 1]`` of every message and attention term (e.g. a graph builder's
+            :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`), multiplied by the ``cutoff`` envelope when the
+            model has one. Weights come either here and from ``cutoff``, or with ``basis``, not both.
 
         Returns
         -------
@@ -147,8 +171,11 @@ class SE3Transformer(nn.Module):
             ``[N, fiber_out.dim]``, or ``[B, fiber_out.dim]`` with pooling.
         """
         check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch, model_dtype(self))
+        check_edge_weight(edge_weight, edge_index.shape[1], model_dtype(self))
         if basis is None:
             basis = compute_basis(pos, edge_index, self.max_degree, check_values=False)  # checked above
+        if edge_weight is not None or self.cutoff is not None:
+            basis = self._weighted(basis, edge_weight)
         groups = (
             TargetGroups(x.shape[0], edge_index, edge_attr, basis, self.checkpoint_edges) if self.checkpoint else None
         )
@@ -156,13 +183,26 @@ class SE3Transformer(nn.Module):
         def graph_layer(layer: nn.Module, h: Tensor) -> Tensor:
             return layer(h, pos, edge_index, edge_attr, basis) if groups is None else groups(layer, h)
 
-        h = x
-        for layer in self.layers:
-            h = graph_layer(layer, h) if isinstance(layer, SE3Attention) else layer(h)
-        out = graph_layer(self.output, h)
+        with no_value_checks():  # checked once above, not again by every layer (a device sync each on a GPU)
+            h = x
+            for layer in self.layers:
+                h = graph_layer(layer, h) if isinstance(layer, SE3Attention) else layer(h)
+            out = graph_layer(self.output, h)
         if self.pooling is not None:
             out = global_pool(out, batch, self.fiber_out, self.pooling)
         return out
+
+    def _weighted(self, basis: Basis, edge_weight: Tensor | None) -> Basis:
+        """``basis`` carrying ``edge_weight`` times the cutoff envelope of its edge lengths (differentiable)."""
+        if basis.edge_weight is not None:
+            raise ValueError(
+                "basis: it carries envelope weights already; pass edge_weight (or a model cutoff) or a weighted "
+                "basis, not both"
+            )
+        if self.cutoff is not None:
+            envelope = envelope_weight(basis.dist.squeeze(-1), self.cutoff, self.envelope)
+            edge_weight = envelope if edge_weight is None else edge_weight * envelope
+        return dataclasses.replace(basis, edge_weight=edge_weight)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate([*self.layers, self.output]))

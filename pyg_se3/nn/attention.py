@@ -126,15 +126,18 @@ class SE3Attention(MessagePassing):
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor:
         """Attend; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
 
         ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention), with ``pos = (pos_src, pos_dst)``
         or a ``basis``: keys and values come from the sources, queries and the skip connection from the
-        targets, and the output has one row per target.
+        targets, and the output has one row per target. ``edge_weight [E]`` (values in ``[0, 1]``, e.g. a cutoff
+        envelope :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`) weights each edge's attention term before
+        normalisation; it may instead come with the ``basis`` (:func:`~pyg_se3.basis.compute_basis`), not both.
         """
         x_src, x_dst = node_features(self, x)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis, edge_weight)
         query = self.to_query(x_dst)
         attended = self.propagate(
             edge_index,

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as recompute
 
 from pyg_se3.basis import Basis
+from pyg_se3.checks import checking_values, no_value_checks
 
 __all__ = ["TargetGroups"]
 
@@ -94,6 +95,10 @@ class TargetGroups:
         must accept a bipartite ``x = (x_src, x_dst)`` (as :class:`~pyg_se3.nn.SE3Conv` and
         :class:`~pyg_se3.nn.SE3Attention` do)."""
         outputs = []
+        if not checking_values():
+            # Called by a model that checked its inputs (no_value_checks): the recomputation in the backward pass,
+            # outside that context, must not check them again either, once per group and layer.
+            layer = _WithoutValueChecks(layer)
         for x_dst, edge_index, edge_attr, basis in zip(
             x.split(self.node_sizes), self.edge_indices, self.edge_attrs, self.bases, strict=True
         ):
@@ -103,3 +108,14 @@ class TargetGroups:
             else:
                 outputs.append(layer(*inputs))
         return torch.cat(outputs)
+
+
+class _WithoutValueChecks:
+    """``layer`` called under :func:`~pyg_se3.checks.no_value_checks`."""
+
+    def __init__(self, layer: Callable[..., Tensor]) -> None:
+        self.layer = layer
+
+    def __call__(self, *inputs: object) -> Tensor:
+        with no_value_checks():
+            return self.layer(*inputs)

@@ -118,15 +118,18 @@ class SE3Conv(MessagePassing):
         edge_index: Tensor,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor:
         """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
 
         ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention), with ``pos = (pos_src, pos_dst)``
         or a ``basis``: messages come from the sources, the self-interaction from the targets, and the output
-        has one row per target.
+        has one row per target. ``edge_weight [E]`` (values in ``[0, 1]``, e.g. a cutoff envelope
+        :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`) scales each edge's message; it may instead come with the
+        ``basis`` (:func:`~pyg_se3.basis.compute_basis`), not both.
         """
         x_src, x_dst = node_features(self, x)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis, edge_weight)
         out = self.propagate(
             edge_index, x=(x_src, x_dst), basis=basis, edge_attr=edge_attr, size=(x_src.shape[0], x_dst.shape[0])
         )

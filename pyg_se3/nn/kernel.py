@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -13,26 +14,60 @@ from pyg_se3.fiber import Fiber
 from pyg_se3.nn.linear import SE3Linear
 from pyg_se3.nn.radial import RadialMLP
 
-try:  # the C++ kernels of pyg_se3/csrc, built by `pip install` (setup.py)
-    from pyg_se3 import _C
-except ImportError:  # a source tree that was not built: the plain-PyTorch path does everything
+# The C++ kernels of pyg_se3/csrc are an optional speed-up, built by setup.py where it can (torch importable at
+# build time, a C++ compiler); without them the plain-PyTorch path does everything. Why they are missing is said
+# once, at import, in NATIVE_KERNELS_INFO and a log record rather than a warning, so that `python -W error` and the
+# test suite import pyg_se3 silently: at INFO when they were not built (a pure-Python install is a supported one),
+# at WARNING when a built `_C` does not load (compiled against another torch: the user should rebuild it).
+try:
+    import pyg_se3._C as _C
+except (ImportError, OSError) as error:
     _C = None
+    if isinstance(error, ModuleNotFoundError) and error.name == "pyg_se3._C":
+        NATIVE_KERNELS_INFO = (
+            "not built (an isolated `pip install`, which has no torch to compile against, no C++ compiler, or "
+            "PYG_SE3_NATIVE=0); `pip install --no-build-isolation` from the source builds them"
+        )
+        _level = logging.INFO
+    else:  # e.g. "undefined symbol": built against another torch release
+        NATIVE_KERNELS_INFO = (
+            f"failed to load ({type(error).__name__}: {error}); compiled against another torch? "
+            "`pip install --no-build-isolation` from the source rebuilds them"
+        )
+        _level = logging.WARNING
+    logging.getLogger(__name__).log(
+        _level, "pyg_se3: C++ kernels %s; the plain-PyTorch path runs everything", NATIVE_KERNELS_INFO
+    )
+else:
+    NATIVE_KERNELS_INFO = f"loaded from {_C.__file__}"
 
-__all__ = ["KERNELS", "NATIVE_KERNELS", "DepthwiseEdgeKernel", "EdgeKernel", "kernel_contraction", "make_kernel"]
+__all__ = [
+    "KERNELS",
+    "NATIVE_KERNELS",
+    "NATIVE_KERNELS_INFO",
+    "DepthwiseEdgeKernel",
+    "EdgeKernel",
+    "kernel_contraction",
+    "make_kernel",
+]
 
-#: Whether the C++ kernels (``pyg_se3._C``) are built. On a CPU, in float32/float64, they run both contractions
-#: (forward, and backward without ``create_graph``) wherever autograd records nothing: every thread takes its own
-#: range of edges through the chunk loop, with single-threaded operations and C++ loops for the stacked basis
-#: features. The plain-PyTorch path does the rest (double backward, GPUs, autocast, compile).
+#: Whether the C++ kernels (``pyg_se3._C``) are built and load. On a CPU, in float32/float64, they run both
+#: contractions (forward, and backward without ``create_graph``) wherever autograd records nothing: every thread
+#: takes its own range of edges through the chunk loop, with single-threaded operations and C++ loops for the
+#: stacked basis features. The plain-PyTorch path does the rest (double backward, GPUs, autocast, compile), and
+#: everything when they are missing.
 NATIVE_KERNELS = _C is not None
+#: Why :data:`NATIVE_KERNELS` is what it is: ``"loaded from <path>"``, ``"not built (...)"`` or
+#: ``"failed to load (<the ImportError>) ..."``.
+NATIVE_KERNELS_INFO: str
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 # Edges per chunk are chosen so that one chunk's radial weights take about this many bytes: on a CPU they then
 # stay in cache between the matmul that writes them and the one that reads them; on a GPU chunks only bound
 # the transient memory.
 _CHUNK_BYTES = {"cpu": 2**21, "cuda": 2**28}
-# torch.compile unrolls the Python loop over chunks into the graph; with automatic sizing, a compiled contraction
-# takes at most this many chunks (larger ones), so that compile time does not grow with the number of edges.
+# torch.compile unrolls the Python loop over chunks into the graph; a compiled contraction takes at most this many
+# chunks (larger ones), so that compile time does not grow with the number of edges.
 # Measured (benchmarks/compile.py, N=1024, 1 CPU thread; eager 2.6 s per step): 1 chunk 4.0 s per step and ~100 s
 # to compile, 4 chunks 3.4 s and ~125 s, 8 chunks 3.3 s and ~175 s.
 COMPILED_MAX_CHUNKS = 4
@@ -40,13 +75,28 @@ COMPILED_MAX_CHUNKS = 4
 
 def _edges_per_chunk(per_edge: int, like: Tensor) -> int:
     """Edges per chunk when ``per_edge`` numbers of ``like``'s dtype and device are built per edge: about
-    ``_CHUNK_BYTES`` per chunk, and under ``torch.compile`` at most ``COMPILED_MAX_CHUNKS`` chunks of
-    ``like``'s edges (the compiler unrolls the loop over chunks)."""
+    ``_CHUNK_BYTES`` per chunk (:func:`_chunks` caps their number under ``torch.compile``). Independent of the
+    number of edges, which ``torch.compile`` keeps symbolic."""
     budget = _CHUNK_BYTES.get(like.device.type, _CHUNK_BYTES["cuda"])
-    chunk = max(8, budget // (per_edge * like.element_size()))
-    if torch.compiler.is_compiling():
-        chunk = max(chunk, -(-like.shape[0] // COMPILED_MAX_CHUNKS))
-    return chunk
+    return max(8, budget // (per_edge * like.element_size()))
+
+
+def _chunks(num_edges: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each chunk of ``num_edges`` edges: ``chunk`` edges each, the last one shorter.
+
+    Under ``torch.compile`` the number of edges is symbolic (a shape-dynamic model compiles once for all graphs),
+    and the loop over chunks is unrolled: there are ``min(ceil(E / chunk), COMPILED_MAX_CHUNKS)`` chunks of
+    nearly equal sizes, with symbolic bounds. The count is fixed by comparisons of ``E`` with multiples of
+    ``chunk`` (guards on a range of ``E``, not on its value): all graphs within one range share the compiled code.
+    """
+    if not torch.compiler.is_compiling():
+        return [(start, min(start + chunk, num_edges)) for start in range(0, num_edges, chunk)]
+    count = COMPILED_MAX_CHUNKS
+    for fewer in range(1, COMPILED_MAX_CHUNKS):
+        if num_edges <= fewer * chunk:
+            count = fewer
+            break
+    return [(i * num_edges // count, (i + 1) * num_edges // count) for i in range(count)]
 
 
 def _fast_path(like: Tensor) -> bool:
@@ -63,10 +113,11 @@ def _use_native(like: Tensor) -> bool:
     return NATIVE_KERNELS and like.device.type == "cpu" and like.dtype in _NATIVE_DTYPES and _fast_path(like)
 
 
-def _buffer(like: Tensor, *shape: int) -> Tensor | None:
-    """A buffer that every chunk of a pass writes its ``[:n]`` rows to (``None`` off the fast path): fresh tensors
-    per chunk cost allocations (on a CPU, page faults)."""
-    return like.new_empty(shape) if _fast_path(like) else None
+def _buffer(like: Tensor, chunk: int, *shape: int) -> Tensor | None:
+    """A ``[min(chunk, E), *shape]`` buffer that every chunk of a pass over ``like``'s ``E`` edges writes its
+    ``[:n]`` rows to (``None`` off the fast path): fresh tensors per chunk cost allocations (on a CPU, page
+    faults). Never compiled (no fast path there), so ``min`` does not tie compiled code to a range of ``E``."""
+    return like.new_empty(min(chunk, like.shape[0]), *shape) if _fast_path(like) else None
 
 
 def _rows(buffer: Tensor | None, n: int) -> Tensor | None:
@@ -157,9 +208,8 @@ class _KernelContraction(torch.autograd.Function):
             out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk)
         else:
             out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
-            weights_buffer = _buffer(hidden, min(chunk, num_edges), weight.shape[0])
-            for start in range(0, num_edges, chunk):
-                stop = min(start + chunk, num_edges)
+            weights_buffer = _buffer(hidden, chunk, weight.shape[0])
+            for start, stop in _chunks(num_edges, chunk):
                 n = stop - start
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
                 stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
@@ -185,10 +235,9 @@ class _KernelContraction(torch.autograd.Function):
         d_hidden, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_weight = d_bias = None
         # per chunk, the weights' buffer holds their gradient, then the recomputed weights
-        rows = min(ctx.chunk, hidden.shape[0])
-        weights_buffer, d_stacked_buffer = _buffer(hidden, rows, weight.shape[0]), _buffer(hidden, rows, m, fan_in)
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            stop = min(start + ctx.chunk, hidden.shape[0])
+        weights_buffer = _buffer(hidden, ctx.chunk, weight.shape[0])
+        d_stacked_buffer = _buffer(hidden, ctx.chunk, m, fan_in)
+        for start, stop in _chunks(hidden.shape[0], ctx.chunk):
             n = stop - start
             g = grad[start:stop].transpose(1, 2).contiguous()  # [n, m, C]
             stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
@@ -255,8 +304,7 @@ class _DepthwiseContraction(torch.autograd.Function):
         else:
             out = weights.new_empty(weights.shape[0], m, mix.shape[0])
             in_place = _fast_path(weights)
-            for start in range(0, weights.shape[0], chunk):
-                stop = min(start + chunk, weights.shape[0])
+            for start, stop in _chunks(weights.shape[0], chunk):
                 paths = _scale(_stacked_features(xs, bs, start, stop, m), weights[start:stop, None], in_place)
                 out[start:stop] = torch.matmul(_path_sums(paths, xs, bs), mix.t())
         ctx.save_for_backward(weights, mix, *blocks)
@@ -280,8 +328,7 @@ class _DepthwiseContraction(torch.autograd.Function):
         d_weights, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
         d_mix = None
         in_place = _fast_path(weights)
-        for start in range(0, weights.shape[0], ctx.chunk):
-            stop = min(start + ctx.chunk, weights.shape[0])
+        for start, stop in _chunks(weights.shape[0], ctx.chunk):
             g, w = grad[start:stop], weights[start:stop, None]  # [n, m, C], [n, 1, K]
             stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
             d_paths = _spread_over_paths(torch.matmul(g, mix), xs, bs)  # [n, m, K]
@@ -325,7 +372,7 @@ def kernel_contraction(
     chunk
         Edges per chunk; by default sized so that one chunk's weights take about 2 MiB on a CPU (under
         ``torch.compile``: larger when needed to make at most ``COMPILED_MAX_CHUNKS`` chunks, since the compiler
-        unrolls the loop).
+        unrolls the loop; see :func:`_chunks`).
     """
     if chunk is None:
         chunk = _edges_per_chunk(head.out_features, hidden)

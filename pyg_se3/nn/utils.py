@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 from torch_geometric.utils import scatter, softmax
 
 from pyg_se3.basis import Basis, compute_basis
-from pyg_se3.checks import check_dtype, check_edge_attr, check_edge_index, check_pos, model_dtype
+from pyg_se3.checks import check_dtype, check_edge_attr, check_edge_index, check_edge_weight, check_pos, model_dtype
 
 __all__ = ["edge_softmax", "node_features", "prepare_basis"]
 
@@ -40,8 +42,10 @@ def prepare_basis(
     edge_index: Tensor,
     edge_attr: Tensor | None,
     basis: Basis | None,
+    edge_weight: Tensor | None = None,
 ) -> Basis:
-    """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``).
+    """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``),
+    carrying the envelope weights ``edge_weight`` when given.
 
     ``x`` is the pair of :func:`node_features`; ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
     A layer given a ``basis`` does not read ``pos``; when both are given, ``pos`` still gets its (free) shape
@@ -56,18 +60,23 @@ def prepare_basis(
         # synchronises with the device, so it is worth skipping once per layer); not so for bipartite sizes.
         check_edge_index(edge_index, num_nodes)
     check_edge_attr(edge_attr, edge_index.shape[1], layer.edge_dim, dtype)
+    check_edge_weight(edge_weight, edge_index.shape[1], dtype)
     if basis is None:
         if pos is None:
             raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
         _check_positions(pos, num_nodes, bipartite, values=True, dtype=dtype)
-        return compute_basis(pos, edge_index, layer.max_degree, check_values=False)  # checked above
+        return compute_basis(pos, edge_index, layer.max_degree, edge_weight=edge_weight, check_values=False)
     if pos is not None:
         _check_positions(pos, num_nodes, bipartite, values=False, dtype=dtype)
     if basis.num_edges != edge_index.shape[1]:
         raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
     if basis.max_degree < layer.max_degree:
         raise ValueError(f"basis: computed up to degree {basis.max_degree}, the layer needs {layer.max_degree}")
-    return basis
+    if edge_weight is None:
+        return basis
+    if basis.edge_weight is not None:
+        raise ValueError("edge_weight: the basis carries envelope weights already; pass them in one place")
+    return dataclasses.replace(basis, edge_weight=edge_weight)
 
 
 def _check_positions(
