@@ -117,6 +117,22 @@ def test_compiled_model_is_shape_dynamic_over_a_dataloader(dynamic, most, fresh_
     assert 1 <= counters["stats"]["unique_graphs"] <= most
 
 
+def test_pooled_model_compiles_to_one_graph(fresh_dynamo, one_thread):
+    """A pooled model compiles with ``fullgraph=True`` (Dynamo only: graph breaks are the point here), with
+    ``num_graphs`` (PyG's ``data.num_graphs``) or without it (the number of graphs then comes from ``batch``
+    inside the graph), and pools as eager mode on batches of different sizes."""
+    torch.manual_seed(0)
+    model = SE3Transformer(FIBER_IO, Fiber({0: 4, 1: 4}), FIBER_IO, num_layers=1, num_heads=2, pooling="sum")
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
+    for batch in loader_batches()[:3]:
+        args = (batch.x, batch.pos, batch.edge_index)
+        want = model(*args, batch=batch.batch)
+        assert want.shape == (2, FIBER_IO.dim) and want.abs().max() > 1e-2
+        for num_graphs in (batch.num_graphs, None):
+            got = compiled(*args, batch=batch.batch, num_graphs=num_graphs)
+            assert relative_error(got, want) < 1e-6
+
+
 @pytest.mark.slow
 def test_compiled_model_with_inductor_compiles_once_over_a_dataloader(fresh_dynamo, one_thread):
     """Inductor generates code for symbolic sizes (``dynamic=True``: one compilation, the slow part, rather than

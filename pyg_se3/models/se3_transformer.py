@@ -142,6 +142,7 @@ class SE3Transformer(nn.Module):
         batch: Tensor | None = None,
         basis: Basis | None = None,
         edge_weight: Tensor | None = None,
+        num_graphs: int | None = None,
     ) -> Tensor:
         """Run the network.
 
@@ -164,6 +165,9 @@ class SE3Transformer(nn.Module):
             ``[E]`` weights in ``[0, 1]`` of every message and attention term (e.g. a graph builder's
             :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`), multiplied by the ``cutoff`` envelope when the
             model has one. Weights come either here and from ``cutoff``, or with ``basis``, not both.
+        num_graphs
+            With ``pooling``: the number of graphs ``B`` (PyG's ``data.num_graphs``, which may count empty
+            graphs); ``max(batch) + 1`` when ``None``.
 
         Returns
         -------
@@ -189,7 +193,7 @@ class SE3Transformer(nn.Module):
                 h = graph_layer(layer, h) if isinstance(layer, SE3Attention) else layer(h)
             out = graph_layer(self.output, h)
         if self.pooling is not None:
-            out = global_pool(out, batch, self.fiber_out, self.pooling)
+            out = global_pool(out, batch, self.fiber_out, self.pooling, num_graphs)
         return out
 
     def _weighted(self, basis: Basis, edge_weight: Tensor | None) -> Basis:
