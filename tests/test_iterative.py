@@ -27,23 +27,26 @@ def make_model(graph="complete", share_weights=False, **kwargs):
 
 
 @pytest.mark.parametrize("kernel", ["full", "depthwise"])
-def test_untrained_model_leaves_points_in_place_and_learns(kernel):
-    model = IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=2, num_heads=2, kernel=kernel).double()
-    x, pos = point_cloud()
+def test_untrained_model_leaves_points_in_place_and_learns(kernel, device):
+    model = IterativeSE3Transformer(FIBER_IN, FIBER_HIDDEN, num_iterations=2, num_heads=2, kernel=kernel)
+    model = model.double().to(device)
+    x, pos = point_cloud(device=device)
     out = model(x, pos)
     torch.testing.assert_close(out.pos, pos, atol=0, rtol=0)
     assert FIBER_HIDDEN.split(out.x)[1].abs().max() > 1e-3  # the hidden type-1 channels are not zeroed
-    (out.pos - torch.randn_like(pos)).square().sum().backward()
+    (out.pos - torch.randn(pos.shape, dtype=pos.dtype).to(device)).square().sum().backward()
     output_kernel = model.blocks[0].output.kernel
     zeroed = output_kernel.radial.heads[1] if kernel == "full" else output_kernel.mix  # what zero_output_ zeroed
     assert max(float(p.grad.abs().max()) for p in zeroed.parameters()) > 1e-6
 
 
-def point_cloud(n=8, seed=0):
+def point_cloud(n=8, seed=0, device="cpu"):
+    """Features and positions, drawn on the CPU (a CPU generator) and moved to ``device``: the same values on
+    every device."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, FIBER_IN.dim, generator=g, dtype=torch.float64), torch.randn(
-        n, 3, generator=g, dtype=torch.float64
-    )
+    x = torch.randn(n, FIBER_IN.dim, generator=g, dtype=torch.float64)
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return x.to(device), pos.to(device)
 
 
 @pytest.mark.parametrize(
@@ -65,9 +68,9 @@ def test_equivariance_including_graph_rebuilds(graph, share_weights, kernel, dev
                 assert relative_error(a, b @ R.T + shift) <= 1e-9
 
 
-def test_hidden_fiber_is_carried_without_bottleneck():
-    model = make_model()
-    x, pos = point_cloud()
+def test_hidden_fiber_is_carried_without_bottleneck(device):
+    model = make_model().to(device)
+    x, pos = point_cloud(device=device)
     out = model(x, pos)
     assert out.x.shape == (8, FIBER_HIDDEN.dim)
     blocks = FIBER_HIDDEN.split(out.x)
@@ -77,10 +80,10 @@ def test_hidden_fiber_is_carried_without_bottleneck():
     assert model.blocks[1].fiber_in == FIBER_HIDDEN
 
 
-def test_gradient_through_basis_differs_from_detached():
-    model = make_model()
-    x, pos = point_cloud()
-    target = torch.randn_like(pos)
+def test_gradient_through_basis_differs_from_detached(device):
+    model = make_model().to(device)
+    x, pos = point_cloud(device=device)
+    target = torch.randn(pos.shape, dtype=pos.dtype).to(device)
     grads = {}
     for detach in (False, True):
         model.zero_grad()
@@ -90,17 +93,20 @@ def test_gradient_through_basis_differs_from_detached():
     assert relative_error(grads[True], grads[False]) > 1e-3
 
 
-def test_gradcheck_whole_model_wrt_input_positions():
+def test_gradcheck_whole_model_wrt_input_positions(device):
     model = IterativeSE3Transformer(
         FIBER_IN, Fiber({0: 2, 1: 2}), num_iterations=2, layers_per_iteration=1, num_heads=2, graph=Complete()
     )
-    model = unzero_displacements(model.double())
-    x, pos = point_cloud(4)
+    model = unzero_displacements(model.double()).to(device)
+    x, pos = point_cloud(4, device=device)
     pos.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda p: model(x, p).pos, (pos,))
+    # CUDA's atomic scatter-adds may sum in another order on the second backward pass that gradcheck runs to check
+    # reentrancy; the CPU's backward is deterministic (exact, as before)
+    nondet_tol = 0.0 if device.type == "cpu" else 1e-10
+    assert torch.autograd.gradcheck(lambda p: model(x, p).pos, (pos,), nondet_tol=nondet_tol)
 
 
-def test_edge_set_changes_when_points_cross_the_cutoff():
+def test_edge_set_changes_when_points_cross_the_cutoff(device):
     """The graph is really rebuilt: large displacements move pairs across the radius between iterations."""
     torch.manual_seed(3)
     model = IterativeSE3Transformer(
@@ -111,7 +117,8 @@ def test_edge_set_changes_when_points_cross_the_cutoff():
         for block in model.blocks:
             for p in block.output.parameters():
                 p.mul_(20.0)
-    x, pos = point_cloud(12, seed=5)
+    model = model.to(device)
+    x, pos = point_cloud(12, seed=5, device=device)
     out = model(x, pos * 0.8)
     sets = [set(map(tuple, e.T.tolist())) for e in out.edge_indices]
     assert any(a != b for a, b in pairwise(sets))
@@ -121,15 +128,15 @@ def test_edge_set_changes_when_points_cross_the_cutoff():
         assert edges == {(j, i) for i in range(12) for j in range(12) if i != j and dist[i, j] < 1.0}
 
 
-def test_envelope_makes_output_continuous_across_the_cutoff():
+def test_envelope_makes_output_continuous_across_the_cutoff(device):
     model = IterativeSE3Transformer(
         FIBER_IN, FIBER_HIDDEN, num_iterations=2, layers_per_iteration=2, num_heads=2, graph=Radius(1.5)
     )
-    model = unzero_displacements(model.double())
-    x, pos = point_cloud(6, seed=1)
+    model = unzero_displacements(model.double()).to(device)
+    x, pos = point_cloud(6, seed=1, device=device)
     pos = pos * 0.3
-    pos[5] = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64) + pos[0]  # node 5 exactly at the cutoff of 0
-    step = torch.tensor([1e-6, 0.0, 0.0], dtype=torch.float64)
+    pos[5] = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64, device=device) + pos[0]  # at the cutoff of 0
+    step = torch.tensor([1e-6, 0.0, 0.0], dtype=torch.float64, device=device)
     with torch.no_grad():
         inside = model(x, torch.cat([pos[:5], (pos[5] - step)[None]]))
         outside = model(x, torch.cat([pos[:5], (pos[5] + step)[None]]))
@@ -141,6 +148,7 @@ def test_envelope_makes_output_continuous_across_the_cutoff():
             num_heads=2,
             graph=Radius(1.5, envelope=None),
         ).double()
+        hard = hard.to(device)
         hard.load_state_dict(model.state_dict())
         hard_in = hard(x, torch.cat([pos[:5], (pos[5] - step)[None]]))
         hard_out = hard(x, torch.cat([pos[:5], (pos[5] + step)[None]]))
@@ -150,9 +158,9 @@ def test_envelope_makes_output_continuous_across_the_cutoff():
     assert hard_jump > 1e-3, hard_jump  # without the envelope the same move is a jump
 
 
-def test_shared_weights_early_stopping():
-    model = make_model(share_weights=True)
-    x, pos = point_cloud()
+def test_shared_weights_early_stopping(device):
+    model = make_model(share_weights=True).to(device)
+    x, pos = point_cloud(device=device)
     assert len(model.blocks) == 1
     model.eval()
     with torch.no_grad():
@@ -191,11 +199,11 @@ def test_edge_attr_fn_is_recomputed_each_iteration():
         model(x, pos, edge_attr_fn=lambda p, e: torch.zeros(e.shape[1], 2, dtype=p.dtype))
 
 
-def test_batch_from_dataloader_matches_graphs_alone():
-    model = make_model("radius")
+def test_batch_from_dataloader_matches_graphs_alone(device):
+    model = make_model("radius").to(device)
     graphs = []
     for seed, n in enumerate([5, 7, 6]):
-        x, pos = point_cloud(n, seed)
+        x, pos = point_cloud(n, seed, device=device)
         graphs.append(Data(x=x, pos=pos))
     batch = next(iter(DataLoader(graphs, batch_size=3)))
     out = model(batch.x, batch.pos, batch.batch)
@@ -220,11 +228,11 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("graph", ["radius", "knn"])
-def test_checkpointing_over_target_groups_gives_the_same_trajectory_and_gradients(graph):
+def test_checkpointing_over_target_groups_gives_the_same_trajectory_and_gradients(graph, device):
     # groups of ~5 edges (several per iteration); the radius graph carries envelope weights, which the groups
     # must cut along with the edges
-    model = make_model(graph, checkpoint_edges=5)
-    x, pos = point_cloud(12)
+    model = make_model(graph, checkpoint_edges=5).to(device)
+    x, pos = point_cloud(12, device=device)
 
     def run(checkpoint):
         for block in model.blocks:

@@ -101,12 +101,12 @@ def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
     return kernel.fiber_out.join(out)
 
 
-def test_kernel_matches_explicit_kernels():
-    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+def test_kernel_matches_explicit_kernels(device):
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
     basis = compute_basis(pos, edge_index, 3)
-    x_j = random_features(FIBER_IN, NUM_EDGES)
-    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64)
+    x_j = random_features(FIBER_IN, NUM_EDGES).to(device)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64).to(device)
     torch.testing.assert_close(kernel(x_j, basis, edge_attr), reference_messages(kernel, x_j, basis, edge_attr))
 
 
@@ -127,12 +127,12 @@ def reference_depthwise_messages(kernel: DepthwiseEdgeKernel, x_j, basis, edge_a
     return kernel.fiber_out.join(out)
 
 
-def test_depthwise_kernel_matches_its_formula():
-    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
+def test_depthwise_kernel_matches_its_formula(device):
+    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
     basis = compute_basis(pos, edge_index, 3)
-    x_j = random_features(FIBER_IN, NUM_EDGES)
-    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64)
+    x_j = random_features(FIBER_IN, NUM_EDGES).to(device)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64).to(device)
     expected = reference_depthwise_messages(kernel, x_j, basis, edge_attr)
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(kernel(x_j, basis, edge_attr), expected)
@@ -141,22 +141,24 @@ def test_depthwise_kernel_matches_its_formula():
     assert sum(kernel.radial.out_dims) * 4 == sum(full.radial.out_dims)
 
 
-def _contraction_inputs(num_edges: int, degree: int, num_degrees: int = 3):
-    """Random inputs of :func:`kernel_contraction` for input degrees 0..num_degrees-1 with 2 channels each."""
-    hidden = torch.randn(num_edges, 5, dtype=torch.float64, requires_grad=True)
-    xs = [torch.randn(num_edges, 2, 2 * k + 1, dtype=torch.float64, requires_grad=True) for k in range(num_degrees)]
-    bs = [
-        torch.randn(num_edges, 2 * k + 1, num_J(k, degree) * (2 * degree + 1), dtype=torch.float64, requires_grad=True)
-        for k in range(num_degrees)
-    ]
-    head = torch.nn.Linear(5, 3 * sum(2 * num_J(k, degree) for k in range(num_degrees))).double()
+def _contraction_inputs(num_edges: int, degree: int, num_degrees: int = 3, device: torch.device | str = "cpu"):
+    """Random inputs of :func:`kernel_contraction` for input degrees 0..num_degrees-1 with 2 channels each (drawn
+    on the CPU, then moved to ``device``: the same values on every device)."""
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=torch.float64).to(device).requires_grad_(True)
+
+    hidden = leaf(num_edges, 5)
+    xs = [leaf(num_edges, 2, 2 * k + 1) for k in range(num_degrees)]
+    bs = [leaf(num_edges, 2 * k + 1, num_J(k, degree) * (2 * degree + 1)) for k in range(num_degrees)]
+    head = torch.nn.Linear(5, 3 * sum(2 * num_J(k, degree) for k in range(num_degrees))).double().to(device)
     return hidden, head, xs, bs
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-def test_chunked_contraction_equals_whole(chunk):
+def test_chunked_contraction_equals_whole(chunk, device):
     degree, num_edges = 2, 7
-    hidden, head, xs, bs = _contraction_inputs(num_edges, degree)
+    hidden, head, xs, bs = _contraction_inputs(num_edges, degree, device=device)
 
     def whole(hidden, *blocks):
         # K is (k, J, c), c fastest: [E, C_k, nJ, m] -> [E, nJ C_k, m] per input degree
@@ -173,25 +175,28 @@ def test_chunked_contraction_equals_whole(chunk):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
-def test_chunked_contraction_double_backward():
-    hidden, head, xs, bs = _contraction_inputs(3, degree=1, num_degrees=2)
+def test_chunked_contraction_double_backward(device):
+    hidden, head, xs, bs = _contraction_inputs(3, degree=1, num_degrees=2, device=device)
 
     def chunked(hidden, *blocks):
         return kernel_contraction(hidden, head, blocks[:2], blocks[2:], 1, chunk=2)
 
-    assert torch.autograd.gradgradcheck(chunked, (hidden, *xs, *bs))
+    # CUDA's atomic scatter-adds may sum in another order on the second backward pass that gradcheck runs to check
+    # reentrancy; the CPU's backward is deterministic (exact, as before)
+    nondet_tol = 0.0 if device.type == "cpu" else 1e-10
+    assert torch.autograd.gradgradcheck(chunked, (hidden, *xs, *bs), nondet_tol=nondet_tol)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, None])
-def test_depthwise_kernel_gradients_match_its_formula(chunk):
+def test_depthwise_kernel_gradients_match_its_formula(chunk, device):
     """The depthwise contraction's own backward (chunked, path features rebuilt) against plain autograd through
     :func:`reference_depthwise_messages`: gradients of the features, positions (through the basis), edge
     features and every parameter."""
-    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, chunk=chunk).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x_j = random_features(FIBER_IN, NUM_EDGES).requires_grad_(True)
-    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64, requires_grad=True)
-    target = torch.randn(NUM_EDGES, FIBER_OUT.dim, dtype=torch.float64)
+    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, chunk=chunk).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x_j = random_features(FIBER_IN, NUM_EDGES).to(device).requires_grad_(True)
+    edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64).to(device).requires_grad_(True)
+    target = torch.randn(NUM_EDGES, FIBER_OUT.dim, dtype=torch.float64).to(device)
 
     def grads(messages):
         pos_ = pos.clone().requires_grad_(True)
@@ -206,14 +211,14 @@ def test_depthwise_kernel_gradients_match_its_formula(chunk):
 
 
 @pytest.mark.parametrize("kind", ["full", "depthwise"])
-def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch, kind):
+def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch, kind, device):
     """Double backward through a whole layer: a loss on forces (-dE/dpos) gives the same parameter gradients
     as with the explicit per-edge kernels of :func:`reference_messages` (or :func:`reference_depthwise_messages`;
     plain autograd)."""
-    conv = SE3Conv(FIBER_IN, Fiber({0: 1}), kernel=kind).double()
+    conv = SE3Conv(FIBER_IN, Fiber({0: 1}), kernel=kind).double().to(device)
     conv.kernel.chunk = 3
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x = random_features(FIBER_IN, NUM_NODES)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x = random_features(FIBER_IN, NUM_NODES).to(device)
 
     def force_loss_grads():
         pos_ = pos.clone().requires_grad_(True)
@@ -232,27 +237,29 @@ def test_forces_can_be_trained_through_the_chunked_kernel(monkeypatch, kind):
         torch.testing.assert_close(g, w, atol=1e-11, rtol=1e-9)
 
 
-def test_conv_sums_messages_and_self_interaction():
-    conv = SE3Conv(FIBER_IN, FIBER_OUT).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x = random_features(FIBER_IN, NUM_NODES)
+def test_conv_sums_messages_and_self_interaction(device):
+    conv = SE3Conv(FIBER_IN, FIBER_OUT).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x = random_features(FIBER_IN, NUM_NODES).to(device)
     basis = compute_basis(pos, edge_index, 3)
     messages = reference_messages(conv.kernel, x[edge_index[0]], basis)
-    expected = torch.zeros(NUM_NODES, FIBER_OUT.dim, dtype=torch.float64).index_add_(0, edge_index[1], messages)
+    expected = torch.zeros(NUM_NODES, FIBER_OUT.dim, dtype=torch.float64, device=device).index_add_(
+        0, edge_index[1], messages
+    )
     expected = expected + conv.self_interaction(x)  # both fibers have degrees 0..3
     torch.testing.assert_close(conv(x, pos, edge_index), expected)
 
 
-def test_attention_matches_loop_over_nodes():
-    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x = random_features(FIBER_IN, NUM_NODES)
+def test_attention_matches_loop_over_nodes(device):
+    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x = random_features(FIBER_IN, NUM_NODES).to(device)
     basis = compute_basis(pos, edge_index, 3)
     kv = reference_messages(layer.to_key_value, x[edge_index[0]], basis)
     kv_blocks = (layer.key_fiber + layer.value_fiber).split(kv)
     q_blocks = layer.key_fiber.split(layer.to_query(x))
     H = layer.num_heads
-    attended = torch.zeros(NUM_NODES, layer.value_fiber.dim, dtype=torch.float64)
+    attended = torch.zeros(NUM_NODES, layer.value_fiber.dim, dtype=torch.float64, device=device)
     for i in range(NUM_NODES):
         incoming = (edge_index[1] == i).nonzero().flatten()
         if len(incoming) == 0:
@@ -275,12 +282,12 @@ def test_attention_matches_loop_over_nodes():
     torch.testing.assert_close(layer(x, pos, edge_index), expected)
 
 
-def test_attention_envelope_weights_enter_before_normalisation():
-    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double()
-    pos, edge_index = random_graph(NUM_NODES, NUM_EDGES)
-    x = random_features(FIBER_IN, NUM_NODES)
-    keep = torch.rand(NUM_EDGES) > 0.3
-    ones = compute_basis(pos, edge_index, 3, edge_weight=torch.ones(NUM_EDGES, dtype=torch.float64))
+def test_attention_envelope_weights_enter_before_normalisation(device):
+    layer = SE3Attention(FIBER_IN, FIBER_OUT, num_heads=2).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
+    x = random_features(FIBER_IN, NUM_NODES).to(device)
+    keep = (torch.rand(NUM_EDGES) > 0.3).to(device)
+    ones = compute_basis(pos, edge_index, 3, edge_weight=torch.ones(NUM_EDGES, dtype=torch.float64, device=device))
     torch.testing.assert_close(layer(x, None, edge_index, basis=ones), layer(x, pos, edge_index))
     # weight 0 is the same as removing the edge
     zeroed = compute_basis(pos, edge_index, 3, edge_weight=keep.double())
@@ -289,9 +296,9 @@ def test_attention_envelope_weights_enter_before_normalisation():
     )
 
 
-def test_linear_values():
-    layer = SE3Linear(FIBER_IN, Fiber({1: 5, 3: 2})).double()
-    x = random_features(FIBER_IN, 4)
+def test_linear_values(device):
+    layer = SE3Linear(FIBER_IN, Fiber({1: 5, 3: 2})).double().to(device)
+    x = random_features(FIBER_IN, 4).to(device)
     blocks = FIBER_IN.split(x)
     out = Fiber({1: 5, 3: 2}).split(layer(x))
     torch.testing.assert_close(out[1], torch.einsum("oc,ncm->nom", layer.weights["1"], blocks[1]))
@@ -300,30 +307,32 @@ def test_linear_values():
         SE3Linear(FIBER_IN, Fiber({4: 1}))
 
 
-def test_norm_values_and_zero_features():
+def test_norm_values_and_zero_features(device):
     layer = SE3Norm(FIBER_IN).double()
-    with torch.no_grad():
+    with torch.no_grad():  # drawn on the CPU: the same weights on every device
         for module in layer.norms.values():
             module.weight.uniform_(0.5, 1.5)
             module.bias.uniform_(-0.5, 0.5)
-    x = random_features(FIBER_IN, 5)
+    layer = layer.to(device)
+    x = random_features(FIBER_IN, 5).to(device)
     out = FIBER_IN.split(layer(x))
     for d, block in FIBER_IN.split(x).items():
         norm = (block.pow(2).sum(-1) + layer.eps**2).sqrt()
         ln = layer.norms[str(d)](norm)
         torch.testing.assert_close(out[d], torch.relu(ln).unsqueeze(-1) * block / norm.unsqueeze(-1))
-    zero = torch.zeros(2, FIBER_IN.dim, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(2, FIBER_IN.dim, dtype=torch.float64, device=device, requires_grad=True)
     layer(zero).sum().backward()
     assert torch.isfinite(zero.grad).all()
 
 
-def test_rms_norm_values():
+def test_rms_norm_values(device):
     """``kind="rms"``: channel norms divided by their root mean square over channels (not centred), then w, b."""
     layer = SE3Norm(FIBER_IN, kind="rms").double()
-    with torch.no_grad():
+    with torch.no_grad():  # drawn on the CPU: the same weights on every device
         for name, p in layer.norms.named_parameters():
             p.uniform_(-0.5, 0.5) if name.endswith("bias") else p.uniform_(0.5, 1.5)
-    x = random_features(FIBER_IN, 5)
+    layer = layer.to(device)
+    x = random_features(FIBER_IN, 5).to(device)
     out = FIBER_IN.split(layer(x))
     for d, block in FIBER_IN.split(x).items():
         norm = (block.pow(2).sum(-1) + layer.eps**2).sqrt()
@@ -338,9 +347,9 @@ def test_rms_norm_values():
         SE3Norm(FIBER_IN, kind="batch")
 
 
-def test_pool_values_and_max_restriction():
-    x = random_features(FIBER_IN, 6)
-    batch = torch.tensor([0, 0, 1, 1, 1, 1])
+def test_pool_values_and_max_restriction(device):
+    x = random_features(FIBER_IN, 6).to(device)
+    batch = torch.tensor([0, 0, 1, 1, 1, 1], device=device)
     out = SE3GlobalPool(FIBER_IN, "sum")(x, batch)
     torch.testing.assert_close(out, torch.stack([x[:2].sum(0), x[2:].sum(0)]))
     with pytest.raises(ValueError, match="reduce: 'max' is equivariant only for type-0"):
@@ -362,19 +371,19 @@ def test_unknown_kernel_names_the_argument():
 
 
 @pytest.mark.parametrize("name", GRAPH_LAYERS)
-def test_bipartite_input_equals_the_targets_rows_of_the_joined_graph(name):
+def test_bipartite_input_equals_the_targets_rows_of_the_joined_graph(name, device):
     # Sources 0..5 and targets 0..3 of a bipartite graph; the same graph with the targets numbered after the
     # sources (one node set) gives the same outputs at the targets.
-    layer = make_layer(name, edge_dim=1).double()
+    layer = make_layer(name, edge_dim=1).double().to(device)
     num_src, num_dst, num_edges = 6, 4, 15
-    g = torch.Generator().manual_seed(3)
-    pos = torch.randn(num_src + num_dst, 3, generator=g, dtype=torch.float64)
-    x = random_features(FIBER_IN, num_src + num_dst)
+    g = torch.Generator().manual_seed(3)  # a CPU generator: draw on the CPU, then move
+    pos = torch.randn(num_src + num_dst, 3, generator=g, dtype=torch.float64).to(device)
+    x = random_features(FIBER_IN, num_src + num_dst).to(device)
     edge_index = torch.stack(
         [torch.randint(num_src, (num_edges,), generator=g), torch.randint(num_dst, (num_edges,), generator=g)]
-    )
-    joined = edge_index + torch.tensor([[0], [num_src]])
-    edge_attr = torch.rand(num_edges, 1, dtype=torch.float64)
+    ).to(device)
+    joined = edge_index + torch.tensor([[0], [num_src]], device=device)
+    edge_attr = torch.rand(num_edges, 1, dtype=torch.float64).to(device)
     basis = compute_basis(pos, joined, layer.max_degree)
     want = layer(x, pos, joined, edge_attr)[num_src:]
     got = layer((x[:num_src], x[num_src:]), None, edge_index, edge_attr, basis=basis)

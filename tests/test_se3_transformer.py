@@ -51,17 +51,20 @@ def test_translation_invariance_and_permutation_equivariance(device):
     torch.testing.assert_close(model(x[perm], pos[perm], inverse[edge_index]), out[perm], atol=1e-12, rtol=0)
 
 
-def test_gradcheck_wrt_positions():
+def test_gradcheck_wrt_positions(device):
     model = SE3Transformer(Fiber({0: 1, 1: 1}), Fiber({0: 4, 1: 4, 2: 4}), Fiber({1: 1}), 1, num_heads=2)
-    model = model.double()
-    pos, edge_index = random_graph(4, 8)
-    x = random_features(model.fiber_in, 4)
+    model = model.double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(4, 8))
+    x = random_features(model.fiber_in, 4).to(device)
     pos.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda p: model(x, p, edge_index), (pos,))
+    # CUDA's atomic scatter-adds may sum in another order on the second backward pass that gradcheck runs to check
+    # reentrancy; the CPU's backward is deterministic (exact, as before)
+    nondet_tol = 0.0 if device.type == "cpu" else 1e-10
+    assert torch.autograd.gradcheck(lambda p: model(x, p, edge_index), (pos,), nondet_tol=nondet_tol)
 
 
-def test_batch_equals_graphs_alone():
-    model = small_model(edge_dim=2).double()
+def test_batch_equals_graphs_alone(device):
+    model = small_model(edge_dim=2).double().to(device)
     graphs = []
     for seed, n in enumerate([5, 8, 1, 6]):
         if n > 1:
@@ -74,7 +77,7 @@ def test_batch_equals_graphs_alone():
                 pos=pos,
                 edge_index=edge_index,
                 edge_attr=torch.randn(edge_index.shape[1], 2, dtype=torch.float64),
-            )
+            ).to(device)  # drawn on the CPU, then moved: the same graphs on every device
         )
     batch = Batch.from_data_list(graphs)
     out = model(batch.x, batch.pos, batch.edge_index, batch.edge_attr, batch.batch)
@@ -82,7 +85,7 @@ def test_batch_equals_graphs_alone():
         alone = model(g.x, g.pos, g.edge_index, g.edge_attr)
         torch.testing.assert_close(out[batch.batch == i], alone, atol=1e-12, rtol=0)
     # and through a DataLoader, with pooling per graph
-    pooled_model = small_model(edge_dim=2, pooling="mean").double()
+    pooled_model = small_model(edge_dim=2, pooling="mean").double().to(device)
     pooled_model.load_state_dict(model.state_dict())
     loaded = next(iter(DataLoader(graphs, batch_size=4)))
     pooled = pooled_model(loaded.x, loaded.pos, loaded.edge_index, loaded.edge_attr, loaded.batch)
@@ -90,14 +93,14 @@ def test_batch_equals_graphs_alone():
         torch.testing.assert_close(pooled[i], model(g.x, g.pos, g.edge_index, g.edge_attr).mean(0))
 
 
-def test_degenerate_geometry_is_finite():
-    model = small_model().double()
-    pos = torch.zeros(5, 3, dtype=torch.float64)
-    pos[3:] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)  # two clusters of coincident points
+def test_degenerate_geometry_is_finite(device):
+    model = small_model().double().to(device)
+    pos = torch.zeros(5, 3, dtype=torch.float64, device=device)
+    pos[3:] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=device)  # two clusters of coincident points
     pos.requires_grad_(True)
     # coincident pairs, a self-loop, and node 4 isolated (no incoming edges)
-    edge_index = torch.tensor([[0, 1, 2, 3, 1, 0], [1, 2, 0, 0, 1, 3]])
-    x = random_features(FIBER_IN, 5).requires_grad_(True)
+    edge_index = torch.tensor([[0, 1, 2, 3, 1, 0], [1, 2, 0, 0, 1, 3]], device=device)
+    x = random_features(FIBER_IN, 5).to(device).requires_grad_(True)
     out = model(x, pos, edge_index)
     out.square().sum().backward()
     params = [p.grad for p in model.parameters() if p.grad is not None]
@@ -105,16 +108,17 @@ def test_degenerate_geometry_is_finite():
     assert all(torch.isfinite(g).all() for g in params)
 
 
-def test_single_node_graph():
-    model = small_model().double()
-    pos = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
-    x = random_features(FIBER_IN, 1)
-    out = model(x, pos, torch.empty(2, 0, dtype=torch.long))
+def test_single_node_graph(device):
+    model = small_model().double().to(device)
+    pos = torch.randn(1, 3, dtype=torch.float64).to(device).requires_grad_(True)
+    x = random_features(FIBER_IN, 1).to(device)
+    no_edges = torch.empty(2, 0, dtype=torch.long, device=device)
+    out = model(x, pos, no_edges)
     out.sum().backward()
     assert out.shape == (1, FIBER_OUT.dim) and torch.isfinite(out).all()
     # no neighbours: only self-interactions act, and rotating the input still rotates the output
-    R = random_rotations(1)[0]
-    rotated = model(FIBER_IN.rotate(x, R), pos.detach() @ R.T, torch.empty(2, 0, dtype=torch.long))
+    R = random_rotations(1)[0].to(device)
+    rotated = model(FIBER_IN.rotate(x, R), pos.detach() @ R.T, no_edges)
     assert relative_error(rotated, FIBER_OUT.rotate(out, R)) < 1e-12
 
 
@@ -172,15 +176,15 @@ def test_import_emits_no_warnings():
 
 @pytest.mark.parametrize("checkpoint_edges", [1, 7, 1000])
 @pytest.mark.parametrize("kernel", ["full", "depthwise"])
-def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel, checkpoint_edges):
+def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel, checkpoint_edges, device):
     # 1: a group per target node; 7: groups of several nodes; 1000: one group. The edges are not sorted by
     # target, and node 0 has no incoming edge (its output is its self-interaction alone).
-    model = small_model(edge_dim=1, kernel=kernel, checkpoint_edges=checkpoint_edges).double()
-    pos, edge_index = random_graph(10, 45)
+    model = small_model(edge_dim=1, kernel=kernel, checkpoint_edges=checkpoint_edges).double().to(device)
+    pos, edge_index = (t.to(device) for t in random_graph(10, 45))
     edge_index = edge_index[:, edge_index[1] != 0]
     assert not bool((edge_index[1].diff() >= 0).all())
-    x = random_features(FIBER_IN, 10)
-    edge_attr = torch.rand(edge_index.shape[1], 1, dtype=torch.float64)
+    x = random_features(FIBER_IN, 10).to(device)
+    edge_attr = torch.rand(edge_index.shape[1], 1, dtype=torch.float64).to(device)
 
     def values_and_gradients(checkpoint):
         model.checkpoint = checkpoint
@@ -201,15 +205,15 @@ def test_activation_checkpointing_gives_the_same_values_and_gradients(kernel, ch
     assert float(want[2].abs().max()) > 0  # a real gradient with respect to positions was compared
 
 
-def test_target_groups_cover_every_node_and_edge_once():
-    pos, edge_index = random_graph(30, 200)
+def test_target_groups_cover_every_node_and_edge_once(device):
+    pos, edge_index = (t.to(device) for t in random_graph(30, 200))
     basis = compute_basis(pos, edge_index, 1)
     groups = TargetGroups(30, edge_index, None, basis, max_edges=25)
     assert sum(groups.node_sizes) == 30 and groups.num_groups > 1
     sizes = [ei.shape[1] for ei in groups.edge_indices]
     assert sum(sizes) == 200 and max(sizes) < 25 + 30  # a group overshoots by at most one node's edges
     # the groups' edges, targets relabelled back, are the sorted graph's edges; their basis rows go with them
-    first = torch.tensor([0, *groups.node_sizes]).cumsum(0)[:-1]
+    first = torch.tensor([0, *groups.node_sizes], device=device).cumsum(0)[:-1]
     rebuilt = torch.cat(
         [
             ei + torch.stack([torch.zeros_like(ei[0]), first[g].expand_as(ei[0])])
