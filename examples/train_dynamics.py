@@ -34,6 +34,7 @@ from pyg_se3 import Fiber, distributed
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
+from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,13 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def mse_per_graph(pred: torch.Tensor, target: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each graph, over its particles and coordinates (as ``pyg-se3`` reports it)."""
     return scatter((pred - target).square().mean(-1), batch, reduce="mean")
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """Write to a temporary file, then rename: a run killed mid-save never leaves a broken checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -175,7 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-        save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
+        atomic_save({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
 
     if history and distributed.is_main():
         last = history[-1]

@@ -40,6 +40,7 @@ from torch_geometric.loader import DataLoader
 from pyg_se3 import distributed
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation
 from pyg_se3.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,13 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def energy(pos: torch.Tensor, batch) -> torch.Tensor:
     """Mean pair energy of each graph of ``batch`` at positions ``pos``: the unsupervised loss."""
     return EnergyMinimisation.energy(pos, batch.edge_index, batch.p, batch.batch, batch.num_graphs)
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """Write to a temporary file, then rename: a run killed mid-save never leaves a broken checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-        save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
+        atomic_save({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
 
     if history and distributed.is_main():
         final = history[-1]["test_energy"]

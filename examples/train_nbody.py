@@ -43,6 +43,7 @@ from pyg_se3.datasets import NBodyCharged
 from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
+from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,13 +96,6 @@ def edge_features(batch, motion: bool):
         return torch.cat(parts, dim=-1).to(pos.dtype)
 
     return features
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """Write to a temporary file, then rename: a run killed mid-save never leaves a broken checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -213,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         write_csv(history, out / "metrics.csv")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
-        save_atomic({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
+        atomic_save({**state, "history": history, "rng": torch.get_rng_state(), "args": vars(args)}, checkpoint)
         if val_mse <= min(r["val_mse"] for r in history):
             shutil.copyfile(checkpoint, out / "best.pt.tmp")
             os.replace(out / "best.pt.tmp", out / "best.pt")
