@@ -23,7 +23,7 @@ Layout, chosen for the contraction order used by the layers (basis with features
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from e3nn import o3
@@ -181,6 +181,16 @@ class Basis:
         edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
         rel_pos, dist, sh = (t.index_select(0, index) for t in (self.rel_pos, self.dist, self.sh))
         return Basis(edge_index, rel_pos, dist, sh, self.max_degree, pairs, edge_weight)
+
+    def with_edge_weight(self, edge_weight: Tensor) -> Basis:
+        """This basis carrying the envelope weights ``edge_weight [E]``. Weights come in one place: a basis that
+        carries them already gets a ``ValueError``."""
+        if self.edge_weight is not None:
+            raise ValueError(
+                "edge_weight: the basis carries envelope weights already; pass weights with the basis or as "
+                "edge_weight (or a model cutoff), not both"
+            )
+        return replace(self, edge_weight=edge_weight)
 
     def __getitem__(self, pair: tuple[int, int]) -> Tensor:
         try:

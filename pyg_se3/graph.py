@@ -22,6 +22,7 @@ torch-cluster either).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ __all__ = [
     "GraphBuilder",
     "Radius",
     "check_envelope",
+    "check_radius",
     "complete_edge_index",
     "cosine_envelope",
     "envelope_weight",
@@ -129,6 +131,14 @@ def _select_engine(engine: str, pos: Tensor, k: int) -> str:
             f"{_TORCH_CLUSTER_CUDA_MAX_K}); use engine='auto' or 'torch'"
         )
     return engine
+
+
+def check_radius(value: object, name: str) -> float:
+    """``value`` as a ``float`` if it is a finite real number ``> 0`` (a cutoff radius), else a ``ValueError``
+    naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite radius > 0, got {value!r}")
+    return float(value)
 
 
 def check_envelope(kind: str | None, allow_none: bool = True) -> str | None:
@@ -216,11 +226,10 @@ class Radius(GraphBuilder):
         loop: bool = False,
         engine: str = "auto",
     ) -> None:
-        if not r > 0 or not math.isfinite(r):
-            raise ValueError(f"r: expected a finite radius > 0, got {r}")
+        r = check_radius(r, "r")
         max_num_neighbors = check_int(max_num_neighbors, "max_num_neighbors", 1)
         check_envelope(envelope)
-        self.r, self.cutoff, self.max_num_neighbors = float(r), float(r), max_num_neighbors
+        self.r, self.cutoff, self.max_num_neighbors = r, r, max_num_neighbors
         self.envelope, self.loop, self.engine = envelope, loop, _check_engine(engine)
         self._warned = False
 

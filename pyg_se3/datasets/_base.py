@@ -241,7 +241,7 @@ class GeneratedDataset(InMemoryDataset):
         self._dtype_name = check_dtype(dtype)
         self.progress = bool(progress)
         Path(root).mkdir(parents=True, exist_ok=True)
-        with file_lock(Path(root) / f".{self.split}-{config_tag(config)}.lock"):
+        with file_lock(Path(root) / f".{self.split}-{self.tag}.lock"):
             super().__init__(str(root), transform, pre_transform, pre_filter, force_reload=force_reload)
             path = self.processed_paths[0]
             problem = self._processed_file_problem(path)

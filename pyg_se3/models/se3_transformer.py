@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 from torch import Tensor, nn
 
 from pyg_se3.basis import Basis, compute_basis
 from pyg_se3.checks import check_edge_weight, check_graph_inputs, model_dtype, no_value_checks
 from pyg_se3.fiber import Fiber
-from pyg_se3.graph import check_envelope, envelope_weight
+from pyg_se3.graph import check_envelope, check_radius, envelope_weight
 from pyg_se3.nn import SE3Attention, SE3Conv, SE3Norm, TargetGroups, global_pool
 
 __all__ = ["SE3Transformer"]
@@ -98,9 +95,7 @@ class SE3Transformer(nn.Module):
         envelope: str = "cosine",
     ) -> None:
         super().__init__()
-        if cutoff is not None and not (isinstance(cutoff, int | float) and math.isfinite(cutoff) and cutoff > 0):
-            raise ValueError(f"cutoff: expected a finite radius > 0 or None, got {cutoff!r}")
-        self.cutoff = None if cutoff is None else float(cutoff)
+        self.cutoff = None if cutoff is None else check_radius(cutoff, "cutoff")
         self.envelope = check_envelope(envelope, allow_none=False)
         if num_layers < 0:
             raise ValueError(f"num_layers: expected >= 0, got {num_layers}")
@@ -174,8 +169,9 @@ class SE3Transformer(nn.Module):
         Tensor
             ``[N, fiber_out.dim]``, or ``[B, fiber_out.dim]`` with pooling.
         """
-        check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch, model_dtype(self))
-        check_edge_weight(edge_weight, edge_index.shape[1], model_dtype(self))
+        dtype = model_dtype(self)
+        check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch, dtype)
+        check_edge_weight(edge_weight, edge_index.shape[1], dtype)
         if basis is None:
             basis = compute_basis(pos, edge_index, self.max_degree, check_values=False)  # checked above
         if edge_weight is not None or self.cutoff is not None:
@@ -198,15 +194,10 @@ class SE3Transformer(nn.Module):
 
     def _weighted(self, basis: Basis, edge_weight: Tensor | None) -> Basis:
         """``basis`` carrying ``edge_weight`` times the cutoff envelope of its edge lengths (differentiable)."""
-        if basis.edge_weight is not None:
-            raise ValueError(
-                "basis: it carries envelope weights already; pass edge_weight (or a model cutoff) or a weighted "
-                "basis, not both"
-            )
         if self.cutoff is not None:
             envelope = envelope_weight(basis.dist.squeeze(-1), self.cutoff, self.envelope)
             edge_weight = envelope if edge_weight is None else edge_weight * envelope
-        return dataclasses.replace(basis, edge_weight=edge_weight)
+        return basis.with_edge_weight(edge_weight)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate([*self.layers, self.output]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 from torch_geometric.utils import scatter, softmax
@@ -72,11 +70,7 @@ def prepare_basis(
         raise ValueError(f"basis: computed for {basis.num_edges} edges, but edge_index has {edge_index.shape[1]}")
     if basis.max_degree < layer.max_degree:
         raise ValueError(f"basis: computed up to degree {basis.max_degree}, the layer needs {layer.max_degree}")
-    if edge_weight is None:
-        return basis
-    if basis.edge_weight is not None:
-        raise ValueError("edge_weight: the basis carries envelope weights already; pass them in one place")
-    return dataclasses.replace(basis, edge_weight=edge_weight)
+    return basis if edge_weight is None else basis.with_edge_weight(edge_weight)
 
 
 def _check_positions(
