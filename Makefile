@@ -40,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m pyg_se3.demo
+	$(PY) -m pyg_se3.runtime.demo
 
 # The peers of the benchmark (the `bench` extra of pyproject.toml); re-installed whenever setup re-runs.
 $(BENCH_STAMP): $(STAMP)

@@ -26,7 +26,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.datasets import EnergyMinimisation
-from pyg_se3.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

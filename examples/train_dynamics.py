@@ -14,7 +14,7 @@ Writes ``--out/metrics.csv`` (one row per epoch) and ``--out/last.pt`` (every ep
 from ``last.pt`` with the same weights, optimizer state and batch order as an uninterrupted run.
 
 Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
-``batch-size x processes`` blocks; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+``batch-size x processes`` blocks; only rank 0 prints and writes files; see ``pyg_se3.runtime.distributed``):
 
     torchrun --nproc_per_node=2 examples/train_dynamics.py --batch-size 8 --out runs/dynamics_ddp
 """
@@ -30,11 +30,12 @@ import torch
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
-from pyg_se3 import Fiber, distributed
+from pyg_se3 import Fiber
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
-from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime import distributed
+from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

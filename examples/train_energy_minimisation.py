@@ -21,7 +21,7 @@ Writes ``--out/metrics.csv`` (one row per epoch) and ``--out/last.pt`` (every ep
 from ``last.pt`` with the same weights, optimizer state, batch order and training samples as an uninterrupted run.
 
 Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
-``batch-size x processes`` samples; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+``batch-size x processes`` samples; only rank 0 prints and writes files; see ``pyg_se3.runtime.distributed``):
 
     torchrun --nproc_per_node=2 examples/train_energy_minimisation.py --batch-size 8 --out runs/energy_ddp
 """
@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import distributed
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation
-from pyg_se3.tasks import EnergyTask, ModelOptions, build_model
-from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime import distributed
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

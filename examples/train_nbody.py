@@ -8,7 +8,7 @@ reports the test MSE at the epoch of best validation MSE, next to linear extrapo
 (EGNN's table): Linear 0.0819, SE(3)-Transformer 0.0244, TFN 0.0155, EGNN 0.0071, SEGNN 0.0043.
 
 The defaults are a quick look (1000 training systems, 8 channels: a few minutes on 2 CPU cores).
-``--invariant-inputs`` and ``--motion-edges`` give the model more of the physics (see ``pyg_se3.features``); with
+``--invariant-inputs`` and ``--motion-edges`` give the model more of the physics (``pyg_se3.runtime.features``); with
 8 iterations of 1 layer they are what beats EGNN in the README (there through the CLI, which adds weight decay
 and a cosine learning rate). Full size (EGNN: 3000 training systems, batch 100, lr 5e-4, up to 10000 epochs;
 hours on a CPU):
@@ -21,7 +21,7 @@ best validation epoch); ``--resume`` continues from ``last.pt`` with the same we
 order as an uninterrupted run.
 
 Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per process, so a step sees
-``batch-size x processes`` systems; only rank 0 prints and writes files; see ``pyg_se3.distributed``):
+``batch-size x processes`` systems; only rank 0 prints and writes files; see ``pyg_se3.runtime.distributed``):
 
     torchrun --nproc_per_node=2 examples/train_nbody.py --batch-size 8 --out runs/nbody_ddp
 """
@@ -38,12 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import Fiber, distributed
+from pyg_se3 import Fiber
 from pyg_se3.datasets import NBodyCharged
-from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
-from pyg_se3.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime import distributed
+from pyg_se3.runtime.features import pair_motion, relative_velocity
+from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -2,6 +2,6 @@
 
 import sys
 
-from pyg_se3.cli import main
+from pyg_se3.runtime.cli import main
 
 sys.exit(main())

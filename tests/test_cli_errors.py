@@ -19,8 +19,8 @@ from helpers import assert_identical
 from torch import nn
 from torch_geometric.data import Data
 
-from pyg_se3 import cli, tasks, training
-from pyg_se3.training import TrainConfig, Trainer
+from pyg_se3.runtime import cli, tasks, training
+from pyg_se3.runtime.training import TrainConfig, Trainer
 
 TINY = ["--iterations", "1", "--layers", "1", "--channels", "2", "--degrees", "1", "--heads", "1"]
 SHORT = ["--train-samples", "4", "--batch-size", "2", "--max-batches", "1", "--epochs", "1", "--no-progress"]

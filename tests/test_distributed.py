@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: 2 CPU processes (gloo, loopback) against one process.
 
-The :class:`~pyg_se3.training.Trainer` runs in 2 processes of ``torchrun`` (this file is also the worker script,
+The :class:`~pyg_se3.runtime.training.Trainer` runs in 2 processes of ``torchrun`` (this file is also the worker script,
 see ``_worker``), in float64, on 12 training samples with 2 per process and step (global batch 4), one of which
 has a NaN target. The reference is one process fed the same global batches (the union of both processes' local
 batches of each step). Checked: the weights after 2 epochs agree to 1e-10 (they move by > 1e-3), the reported
@@ -30,10 +30,10 @@ from helpers import assert_identical
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import distributed
 from pyg_se3.datasets import ParticleDynamics
-from pyg_se3.tasks import ModelOptions, build_model, get_task
-from pyg_se3.training import TrainConfig, Trainer, seed_everything
+from pyg_se3.runtime import distributed
+from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD, LOCAL_BATCH, EPOCHS = 2, 2, 2

@@ -12,14 +12,15 @@ import torch
 from helpers import assert_identical, random_rotations, relative_error
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import Fiber, cli
+from pyg_se3 import Fiber
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.nn import SE3Norm
 from pyg_se3.nn.kernel import EdgeKernel
-from pyg_se3.tasks import EnergyTask, ModelOptions, build_model
-from pyg_se3.training import TrainConfig, Trainer
+from pyg_se3.runtime import cli
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.training import TrainConfig, Trainer
 
 SMALL = {"num_iterations": 3, "layers_per_iteration": 2, "num_degrees": 2, "channels": 2, "num_heads": 1}
 
@@ -252,7 +253,7 @@ def test_harmonics_ablation_keeps_gradients_through_lengths_and_edge_features():
 
 
 def test_demo_runs_and_reports_both_models(tmp_path, one_thread):
-    from pyg_se3 import demo
+    from pyg_se3.runtime import demo
 
     args = ["--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4", "--eval-samples", "4"]
     rows = demo.main([*args, "--root", str(tmp_path / "data"), "--out", str(tmp_path / "demo"), "--threads", "1"])

@@ -3,7 +3,7 @@
 Each example runs once as a user runs it (a subprocess, tiny settings: 8 samples, 5 epochs of 4 steps); the
 interrupted-and-resumed runs it is compared with run in-process through the script's ``main(argv)`` (same code,
 no second interpreter start-up). The CLI runs as a subprocess for ``train`` and ``evaluate``; its loss and resume
-checks use the :class:`~pyg_se3.training.Trainer` in-process.
+checks use the :class:`~pyg_se3.runtime.training.Trainer` in-process.
 
 Everything runs with one intra-op thread (``OMP_NUM_THREADS=1`` for subprocesses, a fixture in-process): these
 models are tiny, and on a machine whose cores are busy, two threads per process made each step ~100x slower.
@@ -25,11 +25,11 @@ import torch
 from helpers import assert_identical
 from torch_geometric.loader import DataLoader
 
-from pyg_se3 import cli
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.graph import complete_edge_index
-from pyg_se3.tasks import ModelOptions, build_model, get_task
-from pyg_se3.training import TrainConfig, Trainer, seed_everything
+from pyg_se3.runtime import cli
+from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

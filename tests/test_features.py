@@ -1,4 +1,4 @@
-"""``pyg_se3.features``: centre-of-mass velocities and pair-motion invariants, values and symmetries in float64."""
+"""``pyg_se3.runtime.features``: centre-of-mass velocities and pair-motion invariants, in float64."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from e3nn import o3
 
-from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.graph import complete_edge_index
+from pyg_se3.runtime.features import pair_motion, relative_velocity
 
 
 def _systems():

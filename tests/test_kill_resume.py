@@ -23,7 +23,7 @@ import pytest
 import torch
 from helpers import assert_identical
 
-from pyg_se3.tasks import ModelOptions, get_task
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

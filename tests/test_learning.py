@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from pyg_se3.datasets import ParticleDynamics
-from pyg_se3.tasks import ModelOptions, build_model, get_task
-from pyg_se3.training import TrainConfig, Trainer, seed_everything
+from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 STEPS = 160
 

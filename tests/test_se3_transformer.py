@@ -52,7 +52,7 @@ def test_translation_invariance_and_permutation_equivariance(device):
 
 
 def test_gradcheck_wrt_positions(device):
-    model = SE3Transformer(Fiber({0: 1, 1: 1}), Fiber({0: 4, 1: 4, 2: 4}), Fiber({1: 1}), 1, num_heads=2)
+    model = SE3Transformer(Fiber({0: 1, 1: 1}), Fiber({0: 4, 1: 4, 2: 4}), Fiber({1: 1}), num_layers=1, num_heads=2)
     model = model.double().to(device)
     pos, edge_index = (t.to(device) for t in random_graph(4, 8))
     x = random_features(model.fiber_in, 4).to(device)
@@ -162,9 +162,9 @@ def test_missing_edge_attr_is_an_error():
 
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="num_heads: 3 does not divide"):
-        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, 1, num_heads=3)
+        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, num_layers=1, num_heads=3)
     with pytest.raises(ValueError, match="pooling"):
-        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, 1, pooling="median")
+        SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, num_layers=1, pooling="median")
 
 
 def test_import_emits_no_warnings():

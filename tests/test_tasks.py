@@ -11,7 +11,7 @@ from helpers import unzero_displacements
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.graph import complete_edge_index
-from pyg_se3.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
 
 OPTIONS = dict(num_iterations=2, layers_per_iteration=2, num_degrees=2, channels=4, num_heads=2)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from pyg_se3.training import NonFiniteLossError, TrainConfig, Trainer, atomic_save
+from pyg_se3.runtime.training import NonFiniteLossError, TrainConfig, Trainer, atomic_save
 
 
 class ToyTask:

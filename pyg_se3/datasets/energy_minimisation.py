@@ -66,7 +66,7 @@ class EnergyMinimisation(GeneratedDataset):
     minimising :meth:`energy` of the output positions. Default sizes 2000 / 500 / 500.
 
     As in the original experiment, a model should see ``p`` only through the pair energies ``V(r; p)`` of its
-    current positions (:class:`~pyg_se3.tasks.EnergyTask` does so), and train on fresh configurations
+    current positions (:class:`~pyg_se3.runtime.tasks.EnergyTask` does so), and train on fresh configurations
     (:class:`EnergyConfigurations`); the packaged validation and test splits stay fixed.
 
     Parameters
@@ -276,7 +276,7 @@ class EnergyConfigurations(Dataset):
 
     The original experiment trains on configurations drawn afresh for every batch (5,000 per epoch, 100 epochs:
     about 500,000 in all), so a model cannot memorise a fixed training set. Here each epoch's samples are a
-    function of ``(seed, epoch)`` alone: :meth:`set_epoch` (called by :class:`~pyg_se3.training.Trainer` at
+    function of ``(seed, epoch)`` alone: :meth:`set_epoch` (called by :class:`~pyg_se3.runtime.training.Trainer` at
     the start of every epoch, like ``DistributedSampler.set_epoch``) regenerates them, so a resumed run sees
     exactly the samples of an uninterrupted one. Samples have the fields and distribution of
     :class:`EnergyMinimisation` (positions :math:`N(0, \mathrm{pos\_std}^2)` rounded to float32,

@@ -12,7 +12,7 @@ Checkpoints are written to a temporary file and renamed, so a killed run never l
 ``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop trains with
-:class:`~torch.nn.parallel.DistributedDataParallel`; see :mod:`pyg_se3.distributed` for the conventions.
+:class:`~torch.nn.parallel.DistributedDataParallel`; see :mod:`pyg_se3.runtime.distributed` for the conventions.
 ``batch_size`` is per process (a step sees ``batch_size * world_size`` samples), the reported training loss
 and evaluation metrics are those of the whole data (reduced over processes), the decision to skip a non-finite
 batch is taken by all processes together, and only rank 0 writes files, prints and shows progress bars.
@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
-from pyg_se3 import distributed
 from pyg_se3._files import replacing, write_text_atomic
+from pyg_se3.runtime import distributed
 
 __all__ = ["Task", "TrainConfig", "Trainer", "atomic_save", "json_safe", "read_checkpoint", "seed_everything"]
 
@@ -181,7 +181,7 @@ class Trainer:
     eval_sets
         More datasets to evaluate every epoch, by name (e.g. ``{"test": test_set}``).
 
-    Under ``torchrun``, creating a ``Trainer`` joins the process group (:func:`pyg_se3.distributed.setup`);
+    Under ``torchrun``, creating a ``Trainer`` joins the process group (:func:`pyg_se3.runtime.distributed.setup`);
     ``model`` stays the plain module (checkpoints hold its ``state_dict``, without a ``module.`` prefix) and
     ``train_model`` is its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper, the one that
     :meth:`step` calls. ``resume`` then needs ``out/last.pt`` on a file system that every process sees.
@@ -371,7 +371,7 @@ class Trainer:
 
     def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         """Train from ``start_epoch`` to ``config.epochs``; returns the history (one dict per epoch).
-        ``on_epoch_end`` is called on every process (print from :func:`pyg_se3.distributed.is_main` only)."""
+        ``on_epoch_end`` is called on every process (print from :func:`pyg_se3.runtime.distributed.is_main` only)."""
         epochs = range(self.start_epoch, self.config.epochs)
         for epoch in tqdm(epochs, desc="training", disable=not self._progress):
             row: dict[str, float] = {

@@ -5,16 +5,16 @@ What it does:
 
 1. trains the Iterative SE(3)-Transformer (3 iterations x 4 layers) and the single-pass SE(3)-Transformer with
    the same 12 layers (1 iteration x 12 layers) on the same fresh configurations of the energy-minimisation toy
-   problem (:class:`~pyg_se3.tasks.EnergyTask`: ten points, a different double-well pair potential for every
+   problem (:class:`~pyg_se3.runtime.tasks.EnergyTask`: ten points, a different double-well pair potential for every
    pair; the model sees only the current pair energies and distances and must move the points to lower the mean
-   pair energy), with :class:`~pyg_se3.training.Trainer`, on a short schedule;
+   pair energy), with :class:`~pyg_se3.runtime.training.Trainer`, on a short schedule;
 2. prints the test energies of both models next to the initial positions and to gradient descent, their ratio,
    the iterative model's energy after each iteration, and its equivariance error;
 3. writes ``runs/demo/``: each model's metrics, checkpoints and loss curve, ``comparison.png`` (validation
    energy per epoch of both models) and ``iterations.png`` (a test configuration's points moving through the
    iterations, and the mean test energy after each iteration).
 
-The short schedule is a demonstration; the README's results use the full runs. ``python -m pyg_se3.demo --help``
+The short schedule is a demonstration; the README's results use the full runs. ``python -m pyg_se3.runtime.demo --help``
 lists the options.
 """
 
@@ -30,14 +30,14 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from pyg_se3.datasets import EnergyMinimisation
-from pyg_se3.tasks import EnergyTask, ModelOptions, build_model
-from pyg_se3.training import TrainConfig, Trainer, seed_everything
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 MODELS = {"iterative": (3, 4), "single-pass": (1, 12)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pyg_se3.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pyg_se3.runtime.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--samples-per-epoch", type=int, default=1600, help="fresh training configurations")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options(num_iterations: int, layers_per_iteration: int) -> ModelOptions:
-    """The energy task's default model (see :class:`~pyg_se3.tasks.EnergyTask`) with this layout."""
+    """The energy task's default model (see :class:`~pyg_se3.runtime.tasks.EnergyTask`) with this layout."""
     defaults = {**EnergyTask.model_defaults, "num_iterations": num_iterations}
     return ModelOptions(**{**defaults, "layers_per_iteration": layers_per_iteration})
 

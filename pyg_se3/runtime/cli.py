@@ -8,7 +8,7 @@ Examples
     torchrun --nproc_per_node=2 -m pyg_se3 train --task dynamics --out runs/ddp  # data parallel, 2 processes
 
 Under ``torchrun`` (several processes: CPU cores, GPUs or nodes), ``--batch-size`` is per process, so one step
-sees ``batch-size x processes`` samples; see :mod:`pyg_se3.distributed`. Only rank 0 prints and writes files.
+sees ``batch-size x processes`` samples; see :mod:`pyg_se3.runtime.distributed`. Only rank 0 prints and writes files.
 
 Resuming
 --------
@@ -43,16 +43,23 @@ from typing import Any
 
 import torch
 
-from pyg_se3 import distributed
-from pyg_se3.tasks import TASKS, ModelOptions, build_model, get_task
-from pyg_se3.training import NonFiniteLossError, TrainConfig, Trainer, json_safe, read_checkpoint, seed_everything
+from pyg_se3.runtime import distributed
+from pyg_se3.runtime.tasks import TASKS, ModelOptions, build_model, get_task
+from pyg_se3.runtime.training import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    json_safe,
+    read_checkpoint,
+    seed_everything,
+)
 
 __all__ = ["main"]
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model options; a default of ``None`` is filled in by :func:`_apply_defaults` (the task's, then
-    :class:`~pyg_se3.tasks.ModelOptions`')."""
+    :class:`~pyg_se3.runtime.tasks.ModelOptions`')."""
     group = parser.add_argument_group("model (defaults depend on --task: see the README)")
     group.add_argument(
         "--iterations", dest="num_iterations", type=int, help="position updates (1 = single-pass SE(3)-Transformer)"

@@ -3,7 +3,7 @@
 Every helper is a no-op (or the single-process answer) when the process is not part of a process group, so the
 same training code runs as one process (``python ...``) or as many (``torchrun --nproc_per_node=N ...``).
 
-Conventions (used by :class:`~pyg_se3.training.Trainer`, the CLI and the examples):
+Conventions (used by :class:`~pyg_se3.runtime.training.Trainer`, the CLI and the examples):
 
 - **Process group.** :func:`setup` initialises it from the variables that ``torchrun`` sets (``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) when ``WORLD_SIZE > 1``: backend ``nccl``

@@ -22,10 +22,10 @@ from torch_geometric.loader import DataLoader
 
 from pyg_se3.checks import check_int
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation, NBodyCharged, ParticleDynamics
-from pyg_se3.features import pair_motion, relative_velocity
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
+from pyg_se3.runtime.features import pair_motion, relative_velocity
 
 __all__ = ["TASKS", "ModelOptions", "build_graph", "build_model", "get_task"]
 
@@ -149,7 +149,7 @@ class _RegressionTask(_Task):
     by ``u * horizon``, which the linear start carries exactly, and the network need not learn to ignore it.
 
     With ``options.motion_edges`` every edge of every rebuilt graph also carries
-    :func:`~pyg_se3.features.pair_motion` of its pair at the *input* frame (distance, radial speed, relative
+    :func:`~pyg_se3.runtime.features.pair_motion` of its pair at the *input* frame (distance, radial speed, relative
     speed). The graphs are built at the moving positions (from ``pos + vel * horizon`` on), so without them the
     radial networks see the input geometry only through type-1 features.
     """
