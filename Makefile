@@ -1,10 +1,13 @@
-# pyg_se3 — every set-up step lives here (CI runs `make test` on a clean clone).
+# pyg_se3 — every set-up step lives here (CI runs `make test` and `make docs` on a clean clone).
 #
 #   make setup   create .venv and install everything, building pyg_se3's C++ kernels (re-runs when
 #                pyproject.toml, setup.py, pyg_se3/csrc or this file changes)
 #   make test    the whole test suite (warnings are errors, see pyproject.toml)
+#   make test-fast  every module's tests, cheaper (`pytest --fast`, tests/conftest.py; under a minute): 3 rotations per
+#                equivariance check, fast-mode gradcheck, tests marked `slow` skipped. Not a substitute for `make test`
 #   make demo    the main job
 #   make bench   speed and memory over graph sizes, against the peers (benchmarks/results/; installs the bench extra)
+#   make docs    the documentation (docs/ -> build/docs/html; Sphinx warnings are errors), then its doctests
 #   make lint    ruff
 #   make install-check  a user's install into a fresh venv with another torch (minutes; not part of `make test`)
 
@@ -21,7 +24,7 @@ CONSTRAINTS := -c constraints.txt
 # compile one file at a time, so the two packages build side by side (one per core); pip caches the wheels.
 export MAX_JOBS ?= 2
 
-.PHONY: setup test demo bench lint format clean install-check
+.PHONY: setup test test-fast demo bench docs lint format clean install-check
 
 setup: $(STAMP)
 
@@ -32,12 +35,15 @@ $(STAMP): pyproject.toml constraints.txt setup.py Makefile $(wildcard pyg_se3/cs
 	$(PIP) install -q --no-build-isolation $(CONSTRAINTS) torch-scatter & scatter=$$!; \
 	  $(PIP) install -q --no-build-isolation $(CONSTRAINTS) torch-cluster; cluster=$$?; \
 	  wait $$scatter && test $$cluster -eq 0
-	PYG_SE3_NATIVE=1 $(PIP) install -q --no-build-isolation $(CONSTRAINTS) -e ".[cluster,scatter,test,dev]"
+	PYG_SE3_NATIVE=1 $(PIP) install -q --no-build-isolation $(CONSTRAINTS) -e ".[cluster,scatter,test,dev,docs]"
 	$(PY) -W error -c "import pyg_se3, pyg_se3._C, torch_cluster, torch_scatter; print('pyg_se3', pyg_se3.__version__, 'torch', __import__('torch').__version__)"
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest --fast -q
 
 demo: $(STAMP)
 	$(PY) -m pyg_se3.runtime.demo
@@ -50,7 +56,18 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
 
-LINT_DIRS := pyg_se3 tests $(wildcard examples benchmarks datasets)
+# The Sphinx site of docs/ (sources in Markdown and reST, the API from the docstrings): the HTML with every warning an
+# error, then every example as a doctest (`>>>` blocks of the docstrings autodoc pulls in, {doctest} blocks of the
+# pages). Needs no network: no intersphinx, MathJax is loaded by the reader's browser.
+DOCS_BUILD := build/docs
+SPHINX := $(PY) -m sphinx -W --keep-going -q
+
+docs: $(STAMP)
+	$(SPHINX) -b html -d $(DOCS_BUILD)/doctrees docs $(DOCS_BUILD)/html
+	$(SPHINX) -b doctest -d $(DOCS_BUILD)/doctrees docs $(DOCS_BUILD)/doctest
+	@echo "docs: $(DOCS_BUILD)/html/index.html"
+
+LINT_DIRS := pyg_se3 tests $(wildcard examples benchmarks datasets docs)
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_DIRS)

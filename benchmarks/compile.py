@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-import pyg_se3.nn.kernel
+import pyg_se3.nn.contraction
 from pyg_se3 import Fiber
 from pyg_se3.graph import KNN
 from pyg_se3.models import SE3Transformer
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-chunks",
         type=int,
-        default=pyg_se3.nn.kernel.COMPILED_MAX_CHUNKS,
-        help="chunks per compiled kernel contraction (pyg_se3.nn.kernel.COMPILED_MAX_CHUNKS)",
+        default=pyg_se3.nn.contraction.COMPILED_MAX_CHUNKS,
+        help="chunks per compiled kernel contraction (pyg_se3.nn.contraction.COMPILED_MAX_CHUNKS)",
     )
     parser.add_argument("--warm-cache", action="store_true", help="use Inductor's usual on-disk caches")
     parser.add_argument("--batches", type=int, default=0, help="time a DataLoader of this many batches instead")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.warm_cache:  # read by Inductor when it first compiles
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="pyg_se3_compile_")
     torch.set_num_threads(args.threads)
-    pyg_se3.nn.kernel.COMPILED_MAX_CHUNKS = args.max_chunks
+    pyg_se3.nn.contraction.COMPILED_MAX_CHUNKS = args.max_chunks
 
     torch.manual_seed(0)
     fiber_io = Fiber({0: 1, 1: 1})

@@ -26,7 +26,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.datasets import EnergyMinimisation
-from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def evaluate_run(folder: Path, test, polish_steps: int) -> dict:
     state = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
     extra = state["config"]["extra"]
     task = EnergyTask(ModelOptions(**extra["model"]))
-    model = build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, extra["displacement_scale"])
+    model = task.build_model(extra["displacement_scale"])
     model.load_state_dict(state["model"])
     model.eval()
     batch = next(iter(DataLoader(test, batch_size=len(test))))

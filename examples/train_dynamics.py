@@ -22,20 +22,18 @@ Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per p
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 from pathlib import Path
 
 import torch
 from torch_geometric.loader import DataLoader
-from torch_geometric.utils import scatter
 
 from pyg_se3 import Fiber
 from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime.tasks import DynamicsTask, ModelOptions, mse_per_graph
+from pyg_se3.runtime.training import atomic_save, write_csv  # atomic: a killed run never leaves a broken file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,20 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mse_per_graph(pred: torch.Tensor, target: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each graph, over its particles and coordinates (as ``pyg-se3`` reports it)."""
-    return scatter((pred - target).square().mean(-1), batch, reduce="mean")
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
@@ -85,20 +69,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train = ParticleDynamics(root, split="train")
         val = ParticleDynamics(root, split="val")[: args.eval_samples]
         test = ParticleDynamics(root, split="test")[: args.eval_samples]
-    config, horizon = train.config, train.horizon  # horizon: time between a block's input and its target
     train = train[: args.train_samples]
-
-    mass_unit = sum(config["mass_range"]) / 2  # the mean mass: inputs of order 1
-
-    def features(batch):  # Fiber({0: 1, 1: 1}): mass (type 0), velocity (type 1)
-        return torch.cat([batch.mass / mass_unit, batch.vel], dim=-1)
-
-    def start(batch):  # the iterations refine linear extrapolation
-        return batch.pos + batch.vel * horizon
-
+    # The task's inputs: mass (type 0, divided by the mean of the mass range) and velocity (type 1), and the start
+    # pos + vel * horizon (linear extrapolation over one block), which the iterations refine.
+    task = DynamicsTask(ModelOptions(num_iterations=args.iterations))
     # One update's typical size: the model's displacement heads then work at unit scale.
-    sample = next(iter(DataLoader(train[:256], batch_size=256)))
-    displacement_scale = float((sample.y - start(sample)).square().mean().sqrt()) / args.iterations
+    displacement_scale = task.displacement_scale(train)
 
     model = IterativeSE3Transformer(
         Fiber({0: 1, 1: 1}),
@@ -120,8 +96,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         shard = distributed.eval_sampler(dataset)  # under torchrun: this process's shard (None: everything)
         for batch in DataLoader(dataset, batch_size=128, sampler=shard):
             batch = batch.to(device)
-            pred = model(features(batch), start(batch), batch.batch).pos
-            for name, guess in (("mse", pred), ("constant_mse", batch.pos), ("linear_mse", start(batch))):
+            pred = task.predict(model, batch)
+            for name, guess in (
+                ("mse", pred),
+                ("constant_mse", batch.pos),
+                ("linear_mse", task.initial_positions(batch)),
+            ):
                 sums[name] += float(mse_per_graph(guess, batch.y, batch.batch).sum())
         totals = distributed.sum_floats(*sums.values())  # over the processes
         return {name: value / len(dataset) for name, value in zip(sums, totals, strict=True)}
@@ -146,8 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         bar = distributed.progress(loader, desc=f"epoch {epoch}", leave=False)  # torchrun: on rank 0 only
         for batch in bar:
             batch = batch.to(device)
-            out_pos = net(features(batch), start(batch), batch.batch).pos
-            loss = mse_per_graph(out_pos, batch.y, batch.batch).mean()
+            loss = mse_per_graph(task.predict(net, batch), batch.y, batch.batch).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -29,9 +29,7 @@ Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per p
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -39,8 +37,8 @@ from torch_geometric.loader import DataLoader
 
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
-from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions
+from pyg_se3.runtime.training import atomic_save, write_csv  # atomic: a killed run never leaves a broken file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,15 +71,6 @@ def energy(pos: torch.Tensor, batch) -> torch.Tensor:
     return EnergyMinimisation.energy(pos, batch.edge_index, batch.p, batch.batch, batch.num_graphs)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
@@ -108,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
 
     def build(task: EnergyTask) -> torch.nn.Module:
-        return build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, task.model_displacement_scale(train))
+        return task.build_model(task.displacement_scale(train))
 
     torch.manual_seed(args.seed)
     tasks = {"iterative": EnergyTask(options(args.iterations, args.layers))}

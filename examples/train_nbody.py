@@ -9,7 +9,7 @@ reports the test MSE at the epoch of best validation MSE, next to linear extrapo
 
 The defaults are a quick look (1000 training systems, 8 channels: a few minutes on 2 CPU cores).
 ``--invariant-inputs`` and ``--motion-edges`` give the model more of the physics (``pyg_se3.runtime.features``); with
-8 iterations of 1 layer they are what beats EGNN in the README (there through the CLI, which adds weight decay
+8 iterations of 1 layer they are what beats EGNN in docs/results.md (there through the CLI, which adds weight decay
 and a cosine learning rate). Full size (EGNN: 3000 training systems, batch 100, lr 5e-4, up to 10000 epochs;
 hours on a CPU):
 
@@ -29,7 +29,6 @@ Data parallel on several processes (CPU cores or GPUs; ``--batch-size`` is per p
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 from pathlib import Path
@@ -43,8 +42,8 @@ from pyg_se3.datasets import NBodyCharged
 from pyg_se3.graph import Complete
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.features import pair_motion, relative_velocity
-from pyg_se3.runtime.training import atomic_save  # a run killed mid-save never leaves a broken checkpoint
+from pyg_se3.runtime.tasks import ModelOptions, NBodyTask
+from pyg_se3.runtime.training import atomic_save, write_csv  # atomic: a killed run never leaves a broken file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,36 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def node_features(batch, invariant: bool) -> torch.Tensor:
-    """``[charge, velocity]``, or with ``invariant`` ``[|charge|, velocity - mean velocity]`` (equal masses)."""
-    if not invariant:
-        return batch.x
-    return torch.cat([batch.charge.abs(), relative_velocity(batch.vel, batch.batch)], dim=-1)
-
-
-def edge_features(batch, motion: bool):
-    """``(pos, edge_index) -> [E, 1 or 4]``: the charge product ``q_i q_j`` of every edge of a rebuilt graph, then
-    with ``motion`` the pair's distance, radial speed and relative speed at the input frame."""
-    charge = batch.charge.squeeze(-1)
-
-    def features(pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        parts = [(charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1)]
-        if motion:
-            parts.append(pair_motion(batch.pos, batch.vel, edge_index))
-        return torch.cat(parts, dim=-1).to(pos.dtype)
-
-    return features
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = distributed.setup(args.device)  # under torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
@@ -121,18 +90,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train = NBodyCharged(root, split="train")
         val = NBodyCharged(root, split="val")[: args.eval_samples]
         test = NBodyCharged(root, split="test")[: args.eval_samples]
-    config = train.config
     train = train[: args.train_samples]
-
-    # Time between frame 30 and frame 40 (frames are saved every `save_every` steps of `dt`).
-    horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
-
-    def start(batch):  # the iterations refine linear extrapolation
-        return batch.pos + batch.vel * horizon
-
+    # The task's inputs: node features [charge, velocity] (with --invariant-inputs [|charge|, velocity relative to
+    # the centre of mass]), edge features q_i q_j (with --motion-edges also the pair's motion invariants) on every
+    # rebuilt graph, and the start pos + vel * horizon (linear extrapolation to frame 40).
+    inputs = "invariant" if args.invariant_inputs else "raw"
+    task = NBodyTask(ModelOptions(num_iterations=args.iterations, inputs=inputs, motion_edges=args.motion_edges))
     # One update's typical size: the model's displacement heads then work at unit scale.
-    sample = next(iter(DataLoader(train[:256], batch_size=256)))
-    displacement_scale = float((sample.y - start(sample)).square().mean().sqrt()) / args.iterations
+    displacement_scale = task.displacement_scale(train)
 
     model = IterativeSE3Transformer(
         Fiber({0: 1, 1: 1}),  # [charge, velocity]
@@ -141,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         layers_per_iteration=args.layers,
         num_heads=args.heads,
         graph=Complete(),
-        edge_dim=4 if args.motion_edges else 1,
+        edge_dim=task.edge_dim,
         displacement_scale=displacement_scale,
     ).to(device)
     net = distributed.wrap(model, device)  # under torchrun: DDP, whose forward sets up the gradient all-reduce
@@ -149,8 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     distributed.print_main(f"{sum(p.numel() for p in model.parameters()):,} parameters; {len(train)} training systems")
 
     def predict(batch, module: torch.nn.Module = model) -> torch.Tensor:
-        x, edge_attr_fn = node_features(batch, args.invariant_inputs), edge_features(batch, args.motion_edges)
-        return module(x, start(batch), batch.batch, edge_attr_fn=edge_attr_fn).pos
+        return task.predict(module, batch)
 
     @torch.no_grad()
     def evaluate(dataset) -> tuple[float, float]:
@@ -161,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for batch in DataLoader(dataset, batch_size=256, sampler=shard):
             batch = batch.to(device)
             model_sum += float(F.mse_loss(predict(batch), batch.y, reduction="sum"))
-            linear_sum += float(F.mse_loss(start(batch), batch.y, reduction="sum"))
+            linear_sum += float(F.mse_loss(task.initial_positions(batch), batch.y, reduction="sum"))
             count += batch.y.numel()
         model_sum, linear_sum, count = distributed.sum_floats(model_sum, linear_sum, count)  # over the processes
         return model_sum / count, linear_sum / count

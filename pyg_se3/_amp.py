@@ -11,7 +11,7 @@ dtype, as autocast decides. pyg_se3 keeps float32 where rounding would cost accu
 
 The custom kernel contraction records the autocast state of its forward and runs its backward in it
 (:func:`record_autocast`, :func:`backward_with_forward_autocast`). Float64 tensors are never cast by autocast, and
-float32 and float64 computations outside autocast are unchanged by any of this. Measured errors: README, Precision.
+float32 and float64 computations outside autocast are unchanged by any of this. Measured errors: docs/precision.md.
 
 A model cast to 16 bits (``model.half()``, ``model.bfloat16()``) is refused with a ``ValueError`` at call time
 (:func:`~pyg_se3.checks.model_dtype`): the float32 sums above cannot meet its 16-bit weights, and 16-bit weights

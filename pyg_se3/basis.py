@@ -32,7 +32,7 @@ from torch import Tensor
 from pyg_se3._amp import autocast_disabled
 from pyg_se3.checks import check_edge_index, check_int, check_pos
 
-__all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_vectors", "num_J"]
+__all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_harmonics", "edge_vectors", "num_J"]
 
 
 def num_J(k: int, l: int) -> int:
@@ -124,6 +124,20 @@ def _lengths_and_directions(vectors: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(zero, 0.0, scale * length), torch.where(zero, 0.0, scaled / length)
 
 
+def _harmonics(directions: Tensor, max_degree: int) -> Tensor:
+    """e3nn's spherical harmonics of degrees ``0 .. max_degree`` (component normalisation, Cartesian polynomials
+    of the unnormalised ``directions``: a masked, zero direction gives ``Y_0 = 1`` and ``Y_J = 0``)."""
+    return o3.spherical_harmonics(list(range(max_degree + 1)), directions, normalize=False, normalization="component")
+
+
+def edge_harmonics(vectors: Tensor, max_degree: int) -> Tensor:
+    """``[E, (max_degree + 1)^2]`` spherical harmonics of the directions of ``vectors [E, 3]`` (e.g. a basis's
+    ``rel_pos``), those :func:`compute_basis` builds its blocks from (of degrees ``0 .. 2 * max_degree`` there):
+    e3nn's, component normalisation; a zero-length vector gets ``Y_0 = 1`` and ``Y_J = 0`` for ``J > 0``, with zero
+    gradient (see :func:`compute_basis`)."""
+    return _harmonics(_lengths_and_directions(vectors)[1], check_int(max_degree, "max_degree", 0))
+
+
 @dataclass
 class Basis:
     """Everything about a graph's geometry that the layers need; build with :func:`compute_basis`.
@@ -133,12 +147,10 @@ class Basis:
     edge_index
         ``[2, E]``, the graph it was computed for.
     rel_pos
-        ``[E, 3]`` relative positions ``pos[j] - pos[i]``.
+        ``[E, 3]`` relative positions ``pos[j] - pos[i]``; read by :func:`~pyg_se3.nn.conv.add_relative_position`
+        (the layers' ``relative_position=True``).
     dist
         ``[E, 1]`` edge lengths; exactly 0, with zero gradient, for zero-length edges (see :func:`compute_basis`).
-    sh
-        ``[E, (L_sh + 1)^2]`` spherical harmonics of all degrees ``0 .. L_sh = 2 * max_degree``; on zero-length
-        edges ``Y_0 = 1`` and ``Y_J = 0`` for ``J > 0``, with zero gradient (see :func:`compute_basis`).
     pairs
         ``{(k, l): [E, 2k+1, nJ * (2l+1)]}`` for all ``0 <= k, l <= max_degree``.
     edge_weight
@@ -149,7 +161,6 @@ class Basis:
     edge_index: Tensor
     rel_pos: Tensor
     dist: Tensor
-    sh: Tensor
     max_degree: int
     pairs: dict[tuple[int, int], Tensor] = field(repr=False)
     edge_weight: Tensor | None = None
@@ -164,23 +175,23 @@ class Basis:
         once: slicing would build a zero gradient of all edges for every run (quadratic in the number of runs)."""
         if sum(sizes) != self.num_edges or len(sizes) != len(edge_indices):
             raise ValueError(f"sizes: expected one size per edge index, summing to {self.num_edges}, got {sizes}")
-        fields = [self.rel_pos, self.dist, self.sh, *self.pairs.values()]
+        fields = [self.rel_pos, self.dist, *self.pairs.values()]
         if self.edge_weight is not None:
             fields.append(self.edge_weight)
         runs = zip(*(tensor.split(sizes) for tensor in fields), strict=True)
         out = []
-        for edge_index, (rel_pos, dist, sh, *rest) in zip(edge_indices, runs, strict=True):
+        for edge_index, (rel_pos, dist, *rest) in zip(edge_indices, runs, strict=True):
             pairs = dict(zip(self.pairs, rest[: len(self.pairs)], strict=True))
             edge_weight = rest[len(self.pairs)] if self.edge_weight is not None else None
-            out.append(Basis(edge_index, rel_pos, dist, sh, self.max_degree, pairs, edge_weight))
+            out.append(Basis(edge_index, rel_pos, dist, self.max_degree, pairs, edge_weight))
         return out
 
     def index_select(self, index: Tensor, edge_index: Tensor) -> Basis:
         """The basis of the edges ``index`` (e.g. a permutation), which form ``edge_index``."""
         pairs = {pair: b.index_select(0, index) for pair, b in self.pairs.items()}
         edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
-        rel_pos, dist, sh = (t.index_select(0, index) for t in (self.rel_pos, self.dist, self.sh))
-        return Basis(edge_index, rel_pos, dist, sh, self.max_degree, pairs, edge_weight)
+        rel_pos, dist = (t.index_select(0, index) for t in (self.rel_pos, self.dist))
+        return Basis(edge_index, rel_pos, dist, self.max_degree, pairs, edge_weight)
 
     def with_edge_weight(self, edge_weight: Tensor) -> Basis:
         """This basis carrying the envelope weights ``edge_weight [E]``. Weights come in one place: a basis that
@@ -256,6 +267,19 @@ def compute_basis(
     Under ``torch.autocast`` the basis is still computed in the dtype of ``pos`` (autocast is switched off here):
     it is cheap next to the layers that share it, and a 16-bit basis would double the error of the gradients with
     respect to positions (see :mod:`pyg_se3._amp`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    >>> edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])  # edges (j, i): j sends to i
+    >>> basis = compute_basis(pos, edge_index, max_degree=1)
+    >>> basis.num_edges, basis.dist.squeeze(-1).tolist()
+    (3, [1.0, 2.0, 1.0])
+    >>> basis.rel_pos[1].tolist()  # pos[2] - pos[0]
+    [0.0, 2.0, 0.0]
+    >>> {pair: tuple(b.shape) for pair, b in basis.pairs.items()}  # [E, 2k+1, nJ (2l+1)]
+    {(0, 0): (3, 1, 1), (0, 1): (3, 1, 3), (1, 0): (3, 3, 1), (1, 1): (3, 3, 9)}
     """
     max_degree = check_int(max_degree, "max_degree", 0)
     _check_geometry(pos, edge_index, check_values)
@@ -264,9 +288,7 @@ def compute_basis(
     with autocast_disabled(edge_index.device):  # see Notes
         rel_pos = edge_vectors(pos, edge_index)
         dist, directions = _lengths_and_directions(rel_pos)
-        sh = o3.spherical_harmonics(
-            list(range(2 * max_degree + 1)), directions, normalize=False, normalization="component"
-        )
+        sh = _harmonics(directions, 2 * max_degree)
         pairs: dict[tuple[int, int], Tensor] = {}
         for k in range(max_degree + 1):
             for l in range(max_degree + 1):
@@ -278,7 +300,6 @@ def compute_basis(
         edge_index=edge_index,
         rel_pos=rel_pos,
         dist=dist,
-        sh=sh,
         max_degree=max_degree,
         pairs=pairs,
         edge_weight=edge_weight,

@@ -33,20 +33,24 @@ class Fiber:
         torch integers; not ``bool``, nor floats such as ``1.5`` or ``2.0``). Degrees may come in any order;
         they are stored sorted. A degree given twice is an error (use ``+`` to add channels).
 
-    Examples
-    --------
-    >>> f = Fiber({0: 16, 1: 8, 2: 4})
-    >>> f.dim
-    60
-    >>> f.irreps
-    16x0e+8x1o+4x2e
-    >>> Fiber.create(num_degrees=3, channels=32)
-    Fiber({0: 32, 1: 32, 2: 32})
-
     Notes
     -----
     Parities follow the spherical harmonics (``l e`` for even ``l``, ``l o`` for odd ``l``); pyg_se3 is about
     proper rotations, where parity plays no role.
+
+    Examples
+    --------
+    >>> f = Fiber({0: 16, 1: 8, 2: 4})
+    >>> f
+    Fiber({0: 16, 1: 8, 2: 4})
+    >>> f.dim
+    60
+    >>> f.irreps
+    16x0e+8x1o+4x2e
+    >>> {degree: tuple(block.shape) for degree, block in f.split(torch.zeros(5, f.dim)).items()}
+    {0: (5, 16, 1), 1: (5, 8, 3), 2: (5, 4, 5)}
+    >>> Fiber.create(num_degrees=3, channels=32)
+    Fiber({0: 32, 1: 32, 2: 32})
     """
 
     __slots__ = ("_structure",)
@@ -99,10 +103,6 @@ class Fiber:
         return sum(channels * (2 * degree + 1) for degree, channels in self._structure)
 
     @property
-    def num_channels(self) -> int:
-        return sum(channels for _, channels in self._structure)
-
-    @property
     def irreps(self) -> o3.Irreps:
         return o3.Irreps([(channels, (degree, (-1) ** degree)) for degree, channels in self._structure])
 
@@ -119,9 +119,6 @@ class Fiber:
 
     def __len__(self) -> int:
         return len(self._structure)
-
-    def items(self) -> tuple[tuple[int, int], ...]:
-        return self._structure
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Fiber) and self._structure == other._structure
@@ -142,14 +139,6 @@ class Fiber:
     def __and__(self, other: Fiber) -> Fiber:
         """Degrees present in both; channels of ``self``."""
         return Fiber({d: c for d, c in self if d in other})
-
-    def scaled(self, divisor: int) -> Fiber:
-        """Every degree's channels divided by ``divisor`` (an error unless it divides them all)."""
-        divisor = check_int(divisor, "divisor", 1)
-        for degree, channels in self:
-            if channels % divisor:
-                raise ValueError(f"divisor: {divisor} does not divide the {channels} channels of degree {degree}")
-        return Fiber({d: c // divisor for d, c in self})
 
     # ------------------------------------------------------------------ layout
     def offsets(self) -> dict[int, slice]:

@@ -216,6 +216,23 @@ class Radius(GraphBuilder):
         exact PyTorch search (see the module's docstring); ``"torch-cluster"`` or ``"torch"`` to force one. Both
         return the same edges in the same order (by target, then source); among neighbours tied at exactly the
         same distance, truncation keeps an arbitrary one with torch-cluster, the smallest index with ``"torch"``.
+
+    Examples
+    --------
+    Three points on a line; only the first two are closer than ``r``. Row 0 holds the sources, row 1 the targets:
+
+    >>> import torch
+    >>> from pyg_se3.graph import Radius
+    >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    >>> graph = Radius(r=1.5)
+    >>> graph(pos, None)
+    tensor([[1, 0],
+            [0, 1]])
+
+    The cosine envelope's weight of an edge falls from 1 at length 0 to 0 at the cutoff:
+
+    >>> graph.edge_weight(torch.tensor([0.0, 0.75, 1.5]))
+    tensor([1.0000, 0.5000, 0.0000])
     """
 
     def __init__(
@@ -286,6 +303,15 @@ class KNN(GraphBuilder):
         PyTorch search (see the module's docstring); ``"torch-cluster"`` or ``"torch"`` to force one. Both return
         the same edges in the same order (by target, then source); among neighbours tied at exactly the k-th
         distance, torch-cluster keeps an arbitrary one, ``"torch"`` the smallest index.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyg_se3.graph import KNN
+    >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    >>> KNN(k=1)(pos, None)  # each node's nearest neighbour sends to it
+    tensor([[1, 0, 1],
+            [0, 1, 2]])
     """
 
     def __init__(self, k: int, loop: bool = False, engine: str = "auto") -> None:
@@ -302,7 +328,18 @@ class KNN(GraphBuilder):
 
 
 class Complete(GraphBuilder):
-    """All ordered pairs of distinct nodes within each graph of the batch (``O(sum_g n_g^2)`` edges)."""
+    """All ordered pairs of distinct nodes within each graph of the batch (``O(sum_g n_g^2)`` edges).
+
+    Examples
+    --------
+    Two graphs of two nodes each; no edge joins them:
+
+    >>> import torch
+    >>> from pyg_se3.graph import Complete
+    >>> Complete()(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+    tensor([[1, 0, 3, 2],
+            [0, 1, 2, 3]])
+    """
 
     def __init__(self, loop: bool = False) -> None:
         self.loop = loop

@@ -11,7 +11,7 @@ Import it as ``from pyg_se3.testing import assert_equivariant`` (it is not re-ex
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,7 @@ def assert_equivariant(
     *,
     num_nodes: int = 8,
     num_rotations: int = 3,
+    rotations: Tensor | None = None,
     translate: bool = True,
     permute: bool = True,
     graph: Callable[..., Tensor] | Tensor | None = None,
@@ -130,12 +131,20 @@ def assert_equivariant(
     fiber_out
         How the outputs transform. A :class:`~pyg_se3.fiber.Fiber` for a tensor output, or for the ``.x`` of an
         output object with ``.x`` and ``.pos`` (such as :class:`~pyg_se3.models.IterativeOutput`; ``.pos`` is then
-        checked as positions). For a dict output, a mapping from each of its keys to a ``Fiber`` or to
-        :data:`POSITIONS` (transforms as ``R p + t``).
+        checked as positions, and so is every step of its ``.trajectory``, a sequence of position tensors, when
+        it has a non-empty one). For a dict output, a mapping from each of its keys to a ``Fiber`` or to
+        :data:`POSITIONS` (transforms as ``R p + t``); a value of the dict may also be a list or tuple of tensors
+        (e.g. per-layer features, a trajectory), each of which transforms as its key says (named ``key[i]`` in
+        errors). For an output object, a mapping selects its outputs: ``{"x": fiber, "pos": POSITIONS}`` leaves
+        out the trajectory, adding ``"trajectory": POSITIONS`` checks it.
     num_nodes
         ``N``, the number of random nodes (ignored when ``x`` and ``pos`` are given).
     num_rotations
-        How many random rotations to check.
+        How many random rotations to check (ignored when ``rotations`` is given).
+    rotations
+        Rotation matrices to check instead of random ones: ``[K, 3, 3]`` (or one ``[3, 3]``), proper and
+        orthogonal (``det R = +1``), e.g. to reproduce a failure, or to test a rotation known to be hard. Each
+        is still combined with a random translation when ``translate=True``.
     translate
         Check translation invariance (and add a random translation to each rotation).
     permute
@@ -147,11 +156,14 @@ def assert_equivariant(
         ``[2, E]`` tensor.
     call
         ``(module, x, pos, edge_index) -> outputs``: how to run the module. Outputs are a tensor, a dict of tensors
-        or an object with tensor attributes ``.x`` and ``.pos``. Default: ``module(x, pos, edge_index)`` when
-        ``module.forward`` has a parameter named ``edge_index`` (:class:`~pyg_se3.nn.SE3Conv`,
-        :class:`~pyg_se3.nn.SE3Attention`, :class:`~pyg_se3.models.SE3Transformer`), else ``module(x, pos)``
-        (:class:`~pyg_se3.models.IterativeSE3Transformer`, which builds its own graphs). Use it to pass more
-        arguments, e.g. ``call=lambda m, x, pos, e: m(x, pos, e, edge_attr=...)`` with invariant edge features.
+        (or of lists of tensors) or an object with tensor attributes ``.x`` and ``.pos``. It runs under
+        ``torch.no_grad()``: an output that needs autograd, such as forces ``-dE/dpos`` (which transform as a
+        ``Fiber({1: 1})``), is computed inside ``with torch.enable_grad():`` in ``call``. Default:
+        ``module(x, pos, edge_index)`` when ``module.forward`` has a parameter named ``edge_index``
+        (:class:`~pyg_se3.nn.SE3Conv`, :class:`~pyg_se3.nn.SE3Attention`, :class:`~pyg_se3.models.SE3Transformer`),
+        else ``module(x, pos)`` (:class:`~pyg_se3.models.IterativeSE3Transformer`, which builds its own graphs). Use
+        it to pass more arguments, e.g. ``call=lambda m, x, pos, e: m(x, pos, e, edge_attr=...)`` with invariant
+        edge features.
     x, pos
         Inputs to use instead of random ones (``[N, fiber_in.dim]`` and ``[N, 3]``; cast to ``dtype``).
     dtype
@@ -174,6 +186,8 @@ def assert_equivariant(
     AssertionError
         When a check fails, with the check (``rotation``, ``translation`` or ``permutation``), the output, the
         rotation index and the measured maximum relative error.
+    ValueError
+        When ``rotations`` are not proper rotation matrices, or the outputs do not match ``fiber_out``.
 
     Examples
     --------
@@ -200,6 +214,9 @@ def assert_equivariant(
     if not isinstance(fiber_in, Fiber):
         raise TypeError(f"fiber_in: expected a Fiber, got {type(fiber_in).__name__}")
     kinds = _output_kinds(fiber_out)
+    if rotations is not None:
+        rotations = _check_rotations(rotations)
+        num_rotations = rotations.shape[0]
     if num_rotations < 1:
         raise ValueError(f"num_rotations: expected at least 1, got {num_rotations}")
     default_rtol, default_atol = default_tolerances(dtype)
@@ -217,7 +234,8 @@ def assert_equivariant(
         num_nodes = num_nodes if x is None else x.shape[0]
         x = torch.randn(num_nodes, fiber_in.dim, dtype=torch.float64) if x is None else x
         pos = torch.randn(num_nodes, 3, dtype=torch.float64) if pos is None else pos
-        rotations = o3.rand_matrix(num_rotations, dtype=torch.float64)
+        if rotations is None:
+            rotations = o3.rand_matrix(num_rotations, dtype=torch.float64)
         shifts = 2.0 * torch.randn(num_rotations + 1, 3, dtype=torch.float64)
         perm = torch.randperm(num_nodes)
     x, pos = x.to(device, dtype), pos.to(device, dtype)
@@ -230,8 +248,12 @@ def assert_equivariant(
     else:
         edge_index = (KNN(min(3, num_nodes - 1)) if graph is None else graph)(pos)
 
+    flat_kinds: dict[str, OutputKind] = {}  # the kind of each output, lists flattened (name[i])
+
     def run(x_: Tensor, pos_: Tensor, edge_index_: Tensor) -> dict[str, Tensor]:
-        return _outputs(call(module, x_, pos_, edge_index_), kinds)
+        outputs = _outputs(call(module, x_, pos_, edge_index_), kinds)
+        flat_kinds.update({name: kind for name, (_, kind) in outputs.items()})
+        return {name: y for name, (y, _) in outputs.items()}
 
     with torch.no_grad():
         reference = run(x, pos, edge_index)
@@ -239,7 +261,7 @@ def assert_equivariant(
         if translate:
             shift = shifts[-1]
             actual = run(x, pos + shift, edge_index)
-            expected = {name: _transform(y, kinds[name], None, shift) for name, y in reference.items()}
+            expected = {name: _transform(y, flat_kinds[name], None, shift) for name, y in reference.items()}
             translation = _compare("translation", actual, expected, rtol, atol, "")
 
         errors = []
@@ -247,7 +269,7 @@ def assert_equivariant(
             shift = shifts[index] if translate else None
             moved = pos @ R.T if shift is None else pos @ R.T + shift
             actual = run(fiber_in.rotate(x, R), moved, edge_index)
-            expected = {name: _transform(y, kinds[name], R, shift) for name, y in reference.items()}
+            expected = {name: _transform(y, flat_kinds[name], R, shift) for name, y in reference.items()}
             check = "rotation" if shift is None else "rotation (with translation)"
             errors.append(_compare(check, actual, expected, rtol, atol, f" (rotation {index} of {num_rotations})"))
 
@@ -261,9 +283,24 @@ def assert_equivariant(
     return EquivarianceErrors(max(errors), tuple(errors), translation, permutation, rtol, atol)
 
 
+def _check_rotations(rotations: Tensor) -> Tensor:
+    """``rotations`` as a float64 ``[K, 3, 3]`` tensor on the CPU, after checking that they are proper rotations."""
+    if not isinstance(rotations, Tensor) or not rotations.is_floating_point():
+        raise ValueError(f"rotations: expected a floating-point tensor, got {type(rotations).__name__}")
+    R = rotations.detach().to("cpu", torch.float64)
+    R = R.unsqueeze(0) if R.dim() == 2 else R
+    if R.dim() != 3 or R.shape[1:] != (3, 3) or R.shape[0] < 1:
+        raise ValueError(f"rotations: expected shape [K, 3, 3] or [3, 3], got {tuple(rotations.shape)}")
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    tol = max(1e-5, 10 * torch.finfo(rotations.dtype).eps)
+    if not bool(((R @ R.transpose(1, 2) - eye).abs().amax() <= tol) & ((torch.linalg.det(R) - 1).abs().amax() <= tol)):
+        raise ValueError("rotations: expected proper rotation matrices (R R^T = I, det R = +1)")
+    return R
+
+
 def _output_kinds(fiber_out: Fiber | Mapping[str, OutputKind]) -> dict[str, OutputKind]:
     if isinstance(fiber_out, Fiber):
-        return {"out": fiber_out, "x": fiber_out, "pos": POSITIONS}
+        return {"out": fiber_out, "x": fiber_out, "pos": POSITIONS, "trajectory": POSITIONS}
     if not isinstance(fiber_out, Mapping):
         raise TypeError(f"fiber_out: expected a Fiber or a mapping of them, got {type(fiber_out).__name__}")
     for name, kind in fiber_out.items():
@@ -282,14 +319,18 @@ def _default_call(module: nn.Module) -> Call:
     return lambda m, x, pos, edge_index: m(x, pos)
 
 
-def _outputs(result: Any, kinds: dict[str, OutputKind]) -> dict[str, Tensor]:
-    """The module's outputs as ``{name: tensor}``, each checked against its kind."""
+def _outputs(result: Any, kinds: dict[str, OutputKind]) -> dict[str, tuple[Tensor, OutputKind]]:
+    """The module's outputs as ``{name: (tensor, kind)}``, each checked against its kind; a list or tuple of
+    tensors is flattened into ``name[0]``, ``name[1]``, ..."""
     if isinstance(result, Tensor):
-        outputs = {"out": result}
+        outputs: dict[str, Any] = {"out": result}
     elif isinstance(result, Mapping):
         outputs = dict(result)
     elif isinstance(getattr(result, "x", None), Tensor) and isinstance(getattr(result, "pos", None), Tensor):
         outputs = {"x": result.x, "pos": result.pos}
+        trajectory = getattr(result, "trajectory", None)
+        if "trajectory" in kinds and isinstance(trajectory, Sequence) and len(trajectory) > 0:
+            outputs["trajectory"] = list(trajectory)
     else:
         raise TypeError(
             f"outputs: expected a tensor, a dict of tensors or an object with tensors .x and .pos, "
@@ -299,15 +340,21 @@ def _outputs(result: Any, kinds: dict[str, OutputKind]) -> dict[str, Tensor]:
         raise ValueError(
             f"fiber_out: the module's outputs are {sorted(outputs)}; give a mapping with exactly these keys"
         )
-    for name, y in outputs.items():
+    flat = {}
+    for name, value in outputs.items():
+        kind = kinds[name]
+        if isinstance(value, list | tuple):
+            flat.update({f"{name}[{i}]": (y, kind) for i, y in enumerate(value)})
+        else:
+            flat[name] = (value, kind)
+    for name, (y, kind) in flat.items():
         if not isinstance(y, Tensor):
             raise TypeError(f"output {name!r}: expected a tensor, got {type(y).__name__}")
-        kind = kinds[name]
         if isinstance(kind, Fiber):
             kind.check(y, f"output {name!r}")
         elif y.shape[-1:] != (3,):
             raise ValueError(f"output {name!r}: positions need a last dimension of 3, got shape {tuple(y.shape)}")
-    return outputs
+    return flat
 
 
 def _transform(y: Tensor, kind: OutputKind, R: Tensor | None, shift: Tensor | None) -> Tensor:
@@ -323,6 +370,10 @@ def _compare(
 ) -> float:
     """The largest relative error over the outputs; raise if one is above tolerance."""
     worst = 0.0
+    if set(actual) != set(expected):
+        raise AssertionError(
+            f"{check} equivariance failed{where}: the outputs are {sorted(actual)}, expected {sorted(expected)}"
+        )
     for name, want in expected.items():
         got = actual[name]
         if got.shape != want.shape:

@@ -1,7 +1,66 @@
-"""pytest configuration: every test starts from the same seed."""
+"""pytest configuration: every test starts from the same seed; ``--fast`` selects the fast tier.
 
+``pytest --fast`` (``make test-fast``) runs every module's tests, cheaper: the equivariance tests check
+:data:`FAST_ROTATIONS` random rotations instead of ``helpers.NUM_ROTATIONS`` (the ``num_rotations`` fixture, and
+the default of ``helpers.random_rotations``); ``torch.autograd.gradcheck`` and ``gradgradcheck`` default to
+``fast_mode=True`` for the session (one random projection of the Jacobian instead of all of it; a call that passes
+``fast_mode`` itself keeps it); and tests marked ``slow`` (subprocesses, training runs, examples) are skipped.
+Without ``--fast`` (``make test``, CI) nothing changes: all rotations, full Jacobians, every test.
+"""
+
+import functools
+
+import helpers
 import pytest
 import torch
+
+#: Random rotations per equivariance check under ``--fast``.
+FAST_ROTATIONS = 3
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        default=False,
+        help=f"the fast tier: {FAST_ROTATIONS} rotations per equivariance check, fast-mode gradcheck, no slow tests",
+    )
+
+
+_GRADCHECKS = {"gradcheck": torch.autograd.gradcheck, "gradgradcheck": torch.autograd.gradgradcheck}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fast"):
+        helpers.NUM_ROTATIONS = FAST_ROTATIONS
+        for name, check in _GRADCHECKS.items():
+            setattr(torch.autograd, name, functools.partial(check, fast_mode=True))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, check in _GRADCHECKS.items():
+        setattr(torch.autograd, name, check)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    fast = config.getoption("--fast")
+    skip = pytest.mark.skip(reason="slow: skipped by --fast (run by `make test`)")
+    for item in items:
+        if fast and "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def fast(request: pytest.FixtureRequest) -> bool:
+    """Whether the fast tier (``--fast``) runs."""
+    return bool(request.config.getoption("--fast"))
+
+
+@pytest.fixture
+def num_rotations(fast: bool) -> int:
+    """Random rotations per equivariance check: ``helpers.NUM_ROTATIONS`` (20), :data:`FAST_ROTATIONS` under
+    ``--fast``. A test that checked fewer takes ``min(its_number, num_rotations)``."""
+    return FAST_ROTATIONS if fast else helpers.NUM_ROTATIONS
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,14 @@ from e3nn import o3
 
 from pyg_se3 import Fiber
 
+#: Random rotations per equivariance check (conftest.py lowers it under ``pytest --fast``).
 NUM_ROTATIONS = 20
 
 
-def random_rotations(n: int = NUM_ROTATIONS, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``[n, 3, 3]`` rotations, uniform on SO(3) (e3nn)."""
-    return o3.rand_matrix(n, dtype=dtype)
+def random_rotations(n: int | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``[n, 3, 3]`` rotations, uniform on SO(3) (e3nn); ``n`` defaults to :data:`NUM_ROTATIONS` (read at call
+    time, so that ``--fast`` applies)."""
+    return o3.rand_matrix(NUM_ROTATIONS if n is None else n, dtype=dtype)
 
 
 def random_graph(num_nodes: int, num_edges: int, dtype: torch.dtype = torch.float64, seed: int = 0):

@@ -4,7 +4,7 @@ from e3nn import o3
 from helpers import random_graph, random_rotations, relative_error
 
 from pyg_se3 import compute_basis
-from pyg_se3.basis import clebsch_gordan_block, num_J
+from pyg_se3.basis import clebsch_gordan_block, edge_harmonics, num_J
 from pyg_se3.fiber import wigner_D
 
 MAX_DEGREE = 3
@@ -88,8 +88,9 @@ def test_zero_length_edges_are_finite(device):
     assert all(torch.isfinite(B).all() for B in basis.pairs.values())
     assert torch.isfinite(pos.grad).all()
     # Y_0 = 1, Y_J = 0 for J > 0 at r = 0: only the J = 0 part of (k, k) survives
-    torch.testing.assert_close(basis.sh[:, 0], torch.ones(4, dtype=torch.float64, device=device))
-    assert basis.sh[:, 1:].abs().max() == 0
+    sh = edge_harmonics(basis.rel_pos, 2 * MAX_DEGREE)
+    torch.testing.assert_close(sh[:, 0], torch.ones(4, dtype=torch.float64, device=device))
+    assert sh[:, 1:].abs().max() == 0
 
 
 def test_clebsch_gordan_cached_in_memory():
@@ -103,3 +104,16 @@ def test_max_degree_too_small_is_a_clear_error():
     basis = compute_basis(pos, edge_index, 1)
     with pytest.raises(ValueError, match="basis: it was computed up to degree 1"):
         basis[(2, 0)]
+
+
+def test_edge_harmonics_are_e3nns_of_the_directions_and_build_the_blocks():
+    pos, edge_index = random_graph(6, 15)
+    basis = compute_basis(pos, edge_index, 2)
+    sh = edge_harmonics(basis.rel_pos, 4)
+    expected = o3.spherical_harmonics(list(range(5)), basis.rel_pos, normalize=True, normalization="component")
+    torch.testing.assert_close(sh, expected, rtol=1e-13, atol=1e-13)
+    # the (1, 1) block is Y of degrees 0..2 times the Clebsch-Gordan coefficients
+    block = (sh[:, :9] @ clebsch_gordan_block(1, 1, torch.float64, torch.device("cpu"))).view(-1, 3, 9)
+    torch.testing.assert_close(basis[(1, 1)], block, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="max_degree"):
+        edge_harmonics(basis.rel_pos, -1)

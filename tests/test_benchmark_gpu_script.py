@@ -26,6 +26,7 @@ def _positive(value: float) -> bool:
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
 def test_tiny_cpu_run_writes_plausible_results(gpu, tmp_path: Path) -> None:
     results, out = gpu.run(["--device", "cpu", "--tiny", "--amp", "bf16", "--out", str(tmp_path)])
     assert out == tmp_path

@@ -204,6 +204,10 @@ CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cu
         (["--weight-decay", "-1"], "--weight-decay"),
         (["--radius", "inf"], "--radius"),
         (["--radius", "0"], "--radius"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs"),
+        (["--warmup-epochs", "nan"], "--warmup-epochs"),
+        (["--warmup-epochs", "100"], "--warmup-epochs"),
+        (["--eval-every", "0"], "--eval-every"),
         (["--device", "bogus"], "--device"),
         (["--device", CUDA], "--device"),
     ],
@@ -296,6 +300,10 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--grad-clip", "0"], "1.0"),
         (["--share-weights"], "False"),
         (["--relative-position"], "False"),
+        (["--integrator", "velocity"], "position"),
+        (["--warmup-epochs", "0.5"], "0.0"),
+        (["--weight-decay-on", "weights"], "all"),
+        (["--eval-every", "2"], "1"),
     ],
 )
 def test_resume_refuses_an_option_that_differs_from_the_checkpoint(trained, tmp_path, capsys, extra, recorded):

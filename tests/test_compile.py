@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-import pyg_se3.nn.kernel
+import pyg_se3.nn.contraction
 from pyg_se3 import Fiber
 from pyg_se3.basis import _clebsch_gordan_block_op, clebsch_gordan_block
 from pyg_se3.graph import KNN, Radius
@@ -52,7 +52,7 @@ def test_compiled_model_matches_eager_values_and_gradients(fresh_dynamo, monkeyp
     convolution. Chunk sizing is made tiny, so that the compiled contractions run several chunks (at most
     ``COMPILED_MAX_CHUNKS``: eager mode runs 6 of 8 edges, compiled code 4 of 12) through the loop that Dynamo
     unrolls."""
-    monkeypatch.setattr(pyg_se3.nn.kernel, "_CHUNK_BYTES", {"cpu": 2**8, "cuda": 2**8})
+    monkeypatch.setattr(pyg_se3.nn.contraction, "_CHUNK_BYTES", {"cpu": 2**8, "cuda": 2**8})
     torch.manual_seed(0)
     model = SE3Transformer(FIBER_IO, Fiber({0: 4, 1: 4}), FIBER_IO, num_layers=1, num_heads=2)
     g = torch.Generator().manual_seed(1)
@@ -106,10 +106,10 @@ def test_compiled_model_is_shape_dynamic_over_a_dataloader(dynamic, most, fresh_
     """Five batches of different node and edge counts: compiled at most twice by default (Dynamo compiles the
     first batch's static shapes, and on the next batch marks the sizes that changed dynamic), once with
     ``dynamic=True``, and every batch computes what eager mode computes. Nothing in the model specialises the
-    number of nodes or edges: chunk bounds are symbolic (``pyg_se3.nn.kernel._chunks``; 4 chunks of each batch's
+    number of nodes or edges: chunk bounds are symbolic (``pyg_se3.nn.contraction._chunks``; 4 chunks of each batch's
     63..110 edges here, made tiny as in the test above). Dynamo and AOTAutograd only (``aot_eager``): the
     forward and backward graphs are traced with symbolic sizes; Inductor is the next test's."""
-    monkeypatch.setattr(pyg_se3.nn.kernel, "_CHUNK_BYTES", {"cpu": 2**8, "cuda": 2**8})
+    monkeypatch.setattr(pyg_se3.nn.contraction, "_CHUNK_BYTES", {"cpu": 2**8, "cuda": 2**8})
     torch.manual_seed(0)
     model = SE3Transformer(FIBER_IO, Fiber({0: 4, 1: 4}), FIBER_IO, num_layers=1, num_heads=2)
     compiled = torch.compile(model, fullgraph=True, dynamic=dynamic, backend="aot_eager")
@@ -117,6 +117,7 @@ def test_compiled_model_is_shape_dynamic_over_a_dataloader(dynamic, most, fresh_
     assert 1 <= counters["stats"]["unique_graphs"] <= most
 
 
+@pytest.mark.slow
 def test_pooled_model_compiles_to_one_graph(fresh_dynamo, one_thread):
     """A pooled model compiles with ``fullgraph=True`` (Dynamo only: graph breaks are the point here), with
     ``num_graphs`` (PyG's ``data.num_graphs``) or without it (the number of graphs then comes from ``batch``
@@ -147,6 +148,7 @@ def test_compiled_model_with_inductor_compiles_once_over_a_dataloader(fresh_dyna
 # Resuming after the graph break of the neighbour search, Dynamo probes `.grad` of the (non-leaf) positions; torch
 # hides that warning itself (torch._logging.hide_warnings in torch/_dynamo/variables/builder.py), which does not
 # stop an "error" filter from raising it. pyg_se3 never reads .grad.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
 @pytest.mark.parametrize("graph", [KNN(4), Radius(1.5)])
 def test_compiled_iterative_model_matches_eager(graph, fresh_dynamo, one_thread):

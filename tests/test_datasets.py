@@ -82,6 +82,7 @@ def _dynamics_arrays(arrays, num: int) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_particle_dynamics_regeneration_of_a_prefix_is_bit_identical():
     """The whole regeneration takes ~45 s (``datasets/generate.py --check`` does it); here the first 2
     simulations of every split are regenerated and compared bit for bit with the packaged arrays."""
@@ -93,6 +94,7 @@ def test_particle_dynamics_regeneration_of_a_prefix_is_bit_identical():
             assert fresh[key].tobytes() == value.tobytes(), (split, key)
 
 
+@pytest.mark.slow
 def test_generate_script_checks_checksums():
     result = subprocess.run(
         [sys.executable, str(REPO / "datasets" / "generate.py"), "--check", "--quiet", "--only", "energy_minimisation"],
@@ -105,6 +107,7 @@ def test_generate_script_checks_checksums():
     assert "all checksums match" in result.stdout
 
 
+@pytest.mark.slow
 def test_packaged_copy_and_generation_give_identical_raw_files(tmp_path, monkeypatch):
     copied = ParticleDynamics(tmp_path / "copied", split="val", progress=False)
     assert sha256_file(copied.raw_paths[0]) == _sums()["particle_dynamics/val.npz"]
@@ -586,6 +589,7 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
         assert torch.equal(EnergyMinimisation(tmp_path, split="val", progress=False)._data.pos, dataset._data.pos)
 
 
+@pytest.mark.slow
 def test_a_process_waits_while_another_holds_the_dataset_lock(tmp_path):
     dataset = EnergyMinimisation(tmp_path, split="val", progress=False)
     lock = Path(tmp_path) / f".val-{dataset.tag}.lock"
@@ -601,6 +605,7 @@ def test_a_process_waits_while_another_holds_the_dataset_lock(tmp_path):
     assert torch.equal(torch.load(tmp_path / "pos-waiting-0.pt"), dataset._data.pos)
 
 
+@pytest.mark.slow
 def test_concurrent_force_reload_and_loads_never_crash(tmp_path):
     reference = EnergyMinimisation(tmp_path, split="val", progress=False)._data.pos
     processes = [_loader(tmp_path, loads=4, force=i % 2 == 0, name=str(i)) for i in range(3)]

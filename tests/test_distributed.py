@@ -30,9 +30,8 @@ from helpers import assert_identical
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from pyg_se3.datasets import ParticleDynamics
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +88,7 @@ def datasets(root: Path):
 def make_trainer(root: Path, out: Path, batch_size: int, epochs: int = EPOCHS, resume: bool = False, cls=Trainer):
     task, train, val, scale = datasets(root)
     seed_everything(0)
-    model = build_model(ParticleDynamics.fiber, OPTIONS, task.edge_dim, scale).double()
+    model = task.build_model(scale).double()
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3, out=str(out), resume=resume, progress=False)
     return cls(model, task, train, val, config)
 
@@ -143,6 +142,7 @@ def _worker(root: Path, base: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the tests
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_same_global_batches(root, tmp_path, one_thread):
     reference = make_trainer(root, tmp_path / "reference", WORLD * LOCAL_BATCH, cls=SameGlobalBatches)
     initial = {k: v.clone() for k, v in reference.model.state_dict().items()}
@@ -200,6 +200,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(root, t
     assert gap > 1e-6, gap
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun(root, tmp_path, one_thread):
     out = tmp_path / "run"
     data = ["--task", "dynamics", "--root", str(root), "--no-progress"]
@@ -216,7 +217,7 @@ def test_cli_under_torchrun(root, tmp_path, one_thread):
     extra = state["config"]["extra"]
     task = get_task("dynamics", ModelOptions(**extra["model"]))
     val = task.datasets(str(root))["val"]
-    model = build_model(ParticleDynamics.fiber, ModelOptions(**extra["model"]), 0, extra["displacement_scale"])
+    model = task.build_model(extra["displacement_scale"])
     model.load_state_dict(state["model"])
     trainer = Trainer(model, task, val, None, TrainConfig(batch_size=256, out=str(tmp_path / "eval"), progress=False))
     assert trainer.evaluate(val)["mse"] == pytest.approx(rows[0]["val_mse"], rel=1e-5)

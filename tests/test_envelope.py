@@ -3,7 +3,7 @@ gradients against finite differences, one place for the weights, and bad input."
 
 import pytest
 import torch
-from helpers import random_rotations, relative_error
+from helpers import relative_error
 from torch_geometric.utils import to_undirected
 
 from pyg_se3 import Fiber
@@ -11,6 +11,7 @@ from pyg_se3.basis import compute_basis
 from pyg_se3.graph import Complete, Radius, cosine_envelope, envelope_weight, polynomial_envelope
 from pyg_se3.models import SE3Transformer
 from pyg_se3.nn import SE3Attention, SE3Conv
+from pyg_se3.testing import assert_equivariant
 
 F64 = torch.float64
 FIBER_IN, FIBER_HIDDEN, FIBER_OUT = Fiber({0: 2, 1: 1}), Fiber({0: 4, 1: 4}), Fiber({0: 1, 1: 1})
@@ -64,18 +65,21 @@ def test_cutoff_on_a_complete_graph_equals_the_radius_graph():
     assert relative_error(complete, radius) < 1e-13
 
 
-def test_cutoff_model_is_equivariant():
+def test_cutoff_model_is_equivariant(num_rotations):
+    """The pooled output: random rotations, each with a translation, a pure translation, a permutation."""
     x, pos = cloud()
-    edge_index = Complete()(pos)
-    model = make_model(cutoff=CUTOFF)
-    with torch.no_grad():
-        out = model(x, pos, edge_index)
-        for R in random_rotations(5):
-            x_rot = x.clone()
-            x_rot[:, 2:5] = x[:, 2:5] @ R.T
-            rotated = model(x_rot, pos @ R.T, edge_index)
-            expected = torch.cat([out[:, :1], out[:, 1:4] @ R.T], dim=1)
-            assert relative_error(rotated, expected) < 1e-12
+    errors = assert_equivariant(
+        make_model(cutoff=CUTOFF),
+        FIBER_IN,
+        FIBER_OUT,
+        x=x,
+        pos=pos,
+        graph=Complete()(pos),
+        num_rotations=min(5, num_rotations),
+        rtol=1e-12,
+        atol=0.0,
+    )
+    assert len(errors.rotations) == min(5, num_rotations)
 
 
 def test_cutoff_gradients_match_finite_differences_near_the_cutoff():

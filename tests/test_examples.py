@@ -23,12 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_identical
-from torch_geometric.loader import DataLoader
 
-from pyg_se3.datasets import ParticleDynamics
-from pyg_se3.graph import complete_edge_index
 from pyg_se3.runtime import cli
-from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +81,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- the examples
 @pytest.mark.parametrize("script", list(SCRIPTS))
+@pytest.mark.slow
 def test_example_learns_writes_its_files_and_resumes_exactly(script, root, tmp_path, one_thread, capsys):
     loss_key, files = SCRIPTS[script]
     args = [*TINY_MODEL, "--root", str(root), "--train-samples", "8", "--eval-samples", "8", "--batch-size", "2"]
@@ -128,27 +126,34 @@ def test_energy_example_single_pass_has_the_same_total_layers(root, tmp_path, on
     assert blocks == {"0"}, blocks
 
 
-def test_nbody_example_features_are_the_cli_tasks(root, tmp_path, one_thread, capsys):
-    """The example's --invariant-inputs / --motion-edges give the model what the CLI's --inputs invariant
-    --motion-edges give it, and the example trains with them."""
+def test_nbody_example_trains_with_the_cli_tasks_inputs(root, tmp_path, one_thread, capsys):
+    """The example's --invariant-inputs / --motion-edges are the CLI's --inputs invariant --motion-edges (the
+    example predicts through the task), and the example trains with them."""
     example = load_example("train_nbody.py")
-    task = get_task("nbody", ModelOptions(inputs="invariant", motion_edges=True))
-    batch = next(iter(DataLoader(task.datasets(str(root))["test"][:3], batch_size=3)))
-    edge_index = complete_edge_index(batch.batch)
-    moved = batch.pos + torch.randn_like(batch.pos)
-    torch.testing.assert_close(example.node_features(batch, invariant=True), task.features(batch), rtol=0, atol=0)
-    assert not torch.equal(example.node_features(batch, invariant=False), task.features(batch))
-    expected = task.edge_attr_fn(batch)(moved, edge_index)
-    torch.testing.assert_close(example.edge_features(batch, motion=True)(moved, edge_index), expected, rtol=0, atol=0)
-    assert example.edge_features(batch, motion=False)(moved, edge_index).shape == (edge_index.shape[1], 1)
-
     args = [*TINY_MODEL, "--root", str(root), "--train-samples", "8", "--eval-samples", "8", "--batch-size", "4"]
     history = example.main([*args, "--epochs", "1", "--out", str(tmp_path), "--invariant-inputs", "--motion-edges"])
-    assert torch.load(tmp_path / "last.pt")["args"]["motion_edges"] is True
+    state = torch.load(tmp_path / "last.pt")
+    assert state["args"]["motion_edges"] is True
     assert 0 < history[0]["test_mse"] < history[0]["test_linear_mse"] * 10
+    # the weights fit the CLI task's model: q_i q_j and the 3 motion invariants on every edge
+    task = get_task(
+        "nbody",
+        ModelOptions(
+            num_iterations=2,
+            layers_per_iteration=2,
+            num_degrees=2,
+            channels=4,
+            num_heads=2,
+            inputs="invariant",
+            motion_edges=True,
+        ),
+    )
+    assert task.edge_dim == 4
+    task.build_model().load_state_dict(state["model"])  # strict: same parameters, same shapes
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_train_then_evaluate(root, tmp_path):
     out = tmp_path / "run"
     data = ["--task", "dynamics", "--root", str(root), "--no-progress"]
@@ -178,11 +183,12 @@ def _dynamics_trainer(root: Path, out: Path, epochs: int, lr: float = 3e-3, resu
     task = get_task("dynamics", options)
     sets = task.datasets(str(root))
     seed_everything(0)
-    model = build_model(ParticleDynamics.fiber, options, task.edge_dim, task.displacement_scale(sets["train"]))
+    model = task.build_model(task.displacement_scale(sets["train"]))
     config = TrainConfig(epochs=epochs, batch_size=2, lr=lr, out=str(out), resume=resume, progress=False)
     return Trainer(model, task, sets["train"][:8], sets["val"][:8], config)
 
 
+@pytest.mark.slow
 def test_trainer_loss_decreases_and_the_check_can_fail(root, tmp_path, one_thread):
     losses = [row["train_loss"] for row in _dynamics_trainer(root, tmp_path / "learns", epochs=5).fit()]
     assert decreased(losses), f"train_loss per epoch: {losses}"
@@ -195,6 +201,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_trainer_resumes_an_interrupted_run_exactly(root, tmp_path, one_thread):
     _dynamics_trainer(root, tmp_path / "full", epochs=3).fit()
 
@@ -211,6 +218,7 @@ def test_trainer_resumes_an_interrupted_run_exactly(root, tmp_path, one_thread):
     assert_same_training_state(full, resumed)
 
 
+@pytest.mark.slow
 def test_cli_resume_with_more_epochs_matches_an_uninterrupted_run(root, tmp_path, one_thread):
     args = ["train", "--task", "dynamics", "--root", str(root), "--no-progress", *TINY_MODEL]
     args += ["--train-samples", "8", "--batch-size", "4"]

@@ -37,6 +37,7 @@ def test_pair_motion_values_and_invariance_under_rotation_translation_and_boost(
     for k, (j, i) in enumerate(edge_index.t().tolist()):
         r, v = pos[j] - pos[i], vel[j] - vel[i]
         assert out[k].tolist() == pytest.approx([float(r.norm()), float(r @ v / r.norm()), float(v.norm())], rel=1e-13)
+    # by hand: a function of (pos, vel), invariant under a boost of the velocities too (not assert_equivariant's)
     R = o3.rand_matrix(dtype=torch.float64)
     shift, boost = torch.randn(2, 3, dtype=torch.float64)
     moved = pair_motion(pos @ R.T + shift, vel @ R.T + boost, edge_index)

@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import pyg_se3
-from pyg_se3.nn import kernel
+from pyg_se3.nn import contraction, kernel
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -95,9 +95,14 @@ def _native_importable() -> bool:
 
 
 def test_kernel_info_matches_the_import():
-    assert kernel.NATIVE_KERNELS == (kernel._C is not None) == _native_importable()
+    # pyg_se3.nn.kernel re-exports what pyg_se3.nn.contraction, which imports pyg_se3._C, finds
+    assert (kernel.NATIVE_KERNELS, kernel.NATIVE_KERNELS_INFO) == (
+        contraction.NATIVE_KERNELS,
+        contraction.NATIVE_KERNELS_INFO,
+    )
+    assert kernel.NATIVE_KERNELS == (contraction._C is not None) == _native_importable()
     if kernel.NATIVE_KERNELS:
-        assert kernel.NATIVE_KERNELS_INFO == f"loaded from {kernel._C.__file__}"
+        assert kernel.NATIVE_KERNELS_INFO == f"loaded from {contraction._C.__file__}"
     else:
         assert kernel.NATIVE_KERNELS_INFO.startswith(("not built", "failed to load"))
 
@@ -158,6 +163,7 @@ def _import_pyg_se3(tmp_path: Path, block: str | None) -> tuple[dict, list[str],
     return report, logs, result.stderr
 
 
+@pytest.mark.slow
 def test_import_reports_the_kernels_it_has(tmp_path):
     """An unmodified import: silent when the kernels load (the dev set-up), one INFO record when not built."""
     report, logs, stderr = _import_pyg_se3(tmp_path, block=None)
@@ -166,20 +172,24 @@ def test_import_reports_the_kernels_it_has(tmp_path):
     if kernel.NATIVE_KERNELS:
         assert logs == []
     else:
-        assert len(logs) == 1 and logs[0].startswith("LOG INFO pyg_se3.nn.kernel: pyg_se3: C++ kernels not built")
+        assert len(logs) == 1 and logs[0].startswith("LOG INFO pyg_se3.nn.contraction: pyg_se3: C++ kernels not built")
 
 
+@pytest.mark.slow
 def test_missing_kernels_fall_back_quietly(tmp_path):
     """A pure-Python install runs on the PyTorch path; it says why once, at INFO (hidden by default), no warning."""
     report, logs, stderr = _import_pyg_se3(tmp_path, block="missing")
     assert stderr == ""
     assert not report["native"] and report["info"].startswith("not built")
-    assert len(logs) == 1 and logs[0].startswith("LOG INFO pyg_se3.nn.kernel: pyg_se3: C++ kernels not built")
+    assert len(logs) == 1 and logs[0].startswith("LOG INFO pyg_se3.nn.contraction: pyg_se3: C++ kernels not built")
 
 
+@pytest.mark.slow
 def test_kernels_of_another_torch_fall_back_loudly(tmp_path):
     """A `_C` that does not load (built against another torch) is reported once at WARNING, not raised."""
     report, logs, stderr = _import_pyg_se3(tmp_path, block="stale")
     assert stderr == ""
     assert not report["native"] and report["info"].startswith("failed to load (ImportError: _C.so: undefined symbol")
-    assert len(logs) == 1 and logs[0].startswith("LOG WARNING pyg_se3.nn.kernel: pyg_se3: C++ kernels failed to load")
+    assert len(logs) == 1 and logs[0].startswith(
+        "LOG WARNING pyg_se3.nn.contraction: pyg_se3: C++ kernels failed to load"
+    )

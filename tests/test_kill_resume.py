@@ -57,6 +57,7 @@ def load(path: Path) -> dict:
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(root, tmp_path):
     get_task("dynamics", ModelOptions()).datasets(str(root))  # the dataset files, before two processes read them
     log = tmp_path / "killed.stderr"

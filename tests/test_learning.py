@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyg_se3.datasets import ParticleDynamics
-from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 STEPS = 160
@@ -24,7 +23,7 @@ def test_a_few_hundred_steps_beat_linear_extrapolation_on_held_out_simulations(t
     task = get_task("dynamics", options)
     sets = task.datasets(str(tmp_path / "data"))  # copies the packaged raw files
     seed_everything(0)
-    model = build_model(ParticleDynamics.fiber, options, task.edge_dim, task.displacement_scale(sets["train"]))
+    model = task.build_model(task.displacement_scale(sets["train"]))
     config = TrainConfig(
         epochs=1, batch_size=16, lr=1e-3, seed=0, out=str(tmp_path / "run"), max_batches=STEPS, progress=False
     )

@@ -6,9 +6,8 @@ from helpers import random_features, random_graph
 
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.basis import num_J
-from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel
-from pyg_se3.nn import kernel as kernel_module
-from pyg_se3.nn.kernel import NATIVE_KERNELS, _FeatureGrads, _path_sums, _stacked_features
+from pyg_se3.nn import DepthwiseEdgeKernel, EdgeKernel, contraction
+from pyg_se3.nn.contraction import NATIVE_KERNELS, _FeatureGrads, _path_sums, _stacked_features
 
 CHANNELS = [3, 17, 2, 5]  # 17: more than one group of 16 channels, and a remainder
 
@@ -34,8 +33,8 @@ def test_stacked_features_match_python_path(degree):
     xs, bs = _operands(degree)
     m, start, stop = 2 * degree + 1, 4, 19
     rows = [x[start:stop] for x in xs], [b[start:stop] for b in bs]
-    native = kernel_module._C.stacked_features(*rows, m)
-    into_buffer = kernel_module._C.stacked_features(*rows, m, torch.full_like(native, float("nan")))
+    native = contraction._C.stacked_features(*rows, m)
+    into_buffer = contraction._C.stacked_features(*rows, m, torch.full_like(native, float("nan")))
     expected = _stacked_features(xs, bs, start, stop, m)
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(native, expected, atol=1e-13, rtol=0)
@@ -66,7 +65,7 @@ def test_feature_grads_match_autograd(degree):
         python.add(d_stacked[start : start + 7], start)
         rows = [t if t is None else t[start : start + 7] for t in native]
         chunk = [x[start : start + 7] for x in xs], [b[start : start + 7] for b in bs]
-        kernel_module._C.stacked_feature_grads(*chunk, d_stacked[start : start + 7], rows[:4], rows[4:])
+        contraction._C.stacked_feature_grads(*chunk, d_stacked[start : start + 7], rows[:4], rows[4:])
     for grads in (python.result(), native):
         for got, needed, want in zip(grads, need_x + need_b, expected, strict=True):
             assert (got is not None) == needed
@@ -87,13 +86,13 @@ def test_depthwise_path_sums_and_grads_match_autograd(degree):
     stacked = _stacked_features(leaves[1:5], leaves[5:], 0, num_edges, m)
     expected_sums = _path_sums(stacked * leaves[0][:, None], xs, bs)
     assert expected_sums.shape == (num_edges, m, sum(CHANNELS))
-    torch.testing.assert_close(kernel_module._C.depthwise_path_sums(xs, bs, weights, m), expected_sums.detach())
+    torch.testing.assert_close(contraction._C.depthwise_path_sums(xs, bs, weights, m), expected_sums.detach())
     d_sums = torch.randn_like(expected_sums)
     expected = torch.autograd.grad(expected_sums, leaves, d_sums)
     need = [True, True, False, True, True, True, True, False, True]  # weights, then features, then bases
     got = [torch.empty(t.shape, dtype=t.dtype) if n else None for t, n in zip(leaves, need, strict=True)]
     sums = torch.full_like(d_sums, float("nan"))
-    kernel_module._C.depthwise_path_sum_grads(xs, bs, weights, d_sums, sums, got[0], got[1:5], got[5:])
+    contraction._C.depthwise_path_sum_grads(xs, bs, weights, d_sums, sums, got[0], got[1:5], got[5:])
     torch.testing.assert_close(sums, expected_sums.detach(), atol=1e-12, rtol=0)
     for g, n, want in zip(got, need, expected, strict=True):
         if n:
@@ -136,13 +135,15 @@ def test_kernels_match_without_native_kernels(kind, dtype, tolerance, wrt, monke
         inputs = [t for t in (x, pos_, *kernel.parameters()) if t.requires_grad]
         return out, *torch.autograd.grad(out.square().sum(), inputs)
 
-    counting = _CountingC(kernel_module._C)
-    monkeypatch.setattr(kernel_module, "_C", counting)
+    counting = _CountingC(contraction._C)
+    monkeypatch.setattr(contraction, "_C", counting)
     native = run()
-    contraction = "kernel_contraction" if kind is EdgeKernel else "depthwise_contraction"
-    assert counting.calls[contraction] == counting.calls[contraction + "_backward"] == len(fiber_out)
-    monkeypatch.setattr(kernel_module, "NATIVE_KERNELS", False)
-    for got, want in zip(native, run(), strict=True):
+    name = "kernel_contraction" if kind is EdgeKernel else "depthwise_contraction"
+    assert counting.calls[name] == counting.calls[name + "_backward"] == len(fiber_out)
+    monkeypatch.setattr(contraction, "NATIVE_KERNELS", False)
+    calls, python = dict(counting.calls), run()
+    assert counting.calls == calls  # the patch took effect: the plain-PyTorch path ran everything
+    for got, want in zip(native, python, strict=True):
         assert want.abs().max() > 1e-6
         torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
 
@@ -150,17 +151,17 @@ def test_kernels_match_without_native_kernels(kind, dtype, tolerance, wrt, monke
 def test_native_kernels_reject_bad_operands():
     xs, bs = _operands(1)
     with pytest.raises(RuntimeError, match=r"bs\[1\]: expected 3 rows"):
-        kernel_module._C.stacked_features(xs, [bs[0], bs[1][:, :2], *bs[2:]], 3)
+        contraction._C.stacked_features(xs, [bs[0], bs[1][:, :2], *bs[2:]], 3)
     with pytest.raises(RuntimeError, match="xs, bs: expected one number of edges"):
-        kernel_module._C.stacked_features(xs, [bs[0][:5], *bs[1:]], 3)
+        contraction._C.stacked_features(xs, [bs[0][:5], *bs[1:]], 3)
     with pytest.raises(RuntimeError, match="out: expected shape"):
-        kernel_module._C.stacked_features(xs, bs, 3, torch.empty(2, 3, 4, dtype=torch.float64))
+        contraction._C.stacked_features(xs, bs, 3, torch.empty(2, 3, 4, dtype=torch.float64))
     d_stacked = torch.empty(23, 3, 5, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="d_stacked: expected"):
-        kernel_module._C.stacked_feature_grads(xs, bs, d_stacked, [None] * 4, [None] * 4)
+        contraction._C.stacked_feature_grads(xs, bs, d_stacked, [None] * 4, [None] * 4)
     d_stacked = torch.empty(23, 3, sum(num_J(k, 1) * c for k, c in enumerate(CHANNELS)), dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"d_xs\[0\]: expected a contiguous CPU tensor of shape"):
-        kernel_module._C.stacked_feature_grads(
+        contraction._C.stacked_feature_grads(
             xs, bs, d_stacked, [torch.empty(23, 3, 2).double()] + [None] * 3, [None] * 4
         )
 
@@ -169,7 +170,7 @@ def test_native_contractions_reject_bad_operands():
     xs, bs = _operands(1)
     fan_in = sum(num_J(k, 1) * c for k, c in enumerate(CHANNELS))
     hidden, weight, bias = torch.randn(23, 8).double(), torch.randn(2 * fan_in, 8).double(), torch.randn(2 * fan_in)
-    C = kernel_module._C
+    C = contraction._C
     with pytest.raises(RuntimeError, match="bias: expected a CPU tensor of dtype Double, got Float"):
         C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7)
     bias = bias.double()

@@ -283,6 +283,7 @@ def test_builders_pickled_before_engines_existed_run_auto():
     assert old.engine == "auto" and torch.equal(old(CUBE), KNN(3)(CUBE))
 
 
+@pytest.mark.slow
 def test_import_and_search_without_torch_cluster_are_silent():
     script = textwrap.dedent(
         """

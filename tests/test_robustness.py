@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
-from helpers import relative_error, unzero_displacements
+from helpers import unzero_displacements
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyg_se3 import Fiber
 from pyg_se3.graph import KNN, Complete, Radius
 from pyg_se3.models import IterativeSE3Transformer, SE3Transformer
+from pyg_se3.testing import POSITIONS, assert_equivariant
 
 FIBER_IN = Fiber({0: 1, 1: 1})
 
@@ -73,14 +74,22 @@ def test_property_equivariance_and_finiteness(num_nodes, degrees, scale, graph, 
     builder = {"complete": Complete(), "knn": KNN(3), "radius": Radius(1.5 * scale, max_num_neighbors=16)}[graph]
     R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64)).Q
     R = R * torch.sign(torch.linalg.det(R))  # a proper rotation
-    shift = torch.randn(3, generator=g, dtype=torch.float64) * scale
     with torch.no_grad():
-        out = model(x, pos, builder(pos))
-        moved = pos @ R.T + shift
-        rotated = model(fiber_in.rotate(x, R), moved, builder(moved))
-    assert torch.isfinite(out).all()
-    if out.norm() > 1e-12:
-        assert relative_error(rotated, fiber_out.rotate(out, R)) < 1e-9
+        assert torch.isfinite(model(x, pos, builder(pos))).all()
+    # the graph is rebuilt from each transformed input, as a data pipeline would; a rotation with a translation,
+    # a pure translation and a permutation
+    assert_equivariant(
+        model,
+        fiber_in,
+        fiber_out,
+        x=x,
+        pos=pos,
+        rotations=R,
+        call=lambda m, x, pos, edge_index: m(x, pos, builder(pos)),
+        rtol=1e-9,
+        atol=0.0,
+        seed=seed,
+    )
 
 
 HIDDEN = Fiber.create(3, 4)
@@ -132,12 +141,10 @@ def test_equivariance_does_not_degrade_with_depth_float64():
     model, x, pos, R = deep_model_and_inputs()
     with torch.no_grad():
         out = model(x, pos)
-        rotated = model(FIBER_IN.rotate(x, R), pos @ R.T)
     moves = (out.pos - pos).norm(dim=-1)
     assert moves.mean() > 0.2 * median_neighbour_distance(pos)  # the points moved
-    for t, (a, b) in enumerate(zip(rotated.trajectory, out.trajectory, strict=True)):
-        assert relative_error(a, b @ R.T) <= 1e-9, t
-    assert relative_error(rotated.x, HIDDEN.rotate(out.x, R)) <= 1e-9
+    # every step of the trajectory, and the hidden fiber (with a translation, and a permutation too)
+    assert_equivariant(model, FIBER_IN, HIDDEN, x=x, pos=pos, rotations=R, rtol=1e-9, atol=0.0)
 
 
 def test_float32_iterations_stay_equivariant_at_every_depth():
@@ -157,24 +164,40 @@ def test_float32_iterations_stay_equivariant_at_every_depth():
     model32 = copy.deepcopy(model).float()
     h, p = x, pos
     fiber = FIBER_IN
-    with torch.no_grad():
-        for t in range(model.num_iterations):
-            pos_a, h_a = step32(model32, t, h, p)
-            pos_b, h_b = step32(model32, t, fiber.rotate(h, R), p @ R.T)
-            assert relative_error(pos_b, pos_a @ R.T) <= 1e-5, t
-            assert relative_error(h_b, HIDDEN.rotate(h_a, R)) <= 1e-5, t
-            h, p, _ = model._step(model.blocks[t], h, p, None, None, False)  # the exact state of the next iteration
-            fiber = HIDDEN
+    for t in range(model.num_iterations):
+        # iteration t as a module of the float64 state (a rotation with a translation, a translation, a permutation)
+        errors = assert_equivariant(
+            model32,
+            fiber,
+            {"pos": POSITIONS, "x": HIDDEN},
+            x=h,
+            pos=p,
+            rotations=R,
+            call=lambda m, h, p, edge_index, t=t: dict(zip(("pos", "x"), step32(m, t, h, p), strict=True)),
+            dtype=torch.float64,  # the state; the step itself runs in float32
+            rtol=1e-5,
+            atol=0.0,
+        )
+        assert errors.rotation > 1e-9, t  # float32 rounding: the step did run in float32
+        with torch.no_grad():
+            h, p = step(model, t, h, p)  # the exact state of the next iteration
+        fiber = HIDDEN
     assert (p - pos).norm(dim=-1).mean() > 0.2 * median_neighbour_distance(pos)
 
 
+def step(model, t: int, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iteration ``t`` of ``model`` (position integrator): the hidden fiber and the new positions."""
+    h, update, _ = model._step(model.blocks[t], h, pos, None, None, False)
+    return h, pos + update
+
+
 def step32(model, t: int, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iteration ``t`` of ``model`` (float32) from a float64 state; results back in float64."""
-    h, pos, _ = model._step(model.blocks[t], h.float(), pos.float(), None, None, False)
+    """Iteration ``t`` of ``model`` (float32) from a float64 state; new positions and hidden fiber in float64."""
+    h, pos = step(model, t, h.float(), pos.float())
     return pos.double(), h.double()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_float32_trajectory_within_1e4_with_rms_norm(seed):
     """The whole 8 x 4 trajectory in float32, with ``norm="rms"`` (channel norms scaled, not centred): the
     accumulated equivariance error of positions and hidden fiber stays within 1e-4 (and within 1e-9 in float64).
@@ -184,8 +207,6 @@ def test_float32_trajectory_within_1e4_with_rms_norm(seed):
         m = copy.deepcopy(model).to(dtype)
         with torch.no_grad():
             out = m(x.to(dtype), pos.to(dtype))
-            rotated = m(FIBER_IN.rotate(x, R).to(dtype), (pos @ R.T).to(dtype))
         assert (out.pos.double() - pos).norm(dim=-1).mean() > 0.2 * median_neighbour_distance(pos)  # they moved
-        for t, (a, b) in enumerate(zip(rotated.trajectory, out.trajectory, strict=True)):
-            assert relative_error(a.double(), b.double() @ R.T) <= bound, (dtype, t)
-        assert relative_error(rotated.x.double(), HIDDEN.rotate(out.x.double(), R)) <= bound, dtype
+        # every step of the trajectory and the hidden fiber (with a translation, and a permutation too)
+        assert_equivariant(m, FIBER_IN, HIDDEN, x=x, pos=pos, rotations=R, dtype=dtype, rtol=bound, atol=0.0)

@@ -3,13 +3,14 @@ import sys
 
 import pytest
 import torch
-from helpers import random_features, random_graph, random_rotations, relative_error
+from helpers import random_features, random_graph
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.models import SE3Transformer
 from pyg_se3.nn import TargetGroups
+from pyg_se3.testing import assert_equivariant
 
 FIBER_IN = Fiber({0: 2, 1: 1, 2: 1, 3: 1})
 FIBER_HIDDEN = Fiber({0: 4, 1: 4, 2: 4, 3: 4})
@@ -22,22 +23,30 @@ def small_model(edge_dim=0, **kwargs):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("kernel", ["full", "depthwise"])
-def test_equivariance(dtype, tol, kernel, device):
+def test_equivariance(dtype, tol, kernel, device, num_rotations):
+    """Random rotations, each with a translation, a pure translation and a permutation of the nodes."""
     model = small_model(edge_dim=1, kernel=kernel).to(device, dtype)
-    pos, edge_index = (t.to(device) for t in random_graph(10, 45, dtype))
-    x = random_features(FIBER_IN, 10, dtype).to(device)
+    pos, edge_index = random_graph(10, 45)
+    x = random_features(FIBER_IN, 10)
     edge_attr = torch.rand(45, 1, dtype=dtype).to(device)
     with torch.no_grad():
-        out = model(x, pos, edge_index, edge_attr)
-        errors = [
-            relative_error(
-                model(FIBER_IN.rotate(x, R), pos @ R.T + torch.randn(3, dtype=dtype).to(device), edge_index, edge_attr),
-                FIBER_OUT.rotate(out, R),
-            )
-            for R in random_rotations(dtype=dtype).to(device)
-        ]
-    assert max(errors) <= tol, max(errors)
+        out = model(x.to(device, dtype), pos.to(device, dtype), edge_index.to(device), edge_attr)
     assert out.abs().max() > 1e-3
+    errors = assert_equivariant(
+        model,
+        FIBER_IN,
+        FIBER_OUT,
+        x=x,
+        pos=pos,
+        graph=edge_index,
+        call=lambda m, x, pos, edge_index: m(x, pos, edge_index, edge_attr),
+        num_rotations=num_rotations,
+        dtype=dtype,
+        device=device,
+        rtol=tol,
+        atol=0.0,
+    )
+    assert len(errors.rotations) == num_rotations
 
 
 def test_translation_invariance_and_permutation_equivariance(device):
@@ -108,7 +117,7 @@ def test_degenerate_geometry_is_finite(device):
     assert all(torch.isfinite(g).all() for g in params)
 
 
-def test_single_node_graph(device):
+def test_single_node_graph(device, num_rotations):
     model = small_model().double().to(device)
     pos = torch.randn(1, 3, dtype=torch.float64).to(device).requires_grad_(True)
     x = random_features(FIBER_IN, 1).to(device)
@@ -117,9 +126,18 @@ def test_single_node_graph(device):
     out.sum().backward()
     assert out.shape == (1, FIBER_OUT.dim) and torch.isfinite(out).all()
     # no neighbours: only self-interactions act, and rotating the input still rotates the output
-    R = random_rotations(1)[0].to(device)
-    rotated = model(FIBER_IN.rotate(x, R), pos.detach() @ R.T, no_edges)
-    assert relative_error(rotated, FIBER_OUT.rotate(out, R)) < 1e-12
+    errors = assert_equivariant(
+        model,
+        FIBER_IN,
+        FIBER_OUT,
+        x=x,
+        pos=pos.detach(),
+        graph=no_edges,
+        num_rotations=num_rotations,
+        rtol=1e-12,
+        atol=0.0,
+    )
+    assert errors.rotation < 1e-12
 
 
 @pytest.mark.parametrize(
@@ -167,6 +185,7 @@ def test_bad_constructor_arguments():
         SE3Transformer(FIBER_IN, FIBER_HIDDEN, FIBER_OUT, num_layers=1, pooling="median")
 
 
+@pytest.mark.slow
 def test_import_emits_no_warnings():
     code = "import pyg_se3, pyg_se3.nn, pyg_se3.models"
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)

@@ -85,6 +85,7 @@ def test_forces_are_minus_gradient_of_potential(kind):
 
 
 # ---------------------------------------------------------------------------------------------- integrators
+@pytest.mark.slow
 def test_velocity_verlet_energy_drift_over_whole_default_simulations():
     """The first two default ParticleDynamics simulations of every split, whole (200 saved steps of 25
     integrator steps each): the total energy stays within 1e-3 (relative) of its initial value at every
@@ -179,6 +180,7 @@ def test_simulator_is_equivariant(kind):
     dt, steps = (0.001, 500) if kind == "coulomb" else (0.01, 100)
     reference = velocity_verlet(pos, vel, mass, make(mass), dt, steps, save_every=10)
     shift = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
+    # a hand loop: velocity_verlet is a function of (pos, vel, mass), not a module of (x, pos) for assert_equivariant
     for R in random_rotations(3):
         moved = velocity_verlet(pos @ R.T + shift, vel @ R.T, mass, make(mass), dt, steps, save_every=10)
         assert relative_error(moved.pos - shift, reference.pos @ R.T) < 1e-9

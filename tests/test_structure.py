@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pyg_se3
 
 PACKAGE = Path(pyg_se3.__file__).parent
@@ -38,6 +40,7 @@ def test_core_sources_do_not_import_the_runtime():
     assert {name: mods for name, mods in offenders.items() if mods} == {}
 
 
+@pytest.mark.slow
 def test_importing_the_library_loads_no_runtime_module():
     code = (
         "import sys, pyg_se3, pyg_se3.nn, pyg_se3.models, pyg_se3.datasets, pyg_se3.graph, pyg_se3.transforms, "

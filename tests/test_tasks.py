@@ -11,7 +11,7 @@ from helpers import unzero_displacements
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.graph import complete_edge_index
-from pyg_se3.runtime.tasks import ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 
 OPTIONS = dict(num_iterations=2, layers_per_iteration=2, num_degrees=2, channels=4, num_heads=2)
 
@@ -21,11 +21,12 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def _task_model_batch(name: str, inputs: str, root: Path, motion_edges: bool = False):
-    task = get_task(name, ModelOptions(**OPTIONS, inputs=inputs, motion_edges=motion_edges))
+def _task_model_batch(name: str, inputs: str, root: Path, motion_edges: bool = False, integrator: str = "position"):
+    options = ModelOptions(**OPTIONS, inputs=inputs, motion_edges=motion_edges, integrator=integrator)
+    task = get_task(name, options)
     test = task.datasets(str(root))["test"]
     torch.manual_seed(0)
-    model = unzero_displacements(build_model(task.dataset_cls.fiber, task.options, task.edge_dim, 0.1)).double()
+    model = unzero_displacements(task.build_model(0.1)).double()
     batch = next(iter(DataLoader(test[:4], batch_size=4)))
     return task, model.eval(), batch.apply(lambda t: t.double() if t.is_floating_point() else t)
 
@@ -38,14 +39,15 @@ def _boosted(batch, velocity: torch.Tensor):
     return moved
 
 
+@pytest.mark.parametrize("integrator", ["position", "velocity"])
 @pytest.mark.parametrize("motion_edges", [False, True])
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, root):
+def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, integrator, root):
     """A uniform boost ``u`` of a system moves the prediction by ``u * horizon``: exactly with invariant inputs,
     not with raw ones (the check can fail)."""
     errors = {}
     for inputs in ("raw", "invariant"):
-        task, model, batch = _task_model_batch(name, inputs, root, motion_edges)
+        task, model, batch = _task_model_batch(name, inputs, root, motion_edges, integrator)
         velocity = torch.randn(batch.num_graphs, 3, dtype=torch.float64)
         with torch.no_grad():
             expected = task.predict(model, batch) + velocity[batch.batch] * task.horizon
@@ -94,11 +96,13 @@ def test_motion_edges_are_the_input_frame_pair_invariants(name, root):
         assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
 
 
+@pytest.mark.parametrize("integrator", ["position", "velocity"])
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_motion_edges_keep_the_prediction_equivariant(name, root):
+def test_motion_edges_keep_the_prediction_equivariant(name, integrator, root):
     """A rotation and translation of the input moves the prediction the same way (float64)."""
-    task, model, batch = _task_model_batch(name, "invariant", root, motion_edges=True)
+    task, model, batch = _task_model_batch(name, "invariant", root, motion_edges=True, integrator=integrator)
     fiber_in = task.dataset_cls.fiber
+    # by hand: task.predict reads a whole batch (pos, vel, x) whose velocities rotate too, not (x, pos) alone
     R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     moved = batch.clone()
     moved.pos, moved.vel, moved.x = batch.pos @ R.T + shift, batch.vel @ R.T, fiber_in.rotate(batch.x, R)
@@ -120,6 +124,65 @@ def test_options_without_effect_on_the_energy_task_are_rejected():
     with pytest.raises(ValueError, match="inputs: the energy task has only 'raw' inputs, got 'invariant'"):
         get_task("energy", ModelOptions(inputs="invariant"))
     dynamics = get_task("dynamics", ModelOptions())
-    assert dynamics.with_options(ModelOptions(inputs="invariant")).options.inputs == "invariant"
+    assert dynamics.replace(inputs="invariant").options.inputs == "invariant"
     with pytest.raises(ValueError, match="inputs: expected 'raw' or 'invariant'"):
-        dynamics.with_options(ModelOptions(inputs="boosted"))
+        dynamics.replace(inputs="boosted")
+
+
+@pytest.mark.parametrize("name", ["dynamics", "nbody"])
+def test_a_task_is_configuration_and_loading_data_does_not_change_it(name, root):
+    # What the task knows of the data (the horizon, the mass unit) follows from its configuration, before any data
+    # is loaded, and equals what the loaded dataset says.
+    task = get_task(name, ModelOptions(**OPTIONS))
+    before = dict(vars(task))
+    sets = task.datasets(str(root), train_samples=8)
+    assert vars(task) == before
+    assert task.horizon == sets["train"].horizon == sets["test"].horizon > 0
+    batch = next(iter(DataLoader(sets["test"][:3], batch_size=3)))
+    expected = batch.pos + batch.vel * sets["test"].horizon
+    assert torch.equal(task.initial_positions(batch), expected)
+    if name == "dynamics":
+        assert task.mass_unit == sum(sets["train"].config["mass_range"]) / 2
+
+
+def test_task_data_parameters_reach_the_datasets_and_the_horizon(root):
+    task = get_task("nbody", ModelOptions(**OPTIONS), data={"target_frame": 35})
+    assert task.horizon == pytest.approx(0.001 * 100 * 5)
+    test = task.split(str(root), "test", num_samples=4)
+    assert test.config["target_frame"] == 35 and test.horizon == task.horizon
+    with pytest.raises(ValueError, match="target_frame"):
+        get_task("nbody", ModelOptions(), data={"target_frame": 20})  # before input_frame 30
+
+
+def test_the_cli_model_arguments_are_the_model_options():
+    from dataclasses import asdict, fields
+
+    from pyg_se3.runtime.cli import _apply_defaults, _model_options, build_parser
+
+    parser = build_parser()
+    train = next(a for a in parser._actions if getattr(a, "choices", None) and "train" in a.choices).choices["train"]
+    group = next(g for g in train._action_groups if g.title.startswith("model"))
+    assert [action.dest for action in group._group_actions] == [f.name for f in fields(ModelOptions)]
+    args = parser.parse_args(["train", "--task", "dynamics", "--iterations", "3", "--share-weights", "--norm", "rms"])
+    _apply_defaults(args)
+    expected = asdict(ModelOptions(num_iterations=3, share_weights=True, norm="rms"))
+    assert asdict(_model_options(args)) == expected
+
+
+@pytest.mark.parametrize("name", ["nbody", "dynamics"])
+def test_an_untrained_velocity_integrator_model_is_the_linear_baseline(name, root):
+    options = ModelOptions(**OPTIONS, inputs="invariant", motion_edges=True, integrator="velocity")
+    task = get_task(name, options)
+    batch = next(iter(DataLoader(task.datasets(str(root))["test"][:4], batch_size=4)))
+    batch = batch.apply(lambda t: t.double() if t.is_floating_point() else t)
+    model = task.build_model(0.1).double()
+    assert model.integrator == "velocity" and model.dt == pytest.approx(task.horizon / OPTIONS["num_iterations"])
+    with torch.no_grad():
+        out, metrics = task.predict(model, batch), task.metrics(model, batch)
+    linear = batch.pos + batch.vel * task.horizon
+    assert float((out - linear).norm() / linear.norm()) < 1e-14
+    assert metrics["mse"][0] == pytest.approx(metrics["linear_mse"][0], rel=1e-12)
+    with pytest.raises(ValueError, match="start: integrator='velocity' starts from the input positions"):
+        get_task(name, ModelOptions(integrator="velocity", start="constant"))
+    with pytest.raises(ValueError, match="integrator: the energy task's points have no velocities"):
+        get_task("energy", ModelOptions(integrator="velocity"))

@@ -3,6 +3,7 @@ modules that break rotation, translation or permutation equivariance."""
 
 import doctest
 
+import helpers
 import pytest
 import torch
 from helpers import unzero_displacements
@@ -183,3 +184,83 @@ def test_bad_arguments():
 def test_docstring_examples_run():
     result = doctest.testmod(pyg_se3.testing, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_given_rotations_replace_the_random_ones():
+    quarter_turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    errors = assert_equivariant(conv(), FIBER_IN, FIBER_OUT, rotations=torch.stack([quarter_turn, quarter_turn.T]))
+    assert len(errors.rotations) == 2 and errors.rotation <= 1e-10
+    assert len(assert_equivariant(conv(), FIBER_IN, FIBER_OUT, rotations=quarter_turn.float()).rotations) == 1
+    # a rotation-variant module fails at the given rotation: the message names its index
+    with pytest.raises(AssertionError, match=r"\(rotation 0 of 1\)"):
+        assert_equivariant(CoordinateInScalar(), FIBER_IN, FIBER_OUT, rotations=quarter_turn, translate=False)
+    with pytest.raises(ValueError, match="rotations: expected proper rotation matrices"):
+        assert_equivariant(conv(), FIBER_IN, FIBER_OUT, rotations=-quarter_turn)  # det -1: a reflection
+    with pytest.raises(ValueError, match="rotations: expected proper rotation matrices"):
+        assert_equivariant(conv(), FIBER_IN, FIBER_OUT, rotations=2 * quarter_turn)
+    with pytest.raises(ValueError, match=r"rotations: expected shape \[K, 3, 3\]"):
+        assert_equivariant(conv(), FIBER_IN, FIBER_OUT, rotations=torch.eye(2, dtype=torch.float64))
+
+
+def test_the_trajectory_of_an_output_object_is_checked_as_positions():
+    model = iterative()
+    fiber_in, hidden = Fiber({0: 1, 1: 1}), Fiber({0: 2, 1: 2})
+
+    def call(m, x, pos, edge_index):  # the final positions and features are right, the first iterate is not
+        out = m(x, pos)
+        return IterativeOutput(pos=out.pos, x=out.x, trajectory=[out.trajectory[0], 2 * out.trajectory[1]])
+
+    with pytest.raises(AssertionError, match=r"translation equivariance failed for output 'trajectory\[1\]'"):
+        assert_equivariant(model, fiber_in, hidden, call=call)
+    # a mapping that names .x and .pos only leaves the trajectory out
+    errors = assert_equivariant(model, fiber_in, {"x": hidden, "pos": POSITIONS}, call=call)
+    assert errors.rotation <= 1e-9
+    # the unbroken model passes with its trajectory
+    assert assert_equivariant(model, fiber_in, {"x": hidden, "pos": POSITIONS, "trajectory": POSITIONS}).rotation < 1e-9
+
+
+def test_lists_of_tensors_in_dict_outputs():
+    layer = conv()
+
+    def call(m, x, pos, edge_index):
+        return {"h": [m(x, pos, edge_index), x], "path": [pos, pos.mean(0, keepdim=True)]}
+
+    kinds = {"h": FIBER_OUT, "path": POSITIONS}
+    with pytest.raises(ValueError, match=r"output 'h\[1\]': expected last dimension"):
+        assert_equivariant(layer, FIBER_IN, kinds, call=call)
+
+    def fixed(m, x, pos, edge_index):
+        return {"h": (m(x, pos, edge_index),), "path": [pos, pos.mean(0, keepdim=True)]}
+
+    assert assert_equivariant(layer, FIBER_IN, kinds, call=fixed).rotation <= 1e-10
+
+    def moved_twice(m, x, pos, edge_index):
+        return {"h": (m(x, pos, edge_index),), "path": [pos, 2 * pos]}
+
+    with pytest.raises(AssertionError, match=r"translation equivariance failed for output 'path\[1\]'"):
+        assert_equivariant(layer, FIBER_IN, kinds, call=moved_twice)
+
+
+def test_forces_computed_with_autograd_in_call():
+    """Forces -dE/dpos of an invariant energy transform as a type-1 fiber: ``call`` turns autograd back on."""
+    layer = SE3Conv(FIBER_IN, Fiber({0: 1}), **SMALL).double()
+
+    def forces(m, x, pos, edge_index):
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            return -torch.autograd.grad(m(x, pos, edge_index).square().sum(), pos)[0]
+
+    errors = assert_equivariant(layer, FIBER_IN, Fiber({1: 1}), call=forces)
+    assert errors.rotation <= 1e-10 and errors.translation <= 1e-10 and errors.permutation <= 1e-10
+    with pytest.raises(AssertionError, match="rotation"):  # not a scalar: its forces would not rotate as a vector
+        assert_equivariant(layer, FIBER_IN, Fiber({0: 3}), call=forces, translate=False)
+
+
+def test_the_fast_tier_lowers_the_rotations_and_the_gradcheck_cost(fast, num_rotations):
+    """tests/conftest.py: ``--fast`` (``make test-fast``) checks 3 rotations and runs fast-mode gradchecks;
+    without it (``make test``) 20 rotations and full Jacobians."""
+    assert num_rotations == (3 if fast else 20) == helpers.NUM_ROTATIONS == len(helpers.random_rotations())
+    for check in (torch.autograd.gradcheck, torch.autograd.gradgradcheck):
+        assert getattr(check, "keywords", {}) == ({"fast_mode": True} if fast else {})
+    linear = torch.nn.Linear(3, 2).double()
+    assert torch.autograd.gradcheck(linear, (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))

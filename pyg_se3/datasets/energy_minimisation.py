@@ -79,6 +79,22 @@ class EnergyMinimisation(GeneratedDataset):
         Points per sample (>= 2).
     pos_std
         Standard deviation of the initial positions per axis.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pyg_se3.datasets import EnergyMinimisation
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> test = EnergyMinimisation(tmp.name, split="test", progress=False)
+    >>> len(test), test[0]
+    (500, Data(x=[10, 1], edge_index=[2, 90], pos=[10, 3], p=[90], sample_id=[1]))
+
+    The loss is the mean pair energy at the positions a model outputs; here at the initial ones:
+
+    >>> data = test[0]
+    >>> EnergyMinimisation.energy(data.pos, data.edge_index, data.p)
+    tensor([0.2232])
+    >>> tmp.cleanup()
     """
 
     name = "energy_minimisation"

@@ -81,6 +81,23 @@ class NBodyCharged(GeneratedDataset):
         Reference trajectory length and saving interval; ``(num_steps - 1) // save_every`` frames.
     input_frame, target_frame
         Frames of the input state and of the target positions.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pyg_se3.datasets import NBodyCharged
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> test = NBodyCharged(tmp.name, split="test", progress=False)
+    >>> len(test), test[0].num_nodes, test[0].num_edges, NBodyCharged.fiber
+    (2000, 5, 20, Fiber({0: 1, 1: 1}))
+
+    Each edge carries the product of its end points' charges:
+
+    >>> data = test[0]
+    >>> source, target = data.edge_index
+    >>> torch.equal(data.edge_attr, data.charge[source] * data.charge[target])
+    True
+    >>> tmp.cleanup()
     """
 
     name = "nbody_charged"
@@ -125,6 +142,16 @@ class NBodyCharged(GeneratedDataset):
             seed=seed,
         )
         super().__init__(root, config, dtype, transform, pre_transform, pre_filter, force_reload, progress)
+
+    @property
+    def horizon(self) -> float:
+        """Time between a sample's input and its target frame: ``dt * save_every * (target_frame - input_frame)``."""
+        return self.config_horizon(self.config)
+
+    @staticmethod
+    def config_horizon(config: Mapping[str, Any]) -> float:
+        """:attr:`horizon` of the dataset of ``config`` (from :meth:`make_config`), without building it."""
+        return config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
 
     @classmethod
     def make_config(

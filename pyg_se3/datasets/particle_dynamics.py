@@ -147,6 +147,26 @@ class ParticleDynamics(GeneratedDataset):
         As in PyG's datasets.
     progress
         Show progress bars while generating.
+
+    Examples
+    --------
+    The default configuration copies the packaged files (no simulation):
+
+    >>> import tempfile
+    >>> from pyg_se3.datasets import ParticleDynamics
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> test = ParticleDynamics(tmp.name, split="test", progress=False)
+    >>> len(test), ParticleDynamics.fiber, test.horizon
+    (400, Fiber({0: 1, 1: 1}), 2.5)
+    >>> test[0]
+    Data(x=[6, 4], y=[6, 3], pos=[6, 3], vel=[6, 3], mass=[6, 1], sim_id=[1], block_start=[1])
+
+    Any other configuration is simulated, here 2 simulations of 20 saved steps (2 blocks each):
+
+    >>> small = ParticleDynamics(tmp.name, split="val", num_simulations=2, num_steps=20, progress=False)
+    >>> len(small)
+    4
+    >>> tmp.cleanup()
     """
 
     name = "particle_dynamics"
@@ -390,7 +410,12 @@ class ParticleDynamics(GeneratedDataset):
     @property
     def horizon(self) -> float:
         """Time between a sample's input and its target: ``block_size * substeps * dt``."""
-        return self.config["block_size"] * self.config["substeps"] * self.config["dt"]
+        return self.config_horizon(self.config)
+
+    @staticmethod
+    def config_horizon(config: Mapping[str, Any]) -> float:
+        """:attr:`horizon` of the dataset of ``config`` (from :meth:`make_config`), without building it."""
+        return config["block_size"] * config["substeps"] * config["dt"]
 
     def integrate_block(self, data: Data, num_steps: int | None = None) -> Tensor:
         """Positions after integrating a sample's own initial state ``num_steps`` integrator steps of ``dt``

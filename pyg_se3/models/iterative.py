@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_se3.basis import compute_basis
-from pyg_se3.checks import check_edge_attr, check_graph_inputs, model_dtype, no_value_checks
+from pyg_se3.checks import check_edge_attr, check_graph_inputs, check_vectors, model_dtype, no_value_checks
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, GraphBuilder
 from pyg_se3.models.se3_transformer import SE3Transformer
@@ -39,6 +40,8 @@ class IterativeOutput:
         The graph each iteration ran on (rebuilt from that iteration's input positions).
     num_iterations
         How many iterations ran (fewer than requested when ``tol`` stopped early).
+    vel
+        ``[N, 3]`` final velocities with ``integrator="velocity"``, else ``None``.
     """
 
     pos: Tensor
@@ -46,6 +49,7 @@ class IterativeOutput:
     trajectory: list[Tensor] = field(default_factory=list)
     edge_indices: list[Tensor] = field(default_factory=list)
     num_iterations: int = 0
+    vel: Tensor | None = None
 
 
 class IterativeSE3Transformer(nn.Module):
@@ -102,6 +106,21 @@ class IterativeSE3Transformer(nn.Module):
     relative_position
         Every layer adds the edge's relative position to the first type-1 channel of its source features
         (see :class:`~pyg_se3.models.SE3Transformer`). Default ``False``.
+    integrator
+        What a block's type-1 output updates. ``"position"`` (default): the positions, ``x_{t+1} = x_t + s u_t``
+        (``s = displacement_scale``). ``"velocity"``: a velocity carried between iterations as type-1 state
+        (``forward(..., vel=...)`` gives its initial value), from which the positions follow, a semi-implicit
+        Euler step of length ``dt``:
+
+        .. math::
+            v_{t+1} = v_t + s\, u_t, \qquad x_{t+1} = x_t + \Delta t\, v_{t+1}
+
+        An untrained model (zero heads) then moves every point at its initial velocity: after ``T`` iterations
+        ``x_T = x_0 + T \Delta t\, v_0``, linear extrapolation over ``T dt``. Still SE(3)-equivariant
+        (velocities rotate with the positions and do not translate), and a uniform boost of the initial velocities
+        shifts the output by the boost times ``T dt`` when the blocks' inputs do not see it.
+    dt
+        The time step of ``integrator="velocity"`` (``> 0``; default 1). Ignored by ``integrator="position"``.
     """
 
     def __init__(
@@ -125,8 +144,14 @@ class IterativeSE3Transformer(nn.Module):
         relative_position: bool = False,
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
+        integrator: str = "position",
+        dt: float = 1.0,
     ) -> None:
         super().__init__()
+        if integrator not in ("position", "velocity"):
+            raise ValueError(f"integrator: expected 'position' or 'velocity', got {integrator!r}")
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt: expected a finite number > 0, got {dt!r}")
         if displacement not in ("head", "hidden"):
             raise ValueError(f"displacement: expected 'head' or 'hidden', got {displacement!r}")
         if displacement == "hidden" and 1 not in fiber_hidden:
@@ -147,6 +172,7 @@ class IterativeSE3Transformer(nn.Module):
         self.share_weights, self.edge_dim = share_weights, edge_dim
         self.displacement_scale = float(displacement_scale)
         self.displacement = displacement
+        self.integrator, self.dt = integrator, float(dt)
         block_args = {
             "fiber_hidden": fiber_hidden,
             "fiber_out": fiber_hidden + DISPLACEMENT if displacement == "head" else fiber_hidden,
@@ -204,6 +230,7 @@ class IterativeSE3Transformer(nn.Module):
         detach_basis: bool | str = False,
         tol: float | None = None,
         max_iterations: int | None = None,
+        vel: Tensor | None = None,
     ) -> IterativeOutput:
         """Run the iterations.
 
@@ -226,8 +253,11 @@ class IterativeSE3Transformer(nn.Module):
             Shared weights, inference only: stop once the largest displacement of an iteration is below ``tol``.
         max_iterations
             Shared weights only: the number of iterations to run (default ``num_iterations``).
+        vel
+            ``[N, 3]`` initial velocities: required with ``integrator="velocity"``, refused otherwise.
         """
         num_steps = self._num_steps(tol, max_iterations)
+        self._check_velocity(vel, pos, tol)
         if detach_basis not in (False, True, "geometry", "harmonics"):
             raise ValueError(f"detach_basis: expected False, True, 'geometry' or 'harmonics', got {detach_basis!r}")
         if (edge_attr_fn is None) != (self.edge_dim == 0):
@@ -241,16 +271,34 @@ class IterativeSE3Transformer(nn.Module):
         h = self.embed_input(x)
         out = IterativeOutput(pos=pos, x=h, trajectory=[pos])
         for t in range(num_steps):
-            h, pos, edge_index = self._step(
+            h, update, edge_index = self._step(
                 self.blocks[0 if self.share_weights else t], h, pos, batch, edge_attr_fn, detach_basis
             )
+            if self.integrator == "velocity":
+                vel = vel + update
+                pos = pos + self.dt * vel
+            else:
+                pos = pos + update
             out.trajectory.append(pos)
             out.edge_indices.append(edge_index)
             out.num_iterations = t + 1
             if tol is not None and float(_displacement_norm(out.trajectory)) < tol:
                 break
-        out.pos, out.x = pos, h
+        out.pos, out.x, out.vel = pos, h, vel
         return out
+
+    def _check_velocity(self, vel: Tensor | None, pos: Tensor, tol: float | None) -> None:
+        if self.integrator == "position":
+            if vel is not None:
+                raise ValueError("vel: only a model with integrator='velocity' carries velocities; pass vel=None")
+            return
+        if vel is None:
+            raise ValueError("vel: expected the [N, 3] initial velocities (integrator='velocity')")
+        if tol is not None:
+            raise ValueError("tol: early stopping needs integrator='position' (a moving point never stops)")
+        check_vectors(vel, pos.shape[0], "vel", "velocities")
+        if vel.dtype != pos.dtype:
+            raise ValueError(f"vel: expected the dtype of pos ({pos.dtype}), got {vel.dtype}")
 
     def embed_input(self, x: Tensor) -> Tensor:
         """The features the first block sees: ``x`` itself, or its embedding into ``fiber_hidden``."""
@@ -267,7 +315,6 @@ class IterativeSE3Transformer(nn.Module):
             check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim, model_dtype(self))
         basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False)  # checked by the graph
         if detach_basis == "harmonics":
-            basis.sh = basis.sh.detach()
             basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
         with no_value_checks():  # the graph builder has checked pos, and built edge_index in range
@@ -277,7 +324,7 @@ class IterativeSE3Transformer(nn.Module):
         else:
             h, first = out, self.fiber_hidden.offsets()[1].start
             displacement = h[:, first : first + 3]
-        return h, pos + self.displacement_scale * displacement, edge_index
+        return h, self.displacement_scale * displacement, edge_index
 
     def _num_steps(self, tol: float | None, max_iterations: int | None) -> int:
         if not self.share_weights and (tol is not None or max_iterations is not None):
@@ -295,7 +342,8 @@ class IterativeSE3Transformer(nn.Module):
             f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_hidden}, num_iterations="
             f"{self.num_iterations}, layers_per_iteration={self.layers_per_iteration}, graph={self.graph}, "
             f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
-            f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g})"
+            f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g}"
+            + (f", integrator='velocity', dt={self.dt:g})" if self.integrator == "velocity" else ")")
         )
 
 

@@ -117,7 +117,9 @@ class SE3Transformer(nn.Module):
         layers: list[nn.Module] = []
         fiber = fiber_in
         for _ in range(num_layers):
-            layers.append(SE3Attention(fiber, fiber_hidden, num_heads, channels_div, **kernel_args))
+            layers.append(
+                SE3Attention(fiber, fiber_hidden, num_heads=num_heads, channels_div=channels_div, **kernel_args)
+            )
             if norm:
                 layers.append(SE3Norm(fiber_hidden, kind="layer" if norm is True else norm))
             fiber = fiber_hidden

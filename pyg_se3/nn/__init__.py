@@ -2,6 +2,7 @@
 
 from pyg_se3.nn.attention import SE3Attention
 from pyg_se3.nn.chunked import TargetGroups
+from pyg_se3.nn.contraction import depthwise_contraction, kernel_contraction
 from pyg_se3.nn.conv import SE3Conv
 from pyg_se3.nn.kernel import KERNELS, DepthwiseEdgeKernel, EdgeKernel, make_kernel
 from pyg_se3.nn.linear import SE3Linear
@@ -20,6 +21,8 @@ __all__ = [
     "SE3Linear",
     "SE3Norm",
     "TargetGroups",
+    "depthwise_contraction",
     "global_pool",
+    "kernel_contraction",
     "make_kernel",
 ]

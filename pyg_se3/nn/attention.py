@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
+from torch_geometric.typing import Adj, SparseTensor
+from torch_geometric.utils import is_torch_sparse_tensor
+from torch_geometric.utils.sparse import set_sparse_value
 
 from pyg_se3._amp import upcast
 from pyg_se3.basis import Basis
@@ -12,9 +18,11 @@ from pyg_se3.fiber import Fiber
 from pyg_se3.nn.conv import add_relative_position
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import edge_softmax, node_features, prepare_basis
+from pyg_se3.nn.utils import edge_softmax, message_passing_kwargs, node_features, prepare_basis, resolve_edge_index
 
 __all__ = ["SE3Attention"]
+
+_SUMMED = {"aggr": (("add", "sum"), "the softmax-weighted values are summed over each target's incoming edges")}
 
 
 class SE3Attention(MessagePassing):
@@ -34,57 +42,76 @@ class SE3Attention(MessagePassing):
     self-interaction. The attention output is concatenated with the input fiber (the skip connection) and
     projected to ``fiber_out`` by :class:`~pyg_se3.nn.SE3Linear`. ``u_ij`` are the optional envelope weights of
     the basis (1 when it has none, which gives the ordinary softmax via ``torch_geometric.utils.softmax``).
+    Edge ``(j, i)`` of ``edge_index`` sends from ``j = edge_index[0]`` to ``i = edge_index[1]`` (PyG's
+    ``flow="source_to_target"``); its relative position is ``pos[j] - pos[i]``.
 
     Parameters
     ----------
     fiber_in, fiber_out
-        Input and output fibers.
+        Input and output fibers (flat features of widths ``fiber_in.dim`` and ``fiber_out.dim``).
     num_heads
-        Number of attention heads. Every key and value degree's channels must be divisible by it.
-    channels_div
-        The value fiber has ``fiber_out``'s degrees with ``channels // channels_div`` channels (at least 1).
-        Keys and queries have the value fiber's degrees that ``fiber_in`` also has (queries are a linear map
-        of the input, which cannot create new degrees).
+        Number of attention heads (default ``4``). Every key and value degree's channels must be divisible by it.
     edge_dim
-        Number of invariant edge features for the radial networks.
+        Number of invariant edge features for the radial networks (``edge_attr [E, edge_dim]``; default ``0``).
+    channels_div
+        The value fiber has ``fiber_out``'s degrees with ``channels // channels_div`` channels (at least 1;
+        default ``2``). Keys and queries have the value fiber's degrees that ``fiber_in`` also has (queries are a
+        linear map of the input, which cannot create new degrees).
     radial_hidden, radial_layers
-        Width and depth of the radial network.
+        Width and depth of the radial network (default ``32`` and ``2``).
     kernel
-        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
-        (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
-        several times faster).
+        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel; the default) or
+        ``"depthwise"`` (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then
+        channel mixing; several times faster).
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the key and
         value kernel (:func:`~pyg_se3.nn.conv.add_relative_position`; the original code's ``x_ij="add"``).
         Default ``False``.
+    dropout
+        Dropout probability of the normalised attention weights ``alpha`` in training mode, which exposes each
+        node to a randomly sampled neighbourhood (as :class:`~torch_geometric.nn.conv.TransformerConv`'s).
+        Invariant weights, so the layer stays equivariant. Default ``0``.
+    **kwargs
+        Further arguments of :class:`~torch_geometric.nn.conv.MessagePassing`. The maths fix ``aggr="add"``,
+        ``node_dim=0``, ``flow="source_to_target"`` and ``decomposed_layers=1``: another value of these is a
+        ``ValueError`` naming the argument.
 
     Shapes
     ------
-    ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
-    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with
-    ``pos = (pos_src, pos_dst)`` or a ``basis`` -> ``[N_dst, fiber_out.dim]``.
+    - **input:** node features ``x [N, fiber_in.dim]`` or bipartite ``(x_src [N_src, fiber_in.dim],
+      x_dst [N_dst, fiber_in.dim])``; positions ``pos [N, 3]`` or ``(pos_src [N_src, 3], pos_dst [N_dst, 3])``,
+      or ``None`` with a ``basis``; edges ``edge_index [2, E]`` (a tensor or an
+      :class:`~torch_geometric.EdgeIndex`) or a sparse adjacency ``adj_t [N_dst, N_src]``; edge features
+      ``edge_attr [E, edge_dim]`` *(optional)*; envelope weights ``edge_weight [E]`` *(optional)*
+    - **output:** node features ``[N, fiber_out.dim]`` or ``[N_dst, fiber_out.dim]``; with
+      ``return_attention_weights=True`` also ``(edge_index [2, E], alpha [E, num_heads])``
     """
 
     def __init__(
         self,
         fiber_in: Fiber,
         fiber_out: Fiber,
+        *,
         num_heads: int = 4,
-        channels_div: int = 2,
         edge_dim: int = 0,
+        channels_div: int = 2,
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
         relative_position: bool = False,
+        dropout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(aggr="add", node_dim=0)
+        super().__init__(**message_passing_kwargs(type(self).__name__, kwargs, _SUMMED))
         if num_heads < 1:
             raise ValueError(f"num_heads: expected >= 1, got {num_heads}")
         if channels_div < 1:
             raise ValueError(f"channels_div: expected >= 1, got {channels_div}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
         self.num_heads, self.channels_div = num_heads, channels_div
-        self.relative_position = relative_position
+        self.relative_position, self.dropout = relative_position, float(dropout)
         self.value_fiber = Fiber({d: max(1, c // channels_div) for d, c in fiber_out})
         self.key_fiber = self.value_fiber & fiber_in
         if not len(self.key_fiber):
@@ -97,6 +124,7 @@ class SE3Attention(MessagePassing):
                         f"{degree} (fiber_out {fiber_out}, channels_div {channels_div})"
                     )
         self.key_dim_per_head = self.key_fiber.dim // num_heads
+        self._kernel_kind = kernel
         self.to_key_value = make_kernel(
             kernel,
             fiber_in,
@@ -107,6 +135,7 @@ class SE3Attention(MessagePassing):
         )
         self.to_query = SE3Linear(fiber_in, self.key_fiber)
         self.project = SE3Linear(self.value_fiber + fiber_in, fiber_out, bias=True)
+        self._alpha: Tensor | None = None
         self.reset_parameters()
 
     @property
@@ -114,11 +143,25 @@ class SE3Attention(MessagePassing):
         return self.to_key_value.max_degree
 
     def reset_parameters(self) -> None:
+        """Re-initialise the key/value kernel, the query map and the output projection."""
         super().reset_parameters()
         self.to_key_value.reset_parameters()
         self.to_query.reset_parameters()
         self.project.reset_parameters()
 
+    @overload
+    def forward(
+        self,
+        x: Tensor | tuple[Tensor, Tensor],
+        pos: Tensor | tuple[Tensor, Tensor] | None,
+        edge_index: Adj,
+        edge_attr: Tensor | None = None,
+        basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
+        return_attention_weights: Literal[False] | None = None,
+    ) -> Tensor: ...
+
+    @overload
     def forward(
         self,
         x: Tensor | tuple[Tensor, Tensor],
@@ -127,27 +170,89 @@ class SE3Attention(MessagePassing):
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
         edge_weight: Tensor | None = None,
-    ) -> Tensor:
-        """Attend; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
+        *,
+        return_attention_weights: Literal[True],
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 
-        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention), with ``pos = (pos_src, pos_dst)``
-        or a ``basis``: keys and values come from the sources, queries and the skip connection from the
-        targets, and the output has one row per target. ``edge_weight [E]`` (values in ``[0, 1]``, e.g. a cutoff
-        envelope :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`) weights each edge's attention term before
-        normalisation; it may instead come with the ``basis`` (:func:`~pyg_se3.basis.compute_basis`), not both.
+    @overload
+    def forward(
+        self,
+        x: Tensor | tuple[Tensor, Tensor],
+        pos: Tensor | tuple[Tensor, Tensor] | None,
+        edge_index: SparseTensor,
+        edge_attr: Tensor | None = None,
+        basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
+        *,
+        return_attention_weights: Literal[True],
+    ) -> tuple[Tensor, SparseTensor]: ...
+
+    def forward(
+        self,
+        x: Tensor | tuple[Tensor, Tensor],
+        pos: Tensor | tuple[Tensor, Tensor] | None,
+        edge_index: Adj,
+        edge_attr: Tensor | None = None,
+        basis: Basis | None = None,
+        edge_weight: Tensor | None = None,
+        return_attention_weights: bool | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]] | tuple[Tensor, SparseTensor]:
+        """Attend.
+
+        Parameters
+        ----------
+        x
+            Node features ``[N, fiber_in.dim]``, or a bipartite pair ``(x_src, x_dst)`` (PyG's convention): keys
+            and values come from the sources, queries and the skip connection from the targets, and the output
+            has one row per target.
+        pos
+            Positions ``[N, 3]`` (``(pos_src, pos_dst)`` for a bipartite ``x``), from which the basis is computed;
+            may be ``None`` when ``basis`` is given (a ``ValueError`` naming both when neither is).
+        edge_index
+            The edges ``(j, i)``, ``j`` sending to ``i``: a ``[2, E]`` tensor, a
+            :class:`~torch_geometric.EdgeIndex`, or a sparse adjacency ``adj_t [N_dst, N_src]`` indexed
+            ``[target, source]`` (PyG's convention; ``torch.sparse`` or ``torch_sparse.SparseTensor``), whose edges
+            are taken in storage order (:func:`torch_geometric.utils.to_edge_index`) and whose values are not read
+            (see :func:`~pyg_se3.nn.utils.resolve_edge_index`).
+        edge_attr
+            Invariant edge features ``[E, edge_dim]`` in the order of the edges, or ``None`` (default).
+        basis
+            The basis of these edges (:func:`~pyg_se3.basis.compute_basis`), computed from ``pos`` when ``None``
+            (default).
+        edge_weight
+            ``[E]`` values in ``[0, 1]`` (e.g. a cutoff envelope :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`)
+            weighting each edge's attention term before normalisation; it may instead come with the ``basis``,
+            not both. Default ``None``.
+        return_attention_weights
+            When ``True``, also return ``(edge_index, alpha)``: the softmax weights ``alpha [E, num_heads]``
+            (before dropout), which sum to 1 over each target's incoming edges for each head (also with envelope
+            weights; 0 for a target whose every edge has weight 0). For a ``torch.sparse`` adjacency the pair is
+            ``(adj_t with values alpha, alpha)``, for a ``SparseTensor`` the adjacency with values ``alpha`` (as
+            :class:`~torch_geometric.nn.conv.GATConv`). Default ``None``: the output only.
         """
         x_src, x_dst = node_features(self, x)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis, edge_weight)
+        adjacency, edges = resolve_edge_index(edge_index, (x_src.shape[0], x_dst.shape[0]), basis)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edges, edge_attr, basis, edge_weight)
         query = self.to_query(x_dst)
+        keep_alpha = bool(return_attention_weights)
         attended = self.propagate(
-            edge_index,
+            adjacency,
             x=(x_src, x_dst),
             query=query,
             basis=basis,
             edge_attr=edge_attr,
+            keep_alpha=keep_alpha,
             size=(x_src.shape[0], x_dst.shape[0]),
         )
-        return self.project(Fiber.cat(attended, self.value_fiber, x_dst, self.fiber_in))
+        out = self.project(Fiber.cat(attended, self.value_fiber, x_dst, self.fiber_in))
+        if not keep_alpha:
+            return out
+        alpha, self._alpha = self._alpha, None
+        if isinstance(edge_index, SparseTensor):
+            return out, edge_index.set_value(alpha, layout="coo")
+        if is_torch_sparse_tensor(edge_index):
+            return out, (set_sparse_value(edge_index, alpha), alpha)
+        return out, (edge_index, alpha)
 
     def message(
         self,
@@ -155,6 +260,7 @@ class SE3Attention(MessagePassing):
         query_i: Tensor,
         basis: Basis,
         edge_attr: Tensor | None,
+        keep_alpha: bool,
         index: Tensor,
         ptr: Tensor | None,
         size_i: int | None,
@@ -167,6 +273,10 @@ class SE3Attention(MessagePassing):
         # logits, softmax and the weighted values (summed over edges) in float32 under autocast (see _amp.py)
         logits = (upcast(self._heads(keys)) * upcast(self._heads(self.key_fiber.split(query_i)))).sum(-1)
         alpha = edge_softmax(logits * self.key_dim_per_head**-0.5, index, size_i, ptr=ptr, weight=basis.edge_weight)
+        if keep_alpha:
+            self._alpha = alpha
+        if self.dropout > 0.0 and self.training:
+            alpha = F.dropout(alpha, p=self.dropout, training=True)
         weighted = {
             d: (v.unflatten(1, (self.num_heads, -1)) * alpha[:, :, None, None]).flatten(1, 2) for d, v in values.items()
         }
@@ -180,8 +290,12 @@ class SE3Attention(MessagePassing):
         )
 
     def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, num_heads={self.num_heads}, "
-            f"key_fiber={self.key_fiber}, value_fiber={self.value_fiber}, edge_dim={self.edge_dim}, "
-            f"kernel={type(self.to_key_value).__name__}, relative_position={self.relative_position})"
-        )
+        options = {
+            "edge_dim": (self.edge_dim, 0),
+            "channels_div": (self.channels_div, 2),
+            "kernel": (self._kernel_kind, "full"),
+            "relative_position": (self.relative_position, False),
+            "dropout": (self.dropout, 0.0),
+        }
+        extra = "".join(f", {name}={value!r}" for name, (value, default) in options.items() if value != default)
+        return f"{self.__class__.__name__}({self.fiber_in}, {self.fiber_out}, num_heads={self.num_heads}{extra})"

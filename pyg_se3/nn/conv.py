@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.aggr import Aggregation
+from torch_geometric.typing import Adj
 
 from pyg_se3._amp import upcast
 from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import node_features, prepare_basis
+from pyg_se3.nn.utils import message_passing_kwargs, node_features, prepare_basis, resolve_edge_index
 
 __all__ = ["SE3Conv", "add_relative_position"]
 
@@ -38,52 +42,65 @@ class SE3Conv(MessagePassing):
     ``|x_j - x_i|`` and the invariant edge features (see :class:`~pyg_se3.nn.kernel.EdgeKernel`), the
     self-interaction ``w^{ll}`` (:class:`~pyg_se3.nn.SE3Linear`, degrees present in both fibers), ``u_ij`` the
     optional envelope weights of the basis, and ``⊕`` the aggregation (sum by default). Edge ``(j, i)`` of
-    ``edge_index`` sends from ``j`` to ``i``; its relative position is ``pos[j] - pos[i]``.
+    ``edge_index`` sends from ``j = edge_index[0]`` to ``i = edge_index[1]`` (PyG's ``flow="source_to_target"``);
+    its relative position is ``pos[j] - pos[i]``.
 
     Parameters
     ----------
     fiber_in, fiber_out
         Input and output fibers (flat features of widths ``fiber_in.dim`` and ``fiber_out.dim``).
     edge_dim
-        Number of invariant edge features (``edge_attr`` is ``[E, edge_dim]``).
-    self_interaction
-        Add ``w^{ll} f_i^l`` for the degrees common to both fibers.
-    aggr
-        PyG aggregation of messages (``"add"``, ``"mean"``, ...); ``"add"`` keeps the output continuous
-        when an envelope switches edges on and off.
+        Number of invariant edge features (``edge_attr [E, edge_dim]``; default ``0``).
     radial_hidden, radial_layers
-        Width and depth of the radial network.
+        Width and depth of the radial network (default ``32`` and ``2``).
     kernel
-        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel) or ``"depthwise"``
-        (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then channel mixing;
-        several times faster).
+        ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel; the default) or
+        ``"depthwise"`` (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then
+        channel mixing; several times faster).
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the
         kernel (:func:`add_relative_position`; the original SE(3)-Transformer code's ``x_ij="add"``). Default
         ``False``.
+    self_interaction
+        Add ``w^{ll} f_i^l`` for the degrees common to both fibers (default ``True``).
+    aggr
+        PyG aggregation of messages (``"add"``, the default, ``"mean"``, ...; see
+        :class:`~torch_geometric.nn.conv.MessagePassing`); ``"add"`` keeps the output continuous when an envelope
+        switches edges on and off. Only aggregations that act on each feature component linearly, such as
+        ``"add"`` and ``"mean"``, keep the layer equivariant.
+    **kwargs
+        Further arguments of :class:`~torch_geometric.nn.conv.MessagePassing` (e.g. ``aggr_kwargs``). The maths fix
+        ``node_dim=0``, ``flow="source_to_target"`` and ``decomposed_layers=1``: another value of these is a
+        ``ValueError`` naming the argument.
 
     Shapes
     ------
-    ``x [N, fiber_in.dim]``, ``pos [N, 3]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` ->
-    ``[N, fiber_out.dim]``; or bipartite ``x = (x_src [N_src, .], x_dst [N_dst, .])`` with
-    ``pos = (pos_src, pos_dst)`` or a ``basis`` -> ``[N_dst, fiber_out.dim]``.
+    - **input:** node features ``x [N, fiber_in.dim]`` or bipartite ``(x_src [N_src, fiber_in.dim],
+      x_dst [N_dst, fiber_in.dim])``; positions ``pos [N, 3]`` or ``(pos_src [N_src, 3], pos_dst [N_dst, 3])``,
+      or ``None`` with a ``basis``; edges ``edge_index [2, E]`` (a tensor or an
+      :class:`~torch_geometric.EdgeIndex`) or a sparse adjacency ``adj_t [N_dst, N_src]``; edge features
+      ``edge_attr [E, edge_dim]`` *(optional)*; envelope weights ``edge_weight [E]`` *(optional)*
+    - **output:** node features ``[N, fiber_out.dim]`` or ``[N_dst, fiber_out.dim]``
     """
 
     def __init__(
         self,
         fiber_in: Fiber,
         fiber_out: Fiber,
+        *,
         edge_dim: int = 0,
-        self_interaction: bool = True,
-        aggr: str = "add",
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
         relative_position: bool = False,
+        self_interaction: bool = True,
+        aggr: str | Aggregation = "add",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(aggr=aggr, node_dim=0)
+        super().__init__(aggr=aggr, **message_passing_kwargs(type(self).__name__, kwargs))
         self.fiber_in, self.fiber_out, self.edge_dim = fiber_in, fiber_out, edge_dim
         self.relative_position = relative_position
+        self._kernel_kind = kernel
         self.kernel = make_kernel(
             kernel, fiber_in, fiber_out, edge_dim=edge_dim, radial_hidden=radial_hidden, radial_layers=radial_layers
         )
@@ -96,6 +113,7 @@ class SE3Conv(MessagePassing):
         return self.kernel.max_degree
 
     def reset_parameters(self) -> None:
+        """Re-initialise the edge kernel, the self-interaction and the aggregation's parameters (if any)."""
         super().reset_parameters()
         self.kernel.reset_parameters()
         if self.self_interaction is not None:
@@ -115,23 +133,42 @@ class SE3Conv(MessagePassing):
         self,
         x: Tensor | tuple[Tensor, Tensor],
         pos: Tensor | tuple[Tensor, Tensor] | None,
-        edge_index: Tensor,
+        edge_index: Adj,
         edge_attr: Tensor | None = None,
         basis: Basis | None = None,
         edge_weight: Tensor | None = None,
     ) -> Tensor:
-        """Convolve; ``basis`` (from :func:`~pyg_se3.basis.compute_basis`) is computed from ``pos`` if absent.
+        """Convolve.
 
-        ``x`` may be a bipartite pair ``(x_src, x_dst)`` (PyG's convention), with ``pos = (pos_src, pos_dst)``
-        or a ``basis``: messages come from the sources, the self-interaction from the targets, and the output
-        has one row per target. ``edge_weight [E]`` (values in ``[0, 1]``, e.g. a cutoff envelope
-        :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`) scales each edge's message; it may instead come with the
-        ``basis`` (:func:`~pyg_se3.basis.compute_basis`), not both.
+        Parameters
+        ----------
+        x
+            Node features ``[N, fiber_in.dim]``, or a bipartite pair ``(x_src, x_dst)`` (PyG's convention):
+            messages come from the sources, the self-interaction from the targets, and the output has one row per
+            target.
+        pos
+            Positions ``[N, 3]`` (``(pos_src, pos_dst)`` for a bipartite ``x``), from which the basis is computed;
+            may be ``None`` when ``basis`` is given (a ``ValueError`` naming both when neither is).
+        edge_index
+            The edges ``(j, i)``, ``j`` sending to ``i``: a ``[2, E]`` tensor, a
+            :class:`~torch_geometric.EdgeIndex`, or a sparse adjacency ``adj_t [N_dst, N_src]`` indexed
+            ``[target, source]`` (PyG's convention; ``torch.sparse`` or ``torch_sparse.SparseTensor``), whose edges
+            are taken in storage order (:func:`torch_geometric.utils.to_edge_index`) and whose values are not read
+            (see :func:`~pyg_se3.nn.utils.resolve_edge_index`).
+        edge_attr
+            Invariant edge features ``[E, edge_dim]`` in the order of the edges, or ``None`` (default).
+        basis
+            The basis of these edges (:func:`~pyg_se3.basis.compute_basis`), computed from ``pos`` when ``None``
+            (default).
+        edge_weight
+            ``[E]`` values in ``[0, 1]`` (e.g. a cutoff envelope :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`)
+            scaling each edge's message; it may instead come with the ``basis``, not both. Default ``None``.
         """
         x_src, x_dst = node_features(self, x)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edge_index, edge_attr, basis, edge_weight)
+        adjacency, edges = resolve_edge_index(edge_index, (x_src.shape[0], x_dst.shape[0]), basis)
+        basis = prepare_basis(self, (x_src, x_dst), pos, edges, edge_attr, basis, edge_weight)
         out = self.propagate(
-            edge_index, x=(x_src, x_dst), basis=basis, edge_attr=edge_attr, size=(x_src.shape[0], x_dst.shape[0])
+            adjacency, x=(x_src, x_dst), basis=basis, edge_attr=edge_attr, size=(x_src.shape[0], x_dst.shape[0])
         )
         if self.self_interaction is not None:
             out = out + self.fiber_out.embed(self.self_interaction(x_dst), self.self_interaction.fiber_out)
@@ -146,8 +183,12 @@ class SE3Conv(MessagePassing):
         return messages
 
     def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}, "
-            f"self_interaction={self.self_interaction is not None}, aggr={self.aggr!r}, "
-            f"kernel={type(self.kernel).__name__}, relative_position={self.relative_position})"
-        )
+        options = {
+            "edge_dim": (self.edge_dim, 0),
+            "kernel": (self._kernel_kind, "full"),
+            "relative_position": (self.relative_position, False),
+            "self_interaction": (self.self_interaction is not None, True),
+            "aggr": (self.aggr, "add"),
+        }
+        extra = "".join(f", {name}={value!r}" for name, (value, default) in options.items() if value != default)
+        return f"{self.__class__.__name__}({self.fiber_in}, {self.fiber_out}{extra})"

@@ -28,8 +28,8 @@ class SE3Norm(nn.Module):
     ``kind="rms"`` replaces the layer norm by an RMS norm (``‖f‖_c / rms_c(‖f‖) · w_c + b_c``): the channel norms
     are scaled but not centred. Centring subtracts the mean of positive numbers, which amplifies relative
     rounding errors (by 1.4-2.5 per layer in float32, measured), and deep iterative models compound that; the RMS
-    norm does not, and keeps a float32 8-iteration x 4-layer model equivariant to ~1e-6 (see the README's
-    Precision section).
+    norm does not, and keeps a float32 8-iteration x 4-layer model equivariant to ~1e-6 (see the
+    documentation, docs/precision.md).
 
     Parameters
     ----------

@@ -2,14 +2,110 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from torch_geometric.utils import scatter, softmax
+from torch_geometric import EdgeIndex
+from torch_geometric.typing import Adj, SparseTensor
+from torch_geometric.utils import is_sparse, scatter, softmax, to_edge_index
 
 from pyg_se3.basis import Basis, compute_basis
-from pyg_se3.checks import check_dtype, check_edge_attr, check_edge_index, check_edge_weight, check_pos, model_dtype
+from pyg_se3.checks import (
+    check_dtype,
+    check_edge_attr,
+    check_edge_index,
+    check_edge_weight,
+    check_pos,
+    checking_values,
+    model_dtype,
+)
 
-__all__ = ["edge_softmax", "node_features", "prepare_basis"]
+__all__ = ["edge_softmax", "message_passing_kwargs", "node_features", "prepare_basis", "resolve_edge_index"]
+
+# MessagePassing settings that the maths of the layers fix: {name: (allowed values, why)}
+_FIXED_SETTINGS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "node_dim": ((0,), "features are flat [N, fiber.dim] tensors with the nodes along dimension 0"),
+    "flow": (
+        ("source_to_target",),
+        "the basis is computed for edges (j, i) = edge_index[:, e] with r_ij = pos[j] - pos[i]; pass "
+        "edge_index.flip(0) to send messages the other way",
+    ),
+    "decomposed_layers": ((1,), "splitting the features along their last dimension would cut the fibers apart"),
+}
+
+
+def message_passing_kwargs(
+    layer: str, kwargs: dict[str, Any], fixed: dict[str, tuple[tuple[Any, ...], str]] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of ``MessagePassing.__init__`` for ``layer`` (its class name): ``kwargs`` with the
+    settings fixed by the maths filled in (``node_dim=0``, ``flow="source_to_target"``, ``decomposed_layers=1``,
+    and the layer's own ``fixed`` ones, ``{name: (allowed values, why)}``, the first value the default).
+
+    A conflicting value gets a ``ValueError`` naming the argument; anything else (e.g. ``aggr_kwargs``) is passed on.
+    """
+    settings = {**_FIXED_SETTINGS, **(fixed or {})}
+    out = dict(kwargs)
+    for name, (allowed, why) in settings.items():
+        if name in out and not any(_same(out[name], value) for value in allowed):
+            expected = " or ".join(repr(value) for value in allowed)
+            raise ValueError(f"{name}: {layer} needs {name}={expected} ({why}), got {out[name]!r}")
+        out.setdefault(name, allowed[0])
+    return out
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    return type(value) is type(allowed) and value == allowed
+
+
+def resolve_edge_index(edge_index: Adj, num_nodes: tuple[int, int], basis: Basis | None = None) -> tuple[Adj, Tensor]:
+    """The edges of ``edge_index`` as ``(for propagate, [2, E] tensor)``: the latter in PyG's
+    ``(source, target)`` order, the one the basis, the checks and every per-edge tensor (``edge_attr``,
+    ``edge_weight``, attention weights) follow. ``num_nodes = (N_src, N_dst)``.
+
+    * A plain ``[2, E]`` tensor is returned as both, untouched (the default path costs nothing).
+    * PyG's :class:`~torch_geometric.EdgeIndex` is passed on to ``propagate`` (which then uses its CSC
+      pointers when it is sorted by target) when its sparse size is ``(N_src, N_dst)``, as a plain tensor when a
+      size is unknown (``propagate`` would infer it from the largest index); any other size is a ``ValueError``.
+    * A sparse adjacency ``adj_t`` (``torch.sparse`` COO, CSR or CSC, or ``torch_sparse.SparseTensor``) is indexed
+      ``[target, source]`` (PyG's transposed convention) and has shape ``[N_dst, N_src]``. Its edges are read in
+      storage order with :func:`torch_geometric.utils.to_edge_index` and flipped to ``(source, target)``; its
+      values are not read. A ``basis`` given with it must have been computed for exactly these edges (checked
+      when value checks run, :func:`~pyg_se3.checks.checking_values`), else a ``ValueError``.
+    """
+    if type(edge_index) is Tensor and edge_index.layout == torch.strided:  # the default path, first
+        return edge_index, edge_index
+    if isinstance(edge_index, EdgeIndex):
+        edges = edge_index.as_tensor()
+        sizes = edge_index.sparse_size()
+        if None in sizes:
+            return edges, edges
+        if tuple(sizes) != tuple(num_nodes):
+            raise ValueError(
+                f"edge_index: an EdgeIndex of sparse size {tuple(sizes)}, but x has (N_src, N_dst) = "
+                f"{tuple(num_nodes)} nodes"
+            )
+        return edge_index, edges
+    if not is_sparse(edge_index):
+        return edge_index, edge_index
+    shape = tuple(edge_index.sparse_sizes()) if isinstance(edge_index, SparseTensor) else tuple(edge_index.shape)
+    if shape[:2] != (num_nodes[1], num_nodes[0]) or len(shape) != 2:
+        raise ValueError(
+            f"edge_index: a sparse adjacency adj_t must be [N_dst, N_src] = [{num_nodes[1]}, {num_nodes[0]}] "
+            f"(indexed [target, source]), got shape {list(shape)}"
+        )
+    edges = to_edge_index(edge_index)[0].flip(0)
+    if basis is not None:
+        same = basis.num_edges == edges.shape[1]
+        if same and checking_values(edges.device):
+            same = torch.equal(basis.edge_index, edges)
+        if not same:
+            raise ValueError(
+                "basis: computed for other edges than those of the sparse adjacency edge_index; compute it from "
+                "torch_geometric.utils.to_edge_index(adj_t)[0].flip(0), the (source, target) edges in the "
+                "adjacency's storage order"
+            )
+    return edges, edges
 
 
 def node_features(layer: torch.nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

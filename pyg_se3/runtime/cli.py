@@ -14,7 +14,8 @@ Resuming
 --------
 ``--resume`` continues the run recorded in ``--out/last.pt`` (if there is one) with the checkpoint's options:
 the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, ``--min-lr``, ``--schedule``,
-``--weight-decay``, ``--seed``, ``--grad-clip`` and ``--max-batches`` (it defines what an epoch trains). An option
+``--warmup-epochs``, ``--weight-decay``, ``--weight-decay-on``, ``--eval-every``, ``--seed``, ``--grad-clip`` and
+``--max-batches`` (it defines what an epoch trains). An option
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import TASKS, ModelOptions, build_model, get_task
+from pyg_se3.runtime.tasks import TASKS, ModelOptions, get_task
 from pyg_se3.runtime.training import (
     NonFiniteLossError,
     TrainConfig,
@@ -58,75 +59,15 @@ __all__ = ["main"]
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model options; a default of ``None`` is filled in by :func:`_apply_defaults` (the task's, then
-    :class:`~pyg_se3.runtime.tasks.ModelOptions`')."""
-    group = parser.add_argument_group("model (defaults depend on --task: see the README)")
-    group.add_argument(
-        "--iterations", dest="num_iterations", type=int, help="position updates (1 = single-pass SE(3)-Transformer)"
-    )
-    group.add_argument("--layers", dest="layers_per_iteration", type=int, help="equivariant layers per iteration")
-    group.add_argument("--degrees", dest="num_degrees", type=int, help="hidden fiber degrees 0 .. degrees-1")
-    group.add_argument("--channels", type=int, help="hidden channels per degree")
-    group.add_argument("--heads", dest="num_heads", type=int, help="attention heads")
-    group.add_argument("--channels-div", type=int, help="key/value channels are the hidden channels divided by this")
-    group.add_argument("--graph", choices=["complete", "knn", "radius"])
-    group.add_argument("--radius", type=float, help="cutoff of --graph radius")
-    group.add_argument("--k", type=int, help="neighbours of --graph knn")
-    group.add_argument("--share-weights", action="store_true", default=None, help="one block for all iterations")
-    group.add_argument(
-        "--kernel",
-        choices=["full", "depthwise"],
-        help="edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
-    )
-    group.add_argument(
-        "--norm",
-        choices=["layer", "rms", "bias"],
-        help="norm non-linearity: layer norm of channel norms (SE(3)-Transformer), rms (not centred; more robust "
-        "to rounding in deep float32 models) or bias (a learned shift only, the original code's GNormBias)",
-    )
-    group.add_argument(
-        "--displacement",
-        choices=["head", "hidden"],
-        help="how a block moves the points: a zero-initialised, scaled type-1 head (head) or the first hidden "
-        "type-1 channel (hidden, the original code)",
-    )
-    group.add_argument(
-        "--relative-position",
-        action=argparse.BooleanOptionalAction,
-        help="add each edge's relative position to the first type-1 channel of its source features (the original "
-        "code's x_ij='add')",
-    )
-    group.add_argument(
-        "--detach-basis",
-        nargs="?",
-        const="geometry",
-        choices=["geometry", "harmonics"],
-        help="no gradient through the basis: through all geometry (bare flag) or only the spherical harmonics",
-    )
-    group.add_argument(
-        "--start",
-        choices=["linear", "constant"],
-        help="regression tasks: iterate from pos + vel * horizon (linear) or from pos (constant)",
-    )
-    group.add_argument(
-        "--inputs",
-        choices=["raw", "invariant"],
-        help="regression tasks: the dataset's node inputs (raw), or only what the physics depends on (invariant): "
-        "velocities relative to the centre of mass and, for nbody, |q| for the node charge (q_i q_j stays on edges)",
-    )
-    group.add_argument(
-        "--motion-edges",
-        action="store_true",
-        default=None,
-        help="regression tasks: every edge also carries the pair's distance, radial speed and relative speed at the "
-        "input frame",
-    )
-    group.add_argument(
-        "--edge-inputs",
-        choices=["energy", "parameters"],
-        help="energy task: edges carry the current pair energy V (energy, the original experiment) or also the "
-        "pair parameter p (parameters: one pass then knows each pair's preferred distance)",
-    )
+    """Model options, one per field of :class:`~pyg_se3.runtime.tasks.ModelOptions` (its flag, help and argparse
+    keywords are the field's metadata). Every default is ``None`` here, filled in by :func:`_apply_defaults` (the
+    task's, then ``ModelOptions``'): an option left out is then told apart from one given."""
+    group = parser.add_argument_group("model (defaults depend on --task: see the task's model_defaults)")
+    for option in fields(ModelOptions):
+        argparse_kwargs = dict(option.metadata["argparse"])
+        if argparse_kwargs.get("action") == "store_true":
+            argparse_kwargs["default"] = None
+        group.add_argument(_flag(option.name), dest=option.name, help=option.metadata["help"], **argparse_kwargs)
 
 
 #: The trainer's options as the CLI names them, with their defaults where a task sets none.
@@ -136,8 +77,11 @@ TRAIN_DEFAULTS = {
     "lr": 1e-3,
     "min_lr": 0.0,
     "schedule": "epoch",
+    "warmup_epochs": 0.0,
     "train_samples": None,
     "weight_decay": 0.0,
+    "weight_decay_on": "all",
+    "eval_every": 1,
     "seed": 0,
     "grad_clip": 1.0,
     "on_nan": "skip",
@@ -181,7 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["epoch", "step"],
         help="cosine learning rate per epoch or per step (default epoch; energy step)",
     )
+    train.add_argument(
+        "--warmup-epochs",
+        type=float,
+        help="linear warm-up of the learning rate over this many epochs, then the cosine (default 0: none)",
+    )
     train.add_argument("--weight-decay", type=float, help="AdamW's (default 0)")
+    train.add_argument(
+        "--weight-decay-on",
+        choices=["all", "weights"],
+        help="which parameters decay: all (default), or weights only (not biases and normalisation parameters)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        help="evaluate every N epochs and after the last (default 1); only evaluated epochs can be the best",
+    )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")
     train.add_argument("--on-nan", choices=["skip", "stop"], help="a non-finite loss: skip the batch (default) or stop")
@@ -209,12 +168,7 @@ def _model_options(args: argparse.Namespace) -> ModelOptions:
 
 
 #: The command-line names of the options whose attribute has another name.
-_FLAGS = {
-    "num_iterations": "--iterations",
-    "layers_per_iteration": "--layers",
-    "num_degrees": "--degrees",
-    "num_heads": "--heads",
-}
+_FLAGS = {option.name: option.metadata["flag"] for option in fields(ModelOptions) if option.metadata["flag"]}
 #: Options that must be integers >= 1 (when given; ``None`` means "all" for the last two).
 _POSITIVE_INTEGERS = (
     "num_iterations",
@@ -228,9 +182,17 @@ _POSITIVE_INTEGERS = (
     "batch_size",
     "train_samples",
     "max_batches",
+    "eval_every",
 )
 #: Options that must be finite numbers, and their bound.
-_FINITE_NUMBERS = {"lr": "> 0", "radius": "> 0", "min_lr": ">= 0", "weight_decay": ">= 0", "grad_clip": ">= 0 (0: off)"}
+_FINITE_NUMBERS = {
+    "lr": "> 0",
+    "radius": "> 0",
+    "min_lr": ">= 0",
+    "weight_decay": ">= 0",
+    "grad_clip": ">= 0 (0: off)",
+    "warmup_epochs": ">= 0",
+}
 
 
 def _flag(name: str) -> str:
@@ -248,6 +210,8 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and (value >= 0 if bound.startswith(">=") else value > 0)):
             raise ValueError(f"{_flag(name)}: expected a finite number {bound}, got {value}")
+    if getattr(args, "warmup_epochs", None) is not None and args.warmup_epochs > args.epochs:
+        raise ValueError(f"--warmup-epochs: expected a number in [0, --epochs={args.epochs}], got {args.warmup_epochs}")
     if getattr(args, "min_lr", None) is not None and args.min_lr > args.lr:
         raise ValueError(f"--min-lr: expected a number in [0, --lr={args.lr}], got {args.min_lr}")
     out = getattr(args, "out", None)
@@ -287,7 +251,19 @@ def _read_cli_checkpoint(path: str | Path, option: str) -> dict[str, Any]:
 
 
 #: The trainer's options that a resumed run takes from its checkpoint; see the module docstring.
-_RECORDED_TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "min_lr", "schedule", "weight_decay", "seed", "max_batches")
+_RECORDED_TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "min_lr",
+    "schedule",
+    "warmup_epochs",
+    "weight_decay",
+    "weight_decay_on",
+    "eval_every",
+    "seed",
+    "max_batches",
+)
 #: Recorded options that ``--resume`` may change.
 _MAY_CHANGE_ON_RESUME = ("epochs", "on_nan")
 
@@ -346,16 +322,19 @@ def _train(args: argparse.Namespace) -> dict:
     task = get_task(args.task, options)
     with distributed.main_first():  # the first process prepares the dataset files, the others then load them
         sets = task.datasets(args.root, train_samples=args.train_samples)
-    scale = task.model_displacement_scale(sets["train"])
+    scale = task.displacement_scale(sets["train"])
     seed_everything(args.seed)
-    model = build_model(task.dataset_cls.fiber, options, task.edge_dim, scale)
+    model = task.build_model(scale)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         min_lr=args.min_lr,
         schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay,
+        weight_decay_on=args.weight_decay_on,
+        eval_every=args.eval_every,
         seed=args.seed,
         device=device,
         out=args.out,
@@ -398,7 +377,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     task = get_task(args.task, options)
     with distributed.main_first():
         sets = task.datasets(args.root)
-    model = build_model(task.dataset_cls.fiber, options, task.edge_dim, extra["displacement_scale"])
+    model = task.build_model(extra["displacement_scale"])
     model.load_state_dict(state["model"])
     config = TrainConfig(
         batch_size=args.batch_size,

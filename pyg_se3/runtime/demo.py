@@ -14,8 +14,8 @@ What it does:
    energy per epoch of both models) and ``iterations.png`` (a test configuration's points moving through the
    iterations, and the mean test energy after each iteration).
 
-The short schedule is a demonstration; the README's results use the full runs. ``python -m pyg_se3.runtime.demo --help``
-lists the options.
+The short schedule is a demonstration; the results (docs/results.md) use the full runs.
+``python -m pyg_se3.runtime.demo --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from pyg_se3.datasets import EnergyMinimisation
-from pyg_se3.runtime.tasks import EnergyTask, ModelOptions, build_model
+from pyg_se3.runtime.tasks import EnergyTask, ModelOptions
 from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 MODELS = {"iterative": (3, 4), "single-pass": (1, 12)}
@@ -57,8 +57,7 @@ def options(num_iterations: int, layers_per_iteration: int) -> ModelOptions:
 
 def train_model(name: str, task: EnergyTask, sets: dict, args: argparse.Namespace) -> Trainer:
     seed_everything(args.seed)
-    scale = task.model_displacement_scale(sets["train"])
-    model = build_model(EnergyMinimisation.fiber, task.options, task.edge_dim, scale)
+    model = task.build_model(task.displacement_scale(sets["train"]))
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

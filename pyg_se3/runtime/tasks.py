@@ -11,14 +11,16 @@ layers in that one iteration it is the single-pass SE(3)-Transformer with the sa
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.loader import DataLoader
+from torch_geometric.utils import scatter
 
 from pyg_se3.checks import check_int
 from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation, NBodyCharged, ParticleDynamics
@@ -27,36 +29,104 @@ from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.runtime.features import pair_motion, relative_velocity
 
-__all__ = ["TASKS", "ModelOptions", "build_graph", "build_model", "get_task"]
+__all__ = [
+    "TASKS",
+    "DynamicsTask",
+    "EnergyTask",
+    "ModelOptions",
+    "NBodyTask",
+    "Task",
+    "build_graph",
+    "get_task",
+    "mse_per_graph",
+]
 
 
-@dataclass
+def _option(default: Any, help: str, flag: str | None = None, **argparse: Any) -> Any:
+    """A :class:`ModelOptions` field with its command-line definition (``flag``, ``help``, argparse keywords)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse})
+
+
+@dataclass(frozen=True)
 class ModelOptions:
-    """Model options shared by the CLI and the examples (each task may have its own defaults: ``TASKS[name].
-    model_defaults``, applied by the CLI)."""
+    """The model options of the three tasks: the one definition behind the CLI's model arguments (each field's
+    flag, help and choices are its metadata; :func:`~pyg_se3.runtime.cli.build_parser` reads them), the
+    checkpoints' records and the examples. Each task may have its own defaults (``TASKS[name].model_defaults``,
+    applied by the CLI)."""
 
-    num_iterations: int = 4
-    layers_per_iteration: int = 2
-    num_degrees: int = 2
-    channels: int = 16
-    num_heads: int = 4
-    channels_div: int = 2
-    graph: str = "complete"
-    radius: float = 2.5
-    k: int = 16
-    share_weights: bool = False
-    detach_basis: bool | str = False
-    start: str = "linear"
-    kernel: str = "full"
-    norm: str = "layer"
-    inputs: str = "raw"
-    motion_edges: bool = False
-    displacement: str = "head"
-    relative_position: bool = False
-    edge_inputs: str = "energy"
+    num_iterations: int = _option(4, "position updates (1 = single-pass SE(3)-Transformer)", "--iterations", type=int)
+    layers_per_iteration: int = _option(2, "equivariant layers per iteration", "--layers", type=int)
+    num_degrees: int = _option(2, "hidden fiber degrees 0 .. degrees-1", "--degrees", type=int)
+    channels: int = _option(16, "hidden channels per degree", type=int)
+    num_heads: int = _option(4, "attention heads", "--heads", type=int)
+    channels_div: int = _option(2, "key/value channels are the hidden channels divided by this", type=int)
+    graph: str = _option("complete", "the graph rebuilt every iteration", choices=["complete", "knn", "radius"])
+    radius: float = _option(2.5, "cutoff of --graph radius", type=float)
+    k: int = _option(16, "neighbours of --graph knn", type=int)
+    share_weights: bool = _option(False, "one block for all iterations", action="store_true")
+    detach_basis: bool | str = _option(
+        False,
+        "no gradient through the basis: through all geometry (bare flag) or only the spherical harmonics",
+        nargs="?",
+        const="geometry",
+        choices=["geometry", "harmonics"],
+    )
+    start: str = _option(
+        "linear",
+        "regression tasks: iterate from pos + vel * horizon (linear) or from pos (constant)",
+        choices=["linear", "constant"],
+    )
+    kernel: str = _option(
+        "full",
+        "edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
+        choices=["full", "depthwise"],
+    )
+    norm: str = _option(
+        "layer",
+        "norm non-linearity: layer norm of channel norms (SE(3)-Transformer), rms (not centred; more robust to "
+        "rounding in deep float32 models) or bias (a learned shift only, the original code's GNormBias)",
+        choices=["layer", "rms", "bias"],
+    )
+    inputs: str = _option(
+        "raw",
+        "regression tasks: the dataset's node inputs (raw), or only what the physics depends on (invariant): "
+        "velocities relative to the centre of mass and, for nbody, |q| for the node charge (q_i q_j stays on edges)",
+        choices=["raw", "invariant"],
+    )
+    motion_edges: bool = _option(
+        False,
+        "regression tasks: every edge also carries the pair's distance, radial speed and relative speed at the "
+        "input frame",
+        action="store_true",
+    )
+    displacement: str = _option(
+        "head",
+        "how a block moves the points: a zero-initialised, scaled type-1 head (head) or the first hidden type-1 "
+        "channel (hidden, the original code)",
+        choices=["head", "hidden"],
+    )
+    relative_position: bool = _option(
+        False,
+        "add each edge's relative position to the first type-1 channel of its source features (the original "
+        "code's x_ij='add')",
+        action=argparse.BooleanOptionalAction,
+    )
+    integrator: str = _option(
+        "position",
+        "regression tasks: each iteration updates the positions (position), or a velocity carried between "
+        "iterations from which the positions follow, starting from the input velocities (velocity)",
+        choices=["position", "velocity"],
+    )
+    edge_inputs: str = _option(
+        "energy",
+        "energy task: edges carry the current pair energy V (energy, the original experiment) or also the pair "
+        "parameter p (parameters: one pass then knows each pair's preferred distance)",
+        choices=["energy", "parameters"],
+    )
 
 
 def build_graph(options: ModelOptions) -> GraphBuilder:
+    """The graph builder of ``options.graph``."""
     if options.graph == "complete":
         return Complete()
     if options.graph == "knn":
@@ -66,55 +136,43 @@ def build_graph(options: ModelOptions) -> GraphBuilder:
     raise ValueError(f"graph: expected 'complete', 'knn' or 'radius', got {options.graph!r}")
 
 
-def build_model(
-    fiber_in: Fiber, options: ModelOptions, edge_dim: int = 0, displacement_scale: float = 1.0
-) -> IterativeSE3Transformer:
-    return IterativeSE3Transformer(
-        fiber_in,
-        Fiber.create(options.num_degrees, options.channels),
-        num_iterations=options.num_iterations,
-        layers_per_iteration=options.layers_per_iteration,
-        num_heads=options.num_heads,
-        channels_div=options.channels_div,
-        graph=build_graph(options),
-        share_weights=options.share_weights,
-        edge_dim=edge_dim,
-        displacement_scale=displacement_scale,
-        kernel=options.kernel,
-        norm=options.norm,
-        displacement=options.displacement,
-        relative_position=options.relative_position,
-    )
-
-
-def _folder(root: str, dataset_cls: Any) -> str:
-    """Each dataset in its own folder under ``root`` (``root/particle_dynamics``, ...)."""
-    return str(Path(root) / dataset_cls.name)
-
-
 def _first(dataset: Any, n: int | None) -> Any:
     """The first ``n`` samples of ``dataset`` (all of them for ``None``)."""
     return dataset if n is None else dataset[: check_int(n, "train_samples", 1)]
 
 
-def _mse_per_graph(pred: Tensor, target: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """Mean squared error of each graph (over its nodes and coordinates)."""
+def mse_per_graph(pred: Tensor, target: Tensor, batch: Tensor, num_graphs: int | None = None) -> Tensor:
+    """``[num_graphs]`` mean squared error of each graph, over its nodes and coordinates (0 for an empty graph)."""
     per_node = (pred - target).square().mean(-1)
-    total = torch.zeros(num_graphs, dtype=pred.dtype, device=pred.device).index_add_(0, batch, per_node)
-    count = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
-    return total / count
+    return scatter(per_node, batch, dim=0, dim_size=num_graphs, reduce="mean")
 
 
-class _Task:
-    """What every task has: its model options, and the CLI defaults where they differ from
-    :class:`ModelOptions` (``model_defaults``) and from the trainer's (``train_defaults``)."""
+class Task:
+    """One experiment, from its configuration: ``Task(options, data)`` holds the model options and the dataset's
+    generation parameters; :meth:`datasets` returns the splits and :meth:`build_model` the model, and neither
+    changes the task. Subclasses set ``name``, ``dataset_cls``, the loss and metrics, and the CLI defaults where
+    they differ from :class:`ModelOptions` (``model_defaults``) and from the trainer's (``train_defaults``).
 
+    Parameters
+    ----------
+    options
+        The model options.
+    data
+        Keyword arguments of ``dataset_cls`` that define the data (e.g. ``num_particles`` or ``seed``; the
+        packaged dataset's defaults for ``None``), validated here by ``dataset_cls.make_config``. What the task
+        needs to know about the data (a prediction horizon, a unit of mass) follows from them.
+    """
+
+    name: ClassVar[str]
+    dataset_cls: ClassVar[Any]
     model_defaults: ClassVar[dict[str, Any]] = {}
     train_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, options: ModelOptions) -> None:
+    def __init__(self, options: ModelOptions, data: Mapping[str, Any] | None = None) -> None:
         self.check_options(options)
         self.options = options
+        self.data = dict(data or {})
+        self.config = self.dataset_cls.make_config(**self.data)  # the training split's; ValueError naming a bad one
 
     def check_options(self, options: ModelOptions) -> None:
         """A ValueError naming the option for a value this task cannot use."""
@@ -125,19 +183,64 @@ class _Task:
         if options.edge_inputs not in ("energy", "parameters"):
             raise ValueError(f"edge_inputs: expected 'energy' or 'parameters', got {options.edge_inputs!r}")
 
-    def model_displacement_scale(self, dataset: Any) -> float:
-        """The model's ``displacement_scale``: :meth:`displacement_scale` for displacement heads; 1 for
+    def replace(self, **options: Any) -> Task:
+        """The same task (same data) with some model options changed: ``task.replace(inputs="invariant")``."""
+        return type(self)(replace(self.options, **options), self.data)
+
+    @property
+    def edge_dim(self) -> int:
+        """Invariant edge features the model gets from :meth:`edge_attr_fn` (0: none)."""
+        raise NotImplementedError
+
+    def split(self, root: str, split: str, **kwargs: Any) -> Any:
+        """One split of ``dataset_cls`` with this task's data, in ``root/<dataset name>``; ``kwargs`` are the
+        dataset's other arguments (``dtype``, ``transform``, ``force_reload``, ...)."""
+        return self.dataset_cls(str(Path(root) / self.dataset_cls.name), split=split, **self.data, **kwargs)
+
+    def datasets(self, root: str, train_samples: int | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The ``train``, ``val`` and ``test`` splits (``train_samples``: only the first ones of the training
+        split); ``kwargs`` as in :meth:`split`."""
+        sets = {split: self.split(root, split, **kwargs) for split in ("train", "val", "test")}
+        sets["train"] = _first(sets["train"], train_samples)
+        return sets
+
+    def displacement_scale(self, dataset: Any) -> float:
+        """The model's ``displacement_scale`` for displacement heads: :meth:`update_scale` of ``dataset``; 1 for
         ``displacement="hidden"``, which moves the points by a hidden channel as it comes (the original code)."""
-        return self.displacement_scale(dataset) if self.options.displacement == "head" else 1.0
+        return self.update_scale(dataset) if self.options.displacement == "head" else 1.0
 
-    def with_options(self, options: ModelOptions):
-        """The same task (same data settings) for a model with other options."""
-        task = copy.copy(self)
-        _Task.__init__(task, options)
-        return task
+    def update_scale(self, dataset: Any) -> float:
+        """The typical size of one iteration's update in ``dataset``."""
+        raise NotImplementedError
+
+    def build_model(self, displacement_scale: float = 1.0) -> IterativeSE3Transformer:
+        """The model of :attr:`options` for this task's inputs (``dataset_cls.fiber``, :attr:`edge_dim`);
+        ``displacement_scale`` from :meth:`displacement_scale` of the training set, or a checkpoint's record."""
+        options = self.options
+        return IterativeSE3Transformer(
+            self.dataset_cls.fiber,
+            Fiber.create(options.num_degrees, options.channels),
+            num_iterations=options.num_iterations,
+            layers_per_iteration=options.layers_per_iteration,
+            graph=build_graph(options),
+            share_weights=options.share_weights,
+            displacement=options.displacement,
+            displacement_scale=displacement_scale,
+            num_heads=options.num_heads,
+            edge_dim=self.edge_dim,
+            channels_div=options.channels_div,
+            norm=options.norm,
+            kernel=options.kernel,
+            relative_position=options.relative_position,
+            **self.integration(),
+        )
+
+    def integration(self) -> dict[str, Any]:
+        """The model's ``integrator`` and ``dt`` (none: its defaults)."""
+        return {}
 
 
-class _RegressionTask(_Task):
+class _RegressionTask(Task):
     """Predict future positions; the loss is the MSE averaged per graph, then over graphs.
 
     The iterations start from ``options.start``: ``"linear"`` (default), the constant-velocity guess
@@ -154,14 +257,28 @@ class _RegressionTask(_Task):
     radial networks see the input geometry only through type-1 features.
     """
 
-    dataset_cls: Any = None
-    horizon: float = 1.0  # time between input and target, for the linear baseline
-    task_edge_dim: int = 0  # edge features of the task itself, before the motion invariants
+    task_edge_dim: ClassVar[int] = 0  # edge features of the task itself, before the motion invariants
+
+    @property
+    def horizon(self) -> float:
+        """Time between a sample's input and its target (for the linear start and baseline)."""
+        return self.dataset_cls.config_horizon(self.config)
 
     def check_options(self, options: ModelOptions) -> None:
         super().check_options(options)
         if options.edge_inputs != "energy":
             raise ValueError(f"edge_inputs: only the energy task has pair parameters, got {options.edge_inputs!r}")
+        if options.integrator == "velocity" and options.start != "linear":
+            raise ValueError(
+                f"start: integrator='velocity' starts from the input positions and velocities (start='linear'), "
+                f"got {options.start!r}"
+            )
+
+    def integration(self) -> dict[str, Any]:
+        """With ``integrator="velocity"``: ``num_iterations`` steps of ``dt`` cover the horizon."""
+        if self.options.integrator == "position":
+            return {}
+        return {"integrator": "velocity", "dt": self.horizon / self.options.num_iterations}
 
     @property
     def edge_dim(self) -> int:
@@ -201,34 +318,46 @@ class _RegressionTask(_Task):
         raise NotImplementedError
 
     def initial_positions(self, batch: Any) -> Tensor:
+        """Where the iterations start: ``pos + vel * horizon`` (``start="linear"``; with
+        ``integrator="velocity"`` the untrained model ends there), or ``pos``."""
         return batch.pos + batch.vel * self.horizon if self.options.start == "linear" else batch.pos
 
     @torch.no_grad()
-    def displacement_scale(self, dataset: Any) -> float:
+    def update_scale(self, dataset: Any) -> float:
         """RMS per coordinate of what the model must add to its starting positions (over the first 256 samples
         of ``dataset``), divided by the number of iterations: the typical size of one update."""
         batch = next(iter(DataLoader(dataset[:256], batch_size=256)))
         rms = float((batch.y - self.initial_positions(batch)).square().mean().sqrt())
-        return rms / self.options.num_iterations
+        iterations = self.options.num_iterations
+        if self.options.integrator == "velocity":
+            # a velocity update u at iteration t moves the final positions by u dt (T - t + 1): a constant update
+            # moves them by u dt T (T + 1) / 2, with dt T = horizon
+            return rms / (self.horizon * (iterations + 1) / 2)
+        return rms / iterations
 
     def predict(self, model: nn.Module, batch: Any) -> Tensor:
+        if self.options.integrator == "velocity":
+            start, state = batch.pos, {"vel": batch.x[:, 1:]}  # x, not batch.vel: transforms rotate x
+        else:
+            start, state = self.initial_positions(batch), {}
         out = model(
             self.features(batch),
-            self.initial_positions(batch),
+            start,
             batch.batch,
             edge_attr_fn=self.edge_attr_fn(batch),
             detach_basis=self.options.detach_basis,
+            **state,
         )
         return out.pos
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:
-        return _mse_per_graph(self.predict(model, batch), batch.y, batch.batch, batch.num_graphs).mean()
+        return mse_per_graph(self.predict(model, batch), batch.y, batch.batch, batch.num_graphs).mean()
 
     def metrics(self, model: nn.Module, batch: Any) -> dict[str, tuple[float, int]]:
         n = batch.num_graphs
-        mse = _mse_per_graph(self.predict(model, batch), batch.y, batch.batch, n)
-        constant = _mse_per_graph(batch.pos, batch.y, batch.batch, n)
-        linear = _mse_per_graph(batch.pos + batch.vel * self.horizon, batch.y, batch.batch, n)
+        mse = mse_per_graph(self.predict(model, batch), batch.y, batch.batch, n)
+        constant = mse_per_graph(batch.pos, batch.y, batch.batch, n)
+        linear = mse_per_graph(batch.pos + batch.vel * self.horizon, batch.y, batch.batch, n)
         return {
             "loss": (float(mse.sum()), n),
             "mse": (float(mse.sum()), n),
@@ -244,21 +373,10 @@ class DynamicsTask(_RegressionTask):
     name = "dynamics"
     dataset_cls = ParticleDynamics
 
-    def __init__(self, options: ModelOptions) -> None:
-        super().__init__(options)
-        self.horizon, self.mass_unit = 0.0, 1.0  # set from the dataset's configuration
-
-    def datasets(self, root: str, train_samples: int | None = None, **kwargs: Any) -> dict[str, Any]:
-        """The three splits (``train_samples``: only the first ones of the training split)."""
-        sets = {
-            split: ParticleDynamics(_folder(root, ParticleDynamics), split=split, **kwargs)
-            for split in ("train", "val", "test")
-        }
-        sets["train"] = _first(sets["train"], train_samples)
-        config = sets["train"].config
-        self.horizon = sets["train"].horizon
-        self.mass_unit = sum(config["mass_range"]) / 2
-        return sets
+    @property
+    def mass_unit(self) -> float:
+        """The mean of the data's mass range: masses divided by it are of order 1."""
+        return sum(self.config["mass_range"]) / 2
 
     def scalar_features(self, batch: Any) -> Tensor:
         return batch.x[:, :1] / self.mass_unit
@@ -280,17 +398,6 @@ class NBodyTask(_RegressionTask):
     dataset_cls = NBodyCharged
     task_edge_dim = 1
 
-    def datasets(self, root: str, train_samples: int | None = None, **kwargs: Any) -> dict[str, Any]:
-        """The three splits (``train_samples``: only the first ones of the training split)."""
-        sets = {
-            split: NBodyCharged(_folder(root, NBodyCharged), split=split, **kwargs)
-            for split in ("train", "val", "test")
-        }
-        sets["train"] = _first(sets["train"], train_samples)
-        config = sets["train"].config
-        self.horizon = config["dt"] * config["save_every"] * (config["target_frame"] - config["input_frame"])
-        return sets
-
     def scalar_features(self, batch: Any) -> Tensor:
         charge = batch.x[:, :1]
         return charge.abs() if self.options.inputs == "invariant" else charge
@@ -303,7 +410,7 @@ class NBodyTask(_RegressionTask):
         return (charge[edge_index[0]] * charge[edge_index[1]]).unsqueeze(-1)
 
 
-class EnergyTask(_Task):
+class EnergyTask(Task):
     r"""Energy minimisation, as in the original experiment: the loss is the mean pair energy of the predicted
     positions; the model never sees the pair parameters ``p_ij``.
 
@@ -322,7 +429,7 @@ class EnergyTask(_Task):
     dataset_cls = EnergyMinimisation
     #: The original experiment's sizes: 3 iterations x 4 layers, degrees 0..2 x 4 channels, 1 head, relative
     #: positions in the type-1 features; our displacement heads and layer norm, which trained better than the
-    #: original code's choices (see the README's energy-minimisation results).
+    #: original code's choices (see docs/results.md, energy minimisation).
     model_defaults: ClassVar[dict[str, Any]] = {
         "num_iterations": 3,
         "layers_per_iteration": 4,
@@ -348,6 +455,8 @@ class EnergyTask(_Task):
             raise ValueError(f"inputs: the energy task has only 'raw' inputs, got {options.inputs!r}")
         if options.motion_edges:
             raise ValueError("motion_edges: the energy task's points have no velocities; pass motion_edges=False")
+        if options.integrator != "position":
+            raise ValueError(f"integrator: the energy task's points have no velocities, got {options.integrator!r}")
 
     @property
     def edge_dim(self) -> int:
@@ -356,12 +465,10 @@ class EnergyTask(_Task):
     def datasets(self, root: str, train_samples: int | None = None, **kwargs: Any) -> dict[str, Any]:
         """Fixed validation and test splits; a stream of ``train_samples`` (default 5000) fresh training
         configurations per epoch, in the dtype of ``kwargs["dtype"]`` (default float32)."""
-        sets = {
-            split: EnergyMinimisation(_folder(root, EnergyMinimisation), split=split, **kwargs)
-            for split in ("val", "test")
-        }
+        sets = {split: self.split(root, split, **kwargs) for split in ("val", "test")}
         num_samples = self.train_defaults["train_samples"] if train_samples is None else train_samples
-        stream = EnergyConfigurations(num_samples, dtype=kwargs.get("dtype", torch.float32))
+        shape = {name: self.config[name] for name in ("num_nodes", "pos_std")}  # the fixed splits' configurations
+        stream = EnergyConfigurations(num_samples, **shape, dtype=kwargs.get("dtype", torch.float32))
         return {"train": stream, **sets}
 
     def edge_attr_fn(self, batch: Any):
@@ -390,7 +497,7 @@ class EnergyTask(_Task):
         return self.predict_output(model, batch).pos
 
     @torch.no_grad()
-    def displacement_scale(self, dataset: Any) -> float:
+    def update_scale(self, dataset: Any) -> float:
         """RMS per coordinate of the moves that gradient descent makes on the first 64 samples of ``dataset``,
         divided by the number of iterations: the typical size of one update."""
         batch = next(iter(DataLoader(dataset[:64], batch_size=64)))
@@ -433,7 +540,8 @@ class _EdgeLookup:
 TASKS = {"dynamics": DynamicsTask, "energy": EnergyTask, "nbody": NBodyTask}
 
 
-def get_task(name: str, options: ModelOptions):
+def get_task(name: str, options: ModelOptions, data: Mapping[str, Any] | None = None) -> Task:
+    """``TASKS[name](options, data)``, with a ValueError naming ``task`` for an unknown name."""
     if name not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
-    return TASKS[name](options)
+    return TASKS[name](options, data)

@@ -38,7 +38,17 @@ from tqdm.auto import tqdm
 from pyg_se3._files import replacing, write_text_atomic
 from pyg_se3.runtime import distributed
 
-__all__ = ["Task", "TrainConfig", "Trainer", "atomic_save", "json_safe", "read_checkpoint", "seed_everything"]
+__all__ = [
+    "Task",
+    "TrainConfig",
+    "Trainer",
+    "atomic_save",
+    "json_safe",
+    "parameter_groups",
+    "read_checkpoint",
+    "seed_everything",
+    "write_csv",
+]
 
 
 class Task(Protocol):
@@ -68,6 +78,18 @@ class TrainConfig:
     schedule
         ``"epoch"`` (default): ``t`` is the epoch's index, one rate per epoch; ``"step"``: ``t`` is
         ``epoch + batch / batches_per_epoch``, a new rate every step (the original energy experiment's schedule).
+    warmup_epochs
+        A linear warm-up before the cosine (default 0: none): the rate rises to ``lr`` over the first
+        ``warmup_epochs`` (the ``k``-th of ``K`` epochs, or steps with ``schedule="step"``, of the warm-up runs at
+        ``k / K`` of ``lr``, never at 0), then the cosine decays from ``lr`` to ``min_lr`` over the remaining
+        epochs. At most ``epochs``.
+    weight_decay_on
+        Which parameters ``weight_decay`` applies to: ``"all"`` (default) or ``"weights"``, the parameters with
+        two or more dimensions (weight matrices); biases and the normalisations' scales and shifts, which are
+        vectors, then have none (the usual choice of transformer training recipes).
+    eval_every
+        Evaluate the validation and ``eval_sets`` every this many epochs (default 1), and always after the last
+        epoch; only evaluated epochs can be the best. Rows of the other epochs have no validation metrics.
     seed
         Seeds initialisation and the batch order of every epoch.
     device
@@ -91,7 +113,10 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 0.0
     schedule: str = "epoch"
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"
+    eval_every: int = 1
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/default"
@@ -122,6 +147,12 @@ class TrainConfig:
             raise ValueError(f"schedule: expected 'epoch' or 'step', got {self.schedule!r}")
         if self.on_nan not in ("skip", "stop"):
             raise ValueError(f"on_nan: expected 'skip' or 'stop', got {self.on_nan!r}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise ValueError(f"warmup_epochs: expected a number in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.weight_decay_on not in ("all", "weights"):
+            raise ValueError(f"weight_decay_on: expected 'all' or 'weights', got {self.weight_decay_on!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"eval_every: expected an integer >= 1, got {self.eval_every!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -165,6 +196,27 @@ def atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def parameter_groups(model: nn.Module, weight_decay: float, decay_on: str = "all") -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: every parameter with ``weight_decay`` (``decay_on="all"``), or only those
+    with two or more dimensions, the rest without (``"weights"``; see :class:`TrainConfig`)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if decay_on == "all":
+        return [{"params": parameters, "weight_decay": weight_decay}]
+    return [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """``rows`` as a CSV table (columns: every key, in order of first appearance), written atomically."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with replacing(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class Trainer:
     """Train ``model`` on ``task`` with the datasets given; see the module docstring for what it writes.
 
@@ -181,6 +233,8 @@ class Trainer:
     eval_sets
         More datasets to evaluate every epoch, by name (e.g. ``{"test": test_set}``).
 
+    Notes
+    -----
     Under ``torchrun``, creating a ``Trainer`` joins the process group (:func:`pyg_se3.runtime.distributed.setup`);
     ``model`` stays the plain module (checkpoints hold its ``state_dict``, without a ``module.`` prefix) and
     ``train_model`` is its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper, the one that
@@ -203,7 +257,8 @@ class Trainer:
         self.out = Path(config.out)
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        groups = parameter_groups(model, config.weight_decay, config.weight_decay_on)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.history: list[dict[str, float]] = []
         self.best_val = math.inf
         self.start_epoch = 0
@@ -266,10 +321,12 @@ class Trainer:
         )
         atomic_save(self.state(), path)
 
-    @staticmethod
-    def _selection_loss(row: dict[str, float]) -> float:
-        """The loss that picks the best checkpoint: the validation loss, else the training loss."""
-        return row.get("val_loss", row["train_loss"])
+    def _selection_loss(self, row: dict[str, float]) -> float:
+        """The loss that picks the best checkpoint: the validation loss (NaN for an epoch that was not evaluated:
+        it cannot be the best), or the training loss when there is no validation set."""
+        if self.val_set is None:
+            return row["train_loss"]
+        return row.get("val_loss", math.nan)
 
     # ------------------------------------------------------------------ loops
     def loader(self, dataset: Iterable, shuffle: bool, epoch: int = 0) -> DataLoader:
@@ -286,13 +343,17 @@ class Trainer:
             generator=generator,
         )
 
-    def learning_rate(self, epoch: int, fraction: float = 0.0) -> float:
-        """Cosine decay from ``lr`` to ``min_lr`` over ``epochs``, at ``fraction`` (in [0, 1)) of ``epoch``: a
-        function of the time alone, so a run resumed with a larger ``--epochs`` continues on the longer
-        schedule."""
-        lr, low = self.config.lr, self.config.min_lr
-        t = (epoch + fraction) / max(self.config.epochs, 1)
-        return low + (lr - low) * 0.5 * (1.0 + math.cos(math.pi * t))
+    def learning_rate(self, epoch: int, fraction: float = 0.0, step: float = 1.0) -> float:
+        """The rate at ``fraction`` (in [0, 1)) of ``epoch``: the warm-up, then the cosine decay from ``lr`` to
+        ``min_lr`` (see :class:`TrainConfig`); ``step`` is the length of one schedule step in epochs (1 per epoch,
+        ``1 / batches`` per step), at whose end the warm-up's rate is taken. A function of the time alone, so a
+        run resumed with a larger ``--epochs`` continues on the longer schedule."""
+        lr, low, warmup = self.config.lr, self.config.min_lr, self.config.warmup_epochs
+        t = epoch + fraction
+        if t < warmup:
+            return lr * min(1.0, (t + step) / warmup)
+        t = (t - warmup) / max(self.config.epochs - warmup, 1e-12)
+        return low + (lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
     def _set_learning_rate(self, value: float) -> None:
         for group in self.optimizer.param_groups:
@@ -312,7 +373,8 @@ class Trainer:
             if self.config.max_batches is not None and index >= self.config.max_batches:
                 break
             if self.config.schedule == "step":
-                self._set_learning_rate(self.learning_rate(epoch, index / max(num_batches, 1)))
+                per_step = 1 / max(num_batches, 1)
+                self._set_learning_rate(self.learning_rate(epoch, index * per_step, per_step))
             loss = self.step(batch.to(self.device), epoch, index)
             if loss is not None:
                 total, count = total + loss, count + 1
@@ -379,10 +441,11 @@ class Trainer:
                 "lr": self.learning_rate(epoch),
                 "train_loss": self.train_epoch(epoch),
             }
-            if self.val_set is not None:
-                row.update({f"val_{k}": v for k, v in self.evaluate(self.val_set).items()})
-            for name, dataset in self.eval_sets.items():
-                row.update({f"{name}_{k}": v for k, v in self.evaluate(dataset).items()})
+            if self._evaluates(epoch):
+                if self.val_set is not None:
+                    row.update({f"val_{k}": v for k, v in self.evaluate(self.val_set).items()})
+                for name, dataset in self.eval_sets.items():
+                    row.update({f"{name}_{k}": v for k, v in self.evaluate(dataset).items()})
             self.history.append(row)
             self.start_epoch = epoch + 1
             self._checkpoint(row)
@@ -390,6 +453,10 @@ class Trainer:
                 on_epoch_end(row)
         distributed.barrier()  # when fit returns, rank 0's files are written, on every process
         return self.history
+
+    def _evaluates(self, epoch: int) -> bool:
+        """Whether ``epoch`` is evaluated: every ``eval_every``-th one, and the last."""
+        return (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
 
     def _checkpoint(self, row: dict[str, float]) -> None:
         val = self._selection_loss(row)
@@ -409,11 +476,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def write_metrics(self) -> None:
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        with replacing(self.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
+        write_csv(self.history, self.out / "metrics.csv")
         write_text_atomic(self.out / "metrics.json", json.dumps(json_safe(self.history), indent=1, allow_nan=False))
 
     def plot(self) -> None:

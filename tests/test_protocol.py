@@ -1,0 +1,140 @@
+"""The trainer's protocol options: warm-up then cosine, weight decay on weight matrices only, evaluation every k
+epochs; and exact resume with all of them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import assert_identical
+from torch import nn
+from torch_geometric.data import Data
+
+from pyg_se3.runtime.training import TrainConfig, Trainer, parameter_groups
+
+
+class MeanSquare:
+    """Fit the targets; every evaluation metric is the MSE."""
+
+    def loss(self, model, batch):
+        return (model(batch.x) - batch.y).square().mean()
+
+    def metrics(self, model, batch):
+        err = (model(batch.x) - batch.y).square().mean(-1)
+        return {"loss": (float(err.sum()), batch.num_graphs)}
+
+
+def data(n: int = 12, seed: int = 0) -> list[Data]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    return [Data(x=x[i : i + 1], y=y[i : i + 1], num_nodes=1) for i in range(n)]
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+
+
+def trainer(out, **options) -> Trainer:
+    config = TrainConfig(**{"epochs": 6, "batch_size": 4, "lr": 0.05, "progress": False, "out": str(out), **options})
+    return Trainer(model(), MeanSquare(), data(), data(6, seed=1), config, eval_sets={"test": data(6, seed=2)})
+
+
+def test_warmup_rises_linearly_then_the_cosine_decays(tmp_path):
+    t = trainer(tmp_path, epochs=10, warmup_epochs=2, lr=1.0, min_lr=0.1)
+    assert [t.learning_rate(e) for e in (0, 1)] == pytest.approx([0.5, 1.0])
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (e - 2) / 8)) for e in range(2, 10)]
+    assert [t.learning_rate(e) for e in range(2, 10)] == pytest.approx(cosine, rel=1e-12)
+    # per step: the k-th of K warm-up steps runs at k / K of lr, never at 0
+    assert t.learning_rate(0, 0.0, step=0.25) == pytest.approx(1.0 / 8)
+    assert t.learning_rate(1, 0.75, step=0.25) == pytest.approx(1.0)
+    assert trainer(tmp_path, epochs=10, lr=1.0).learning_rate(0) == 1.0  # no warm-up: the cosine from lr
+
+
+def test_the_rate_each_epoch_trains_with_is_the_schedule(tmp_path):
+    t = trainer(tmp_path, epochs=5, warmup_epochs=2, lr=0.05)
+    rates = []
+    original = t.step
+
+    def spy(batch, epoch, index):
+        rates.append(t.optimizer.param_groups[0]["lr"])
+        return original(batch, epoch, index)
+
+    t.step = spy
+    history = t.fit()
+    assert [row["lr"] for row in history] == pytest.approx([t.learning_rate(e) for e in range(5)])
+    assert rates[:3] == pytest.approx([0.025] * 3) and rates[3:6] == pytest.approx([0.05] * 3)  # 3 steps per epoch
+
+
+def test_weight_decay_on_weights_leaves_biases_and_norms_alone(tmp_path):
+    net = model()
+    groups = parameter_groups(net, 0.1, "weights")
+    decayed, kept = ({id(p) for p in g["params"]} for g in groups)
+    assert decayed == {id(net[0].weight), id(net[2].weight)}
+    assert kept == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[2].bias)}
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert parameter_groups(net, 0.1, "all") == [{"params": list(net.parameters()), "weight_decay": 0.1}]
+    # AdamW with zero gradients: only the decay moves parameters, and only the decayed ones
+    optimizer = torch.optim.AdamW(groups, lr=0.5)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in net.named_parameters():
+        factor = 1 - 0.5 * 0.1 if name.endswith("weight") and p.dim() == 2 else 1.0
+        assert torch.allclose(p, before[name] * factor, rtol=0, atol=1e-7), name
+
+
+def test_evaluation_every_k_epochs_and_after_the_last(tmp_path):
+    t = trainer(tmp_path, epochs=7, eval_every=3)
+    history = t.fit()
+    evaluated = [row["epoch"] for row in history if "val_loss" in row]
+    assert evaluated == [2, 5, 6]
+    assert all(("test_loss" in row) == (row["epoch"] in evaluated) for row in history)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] - 1 in evaluated
+    assert best["best_val"] == min(row["val_loss"] for row in history if "val_loss" in row)
+
+
+def test_resume_is_exact_with_the_protocol_options(tmp_path):
+    options = dict(
+        epochs=6, warmup_epochs=1.5, schedule="step", weight_decay=0.05, weight_decay_on="weights", eval_every=2
+    )
+    full = trainer(tmp_path / "full", **options)
+    full.fit()
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):  # as if killed after epoch 2's checkpoints
+        trainer(tmp_path / "parts2", **options).fit(on_epoch_end=kill_after_epoch_2)
+    resumed = trainer(tmp_path / "parts2", **options, resume=True)
+    assert resumed.start_epoch == 3
+    resumed.fit()
+    for name in ("last.pt", "best.pt"):
+        a = torch.load(tmp_path / "full" / name, weights_only=False)
+        b = torch.load(tmp_path / "parts2" / name, weights_only=False)
+        assert_identical(a["model"], b["model"], name)
+        assert_identical(a["optimizer"], b["optimizer"], name)
+        assert a["history"] == b["history"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("warmup_epochs", -1.0, "warmup_epochs: expected a number in"),
+        ("warmup_epochs", 7.0, r"warmup_epochs: expected a number in \[0, epochs=6\]"),
+        ("weight_decay_on", "biases", "weight_decay_on: expected 'all' or 'weights'"),
+        ("eval_every", 0, "eval_every: expected an integer >= 1"),
+        ("eval_every", 1.5, "eval_every: expected an integer >= 1"),
+    ],
+)
+def test_bad_protocol_options_are_refused(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(epochs=6, **{option: value})
