@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def throughput(task, model, systems, batch_size: int, train: bool) -> float:
     """Systems per second of training steps (``train``) or of evaluation forward passes, after a warm-up."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
     batches = list(DataLoader(systems, batch_size=batch_size, shuffle=train, generator=torch.Generator()))
 
     def one_pass() -> None:

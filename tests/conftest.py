@@ -57,10 +57,11 @@ def fast(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def num_rotations(fast: bool) -> int:
-    """Random rotations per equivariance check: ``helpers.NUM_ROTATIONS`` (20), :data:`FAST_ROTATIONS` under
-    ``--fast``. A test that checked fewer takes ``min(its_number, num_rotations)``."""
-    return FAST_ROTATIONS if fast else helpers.NUM_ROTATIONS
+def num_rotations() -> int:
+    """Random rotations per equivariance check: ``helpers.NUM_ROTATIONS`` (20; :data:`FAST_ROTATIONS` under
+    ``--fast``, set by :func:`pytest_configure`). A test that checked fewer takes ``min(its_number,
+    num_rotations)``."""
+    return helpers.NUM_ROTATIONS
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from pyg_se3.fiber import Fiber
 from pyg_se3.nn.conv import add_relative_position
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import edge_softmax, message_passing_kwargs, node_features, prepare_basis, resolve_edge_index
+from pyg_se3.nn.utils import edge_softmax, layer_inputs, message_passing_kwargs, options_repr
 
 __all__ = ["SE3Attention"]
 
@@ -230,9 +230,7 @@ class SE3Attention(MessagePassing):
             ``(adj_t with values alpha, alpha)``, for a ``SparseTensor`` the adjacency with values ``alpha`` (as
             :class:`~torch_geometric.nn.conv.GATConv`). Default ``None``: the output only.
         """
-        x_src, x_dst = node_features(self, x)
-        adjacency, edges = resolve_edge_index(edge_index, (x_src.shape[0], x_dst.shape[0]), basis)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edges, edge_attr, basis, edge_weight)
+        x_src, x_dst, adjacency, basis = layer_inputs(self, x, pos, edge_index, edge_attr, basis, edge_weight)
         query = self.to_query(x_dst)
         keep_alpha = bool(return_attention_weights)
         attended = self.propagate(
@@ -297,5 +295,4 @@ class SE3Attention(MessagePassing):
             "relative_position": (self.relative_position, False),
             "dropout": (self.dropout, 0.0),
         }
-        extra = "".join(f", {name}={value!r}" for name, (value, default) in options.items() if value != default)
-        return f"{self.__class__.__name__}({self.fiber_in}, {self.fiber_out}, num_heads={self.num_heads}{extra})"
+        return options_repr(self, options, shown=f", num_heads={self.num_heads}")

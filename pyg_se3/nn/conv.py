@@ -16,7 +16,7 @@ from pyg_se3.basis import Basis
 from pyg_se3.fiber import Fiber
 from pyg_se3.nn.kernel import make_kernel
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.utils import message_passing_kwargs, node_features, prepare_basis, resolve_edge_index
+from pyg_se3.nn.utils import layer_inputs, message_passing_kwargs, options_repr
 
 __all__ = ["SE3Conv", "add_relative_position"]
 
@@ -164,9 +164,7 @@ class SE3Conv(MessagePassing):
             ``[E]`` values in ``[0, 1]`` (e.g. a cutoff envelope :meth:`~pyg_se3.graph.GraphBuilder.edge_weight`)
             scaling each edge's message; it may instead come with the ``basis``, not both. Default ``None``.
         """
-        x_src, x_dst = node_features(self, x)
-        adjacency, edges = resolve_edge_index(edge_index, (x_src.shape[0], x_dst.shape[0]), basis)
-        basis = prepare_basis(self, (x_src, x_dst), pos, edges, edge_attr, basis, edge_weight)
+        x_src, x_dst, adjacency, basis = layer_inputs(self, x, pos, edge_index, edge_attr, basis, edge_weight)
         out = self.propagate(
             adjacency, x=(x_src, x_dst), basis=basis, edge_attr=edge_attr, size=(x_src.shape[0], x_dst.shape[0])
         )
@@ -190,5 +188,4 @@ class SE3Conv(MessagePassing):
             "self_interaction": (self.self_interaction is not None, True),
             "aggr": (self.aggr, "add"),
         }
-        extra = "".join(f", {name}={value!r}" for name, (value, default) in options.items() if value != default)
-        return f"{self.__class__.__name__}({self.fiber_in}, {self.fiber_out}{extra})"
+        return options_repr(self, options)

@@ -21,7 +21,15 @@ from pyg_se3.checks import (
     model_dtype,
 )
 
-__all__ = ["edge_softmax", "message_passing_kwargs", "node_features", "prepare_basis", "resolve_edge_index"]
+__all__ = [
+    "edge_softmax",
+    "layer_inputs",
+    "message_passing_kwargs",
+    "node_features",
+    "options_repr",
+    "prepare_basis",
+    "resolve_edge_index",
+]
 
 # MessagePassing settings that the maths of the layers fix: {name: (allowed values, why)}
 _FIXED_SETTINGS: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -167,6 +175,29 @@ def prepare_basis(
     if basis.max_degree < layer.max_degree:
         raise ValueError(f"basis: computed up to degree {basis.max_degree}, the layer needs {layer.max_degree}")
     return basis if edge_weight is None else basis.with_edge_weight(edge_weight)
+
+
+def layer_inputs(
+    layer: torch.nn.Module,
+    x: Tensor | tuple[Tensor, Tensor],
+    pos: Tensor | tuple[Tensor, Tensor] | None,
+    edge_index: Adj,
+    edge_attr: Tensor | None,
+    basis: Basis | None,
+    edge_weight: Tensor | None,
+) -> tuple[Tensor, Tensor, Adj, Basis]:
+    """What a graph layer's ``forward`` works with: ``(x_src, x_dst)`` (:func:`node_features`), the edges for
+    ``propagate`` (:func:`resolve_edge_index`) and the checked basis of the edges (:func:`prepare_basis`)."""
+    x_src, x_dst = node_features(layer, x)
+    adjacency, edges = resolve_edge_index(edge_index, (x_src.shape[0], x_dst.shape[0]), basis)
+    return x_src, x_dst, adjacency, prepare_basis(layer, (x_src, x_dst), pos, edges, edge_attr, basis, edge_weight)
+
+
+def options_repr(layer: torch.nn.Module, options: dict[str, tuple[Any, Any]], shown: str = "") -> str:
+    """``Layer(fiber_in, fiber_out{shown}, name=value, ...)`` with the ``options`` ``{name: (value, default)}``
+    that differ from their defaults: a constructor call that builds the layer again."""
+    extra = "".join(f", {name}={value!r}" for name, (value, default) in options.items() if value != default)
+    return f"{layer.__class__.__name__}({layer.fiber_in}, {layer.fiber_out}{shown}{extra})"
 
 
 def _check_positions(
