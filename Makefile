@@ -7,6 +7,7 @@
 #                equivariance check, fast-mode gradcheck, tests marked `slow` skipped. Not a substitute for `make test`
 #   make demo    the main job
 #   make bench   speed and memory over graph sizes, against the peers (benchmarks/results/; installs the bench extra)
+#   make bench-nbody  how fast an N-body epoch trains, beside EGNN (benchmarks/results/nbody_speed; the bench extra)
 #   make docs    the documentation (docs/ -> build/docs/html; Sphinx warnings are errors), then its doctests
 #   make lint    ruff
 #   make install-check  a user's install into a fresh venv with another torch (minutes; not part of `make test`)
@@ -24,7 +25,7 @@ CONSTRAINTS := -c constraints.txt
 # compile one file at a time, so the two packages build side by side (one per core); pip caches the wheels.
 export MAX_JOBS ?= 2
 
-.PHONY: setup test test-fast demo bench docs lint format clean install-check
+.PHONY: setup test test-fast demo bench bench-nbody docs lint format clean install-check
 
 setup: $(STAMP)
 
@@ -55,6 +56,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench.py
+
+# How fast an N-body epoch trains, and EGNN (egnn-pytorch) on the same systems (benchmarks/results/nbody_speed).
+bench-nbody: $(BENCH_STAMP)
+	$(PY) benchmarks/nbody_speed.py --root data
 
 # The Sphinx site of docs/ (sources in Markdown and reST, the API from the docstrings): the HTML with every warning an
 # error, then every example as a doctest (`>>>` blocks of the docstrings autodoc pulls in, {doctest} blocks of the

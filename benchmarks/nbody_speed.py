@@ -1,23 +1,33 @@
 """How fast an N-body epoch trains, and where the time goes: the charged 5-body task of ``pyg-se3 train --task
 nbody`` (EGNN's protocol: 3,000 training systems, 2,000 validation and 2,000 test systems evaluated), one model,
-several ways of running it.
+several ways of running it, and a peer on the same systems in the same run.
 
-For each configuration (batch size, threads, evaluation every k epochs) it measures, after one warm-up pass:
+For each configuration (batch size, threads, evaluation every k epochs, loader) it measures, after one warm-up pass:
 
-- training throughput: systems per second of forward, backward and AdamW steps over ``--train-systems`` systems;
-- evaluation throughput: systems per second of forward passes without gradients, in batches of 256;
-- the time of collating the batches alone (PyG's ``DataLoader``), to tell overhead from arithmetic;
+- training throughput: systems per second of batching, forward, backward and AdamW steps over ``--train-systems``
+  systems;
+- evaluation throughput: systems per second of batching and forward passes without gradients, in batches of 256;
+- the time of making the training batches alone (collation), to tell overhead from arithmetic;
 
 and derives the wall time of one epoch: 3,000 training systems plus, every ``k`` epochs, 4,000 evaluated ones.
-Writes ``--out/nbody_speed.json`` and ``nbody_speed.md``.
+The loaders are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems
+collated once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
+
+The peer is EGNN (``egnn-pytorch``, the ``bench`` extra; `make bench-nbody` installs it) at the EGNN paper's
+N-body size (4 layers, 64 features; inputs: speeds and charges, charge products on the edges; positions updated by
+every layer), trained on the same batches with the same loss and optimiser, at the fastest configuration's batch
+size and threads; it is skipped with a message when not installed. Writes ``--out/nbody_speed.json`` and
+``nbody_speed.md``.
 
     python benchmarks/nbody_speed.py                          # the best N-body model (8 x 1 layers, 16 channels)
-    python benchmarks/nbody_speed.py --channels 32 --train-systems 300
+    python benchmarks/nbody_speed.py --kernel depthwise --channels 32 --integrator velocity
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import platform
 import sys
@@ -25,18 +35,22 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch_geometric.loader import DataLoader
 
+from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime.tasks import ModelOptions, get_task
 
-#: (name, batch size, threads, evaluate every k epochs)
+#: (name, batch size, threads, evaluate every k epochs, loader)
 CONFIGURATIONS = [
-    ("batch 16, 1 thread, evaluation every epoch", 16, 1, 1),
-    ("batch 100, 1 thread, evaluation every epoch", 100, 1, 1),
-    ("batch 100, 1 thread, evaluation every 10 epochs", 100, 1, 10),
-    ("batch 100, 2 threads, evaluation every 10 epochs", 100, 2, 10),
+    ("batch 16, 1 thread, evaluation every epoch", 16, 1, 1, "pyg"),
+    ("batch 100, 1 thread, evaluation every epoch", 100, 1, 1, "pyg"),
+    ("batch 100, 1 thread, evaluation every 10 epochs", 100, 1, 10, "pyg"),
+    ("batch 100, 2 threads, evaluation every 10 epochs", 100, 2, 10, "pyg"),
+    ("batch 100, 2 threads, evaluation every 10 epochs, collated once", 100, 2, 10, "fixed"),
 ]
 TRAIN, EVALUATED = 3000, 4000  # systems per epoch: the training split, and validation + test
+EVAL_BATCH = 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,34 +66,121 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def throughput(task, model, systems, batch_size: int, train: bool) -> float:
-    """Systems per second of training steps (``train``) or of evaluation forward passes, after a warm-up."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
-    batches = list(DataLoader(systems, batch_size=batch_size, shuffle=train, generator=torch.Generator()))
+class EGNNPeer(nn.Module):
+    """EGNN (``egnn-pytorch``) at the EGNN paper's N-body size, on our batches of 5-body systems.
 
-    def one_pass() -> None:
-        for batch in batches:
-            if train:
-                optimizer.zero_grad()
-                task.loss(model, batch).backward()
-                optimizer.step()
-            else:
-                with torch.no_grad():
-                    task.predict(model, batch)
+    Node inputs: each particle's speed and charge, embedded to ``features``; edge inputs: the product of the two
+    charges; every layer updates the features and the positions (the complete graph, dense as ``egnn-pytorch``
+    takes it); the prediction is the positions after the last layer.
+    """
 
-    model.train(train)
+    def __init__(self, layers: int = 4, features: int = 64) -> None:
+        super().__init__()
+        from egnn_pytorch import EGNN
+
+        self.embed = nn.Linear(2, features)
+        self.layers = nn.ModuleList(EGNN(dim=features, edge_dim=1, m_dim=features) for _ in range(layers))
+
+    def forward(self, batch) -> torch.Tensor:
+        systems = batch.num_graphs
+        pos, vel, charge = (batch[key].view(systems, -1, batch[key].shape[-1]) for key in ("pos", "vel", "charge"))
+        features = self.embed(torch.cat([vel.norm(dim=-1, keepdim=True), charge], dim=-1))
+        edges = (charge * charge.transpose(1, 2)).unsqueeze(-1)
+        for layer in self.layers:
+            features, pos = layer(features, pos, edges=edges)
+        return pos.reshape(-1, 3)
+
+
+def peer_missing() -> str | None:
+    """``None`` when ``egnn-pytorch`` can be imported, else why not (without importing it)."""
+    if importlib.util.find_spec("egnn_pytorch") is None:
+        return "egnn-pytorch is not installed (the bench extra: `make bench-nbody` installs it)"
+    return None
+
+
+def rate(step, batches) -> float:
+    """Systems per second of ``step`` over every batch that ``batches()`` makes (batching included), after one
+    warm-up pass."""
+
+    def one_pass() -> int:
+        count = 0
+        for batch in batches():
+            step(batch)
+            count += batch.num_graphs
+        return count
+
     one_pass()
     start = time.perf_counter()
-    one_pass()
-    return len(systems) / (time.perf_counter() - start)
+    count = one_pass()
+    return count / (time.perf_counter() - start)
 
 
-def collation_time(systems, batch_size: int) -> float:
-    """Seconds per training epoch spent collating batches alone."""
+def training_step(model: nn.Module, loss):
+    """One AdamW step of ``loss(batch)``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch) -> None:
+        model.train()
+        optimizer.zero_grad()
+        loss(batch).backward()
+        optimizer.step()
+
+    return step
+
+
+def evaluation_step(model: nn.Module, predict):
+    """One forward pass of ``predict(batch)`` without gradients."""
+
+    def step(batch) -> None:
+        model.eval()
+        with torch.no_grad():
+            predict(batch)
+
+    return step
+
+
+def batches(loader: str, systems, batch_size: int, shuffle: bool):
+    """A function making a fresh loader of ``systems`` (a ``FixedSizeGraphs`` for ``loader="fixed"``)."""
+    kind = FixedSizeLoader if loader == "fixed" else DataLoader
+    return lambda: kind(systems, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(0))
+
+
+def collation_time(make_batches) -> float:
+    """Seconds per training epoch spent making the batches alone."""
     start = time.perf_counter()
-    for _ in DataLoader(systems, batch_size=batch_size, shuffle=True):
-        pass
-    return (time.perf_counter() - start) * TRAIN / len(systems)
+    count = sum(batch.num_graphs for batch in make_batches())
+    return (time.perf_counter() - start) * TRAIN / count
+
+
+def measure(
+    name: str,
+    model: nn.Module,
+    loss,
+    predict,
+    sources: dict,
+    batch_size: int,
+    threads: int,
+    eval_every: int,
+    loader: str,
+) -> dict:
+    """One row: throughputs and the derived epoch time of ``model`` at one configuration."""
+    torch.set_num_threads(threads)
+    train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
+    train_rate = rate(training_step(model, loss), train)
+    eval_rate = rate(evaluation_step(model, predict), batches(loader, sources[loader]["val"], EVAL_BATCH, False))
+    epoch = TRAIN / train_rate + EVALUATED / eval_rate / eval_every
+    print(f"{name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
+    return {
+        "configuration": name,
+        "batch_size": batch_size,
+        "threads": threads,
+        "eval_every": eval_every,
+        "loader": loader,
+        "train_systems_per_s": train_rate,
+        "eval_systems_per_s": eval_rate,
+        "collation_s_per_epoch": collation_time(train),
+        "epoch_s": epoch,
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -95,30 +196,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     task = get_task("nbody", options)
     sets = task.datasets(args.root)
-    systems = sets["train"][: args.train_systems]
+    plain = {"train": sets["train"][: args.train_systems], "val": sets["val"][: args.train_systems]}
+    start = time.perf_counter()
+    collated = {split: FixedSizeGraphs(systems) for split, systems in plain.items()}
+    collate_once_s = (time.perf_counter() - start) * TRAIN / (2 * args.train_systems)
+    sources = {"pyg": plain, "fixed": collated}
     torch.manual_seed(0)
     model = task.build_model(task.displacement_scale(sets["train"]))
     parameters = sum(p.numel() for p in model.parameters())
-    rows = []
-    for name, batch_size, threads, eval_every in CONFIGURATIONS:
-        torch.set_num_threads(threads)
-        train_rate = throughput(task, model, systems, batch_size, train=True)
-        eval_rate = throughput(task, model, sets["val"][: args.train_systems], 256, train=False)
-        epoch = TRAIN / train_rate + EVALUATED / eval_rate / eval_every
-        rows.append(
-            {
-                "configuration": name,
-                "batch_size": batch_size,
-                "threads": threads,
-                "eval_every": eval_every,
-                "train_systems_per_s": train_rate,
-                "eval_systems_per_s": eval_rate,
-                "collation_s_per_epoch": collation_time(systems, batch_size),
-                "epoch_s": epoch,
-            }
+    rows = [
+        measure(
+            name,
+            model,
+            lambda batch: task.loss(model, batch),
+            lambda batch: task.predict(model, batch),
+            sources,
+            *configuration,
         )
-        print(f"{name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
+        for name, *configuration in CONFIGURATIONS
+    ]
     baseline = rows[0]["epoch_s"]
+    peer = {"missing": peer_missing()}
+    if peer["missing"] is None:
+        torch.manual_seed(0)
+        egnn = EGNNPeer()
+        fastest = min(rows, key=lambda row: row["epoch_s"])
+        name = f"EGNN (egnn-pytorch {importlib.metadata.version('egnn-pytorch')}), " + fastest["configuration"]
+        settings = (fastest["batch_size"], fastest["threads"], fastest["eval_every"], fastest["loader"])
+        mse = lambda batch: (egnn(batch) - batch.y).square().mean()  # noqa: E731
+        peer = measure(name, egnn, mse, egnn, sources, *settings)
+        peer["parameters"] = sum(p.numel() for p in egnn.parameters())
+        peer["ours_over_peer_epoch"] = fastest["epoch_s"] / peer["epoch_s"]
+    else:
+        print(f"peer skipped: {peer['missing']}", file=sys.stderr)
     for row in rows:
         row["speed_up"] = baseline / row["epoch_s"]
     out = Path(args.out)
@@ -128,12 +238,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "model": {**vars(args), "parameters": parameters},
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": torch.get_num_threads()},
         "torch": torch.__version__,
+        "collate_once_s": collate_once_s,
         "rows": rows,
+        "peer": peer,
     }
     (out / "nbody_speed.json").write_text(json.dumps(record, indent=1))
     lines = [
         f"N-body epoch (3,000 training systems; 4,000 evaluated every k epochs), {parameters:,} parameters "
-        f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel)",
+        f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel, "
+        f"{args.integrator} integrator); collating the 3,000 systems once: {collate_once_s:.2f} s",
         "",
         "| configuration | train systems/s | eval systems/s | collation s/epoch | epoch s | speed-up |",
         "|---|---|---|---|---|---|",
@@ -143,6 +256,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{r['collation_s_per_epoch']:.2f} | {r['epoch_s']:.1f} | {r['speed_up']:.1f}x |"
         for r in rows
     ]
+    if "epoch_s" in peer:
+        lines += [
+            f"| {peer['configuration']} ({peer['parameters']:,} parameters) | {peer['train_systems_per_s']:.0f} | "
+            f"{peer['eval_systems_per_s']:.0f} | {peer['collation_s_per_epoch']:.2f} | {peer['epoch_s']:.1f} | "
+            f"peer: ours take {peer['ours_over_peer_epoch']:.1f}x its epoch |"
+        ]
     (out / "nbody_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

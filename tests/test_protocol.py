@@ -98,11 +98,14 @@ def test_evaluation_every_k_epochs_and_after_the_last(tmp_path):
     assert best["best_val"] == min(row["val_loss"] for row in history if "val_loss" in row)
 
 
-def test_resume_is_exact_with_the_protocol_options(tmp_path):
+@pytest.mark.parametrize("loader", ["pyg", "fixed"])
+def test_resume_is_exact_with_the_protocol_options(tmp_path, loader):
+    """Killed and resumed runs end bit for bit where an uninterrupted one does, with either loader (the
+    uninterrupted run always uses PyG's: the loaders are interchangeable)."""
     options = dict(
         epochs=6, warmup_epochs=1.5, schedule="step", weight_decay=0.05, weight_decay_on="weights", eval_every=2
     )
-    full = trainer(tmp_path / "full", **options)
+    full = trainer(tmp_path / "full", **options, loader="pyg")
     full.fit()
 
     class Killed(Exception):
@@ -113,8 +116,8 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):  # as if killed after epoch 2's checkpoints
-        trainer(tmp_path / "parts2", **options).fit(on_epoch_end=kill_after_epoch_2)
-    resumed = trainer(tmp_path / "parts2", **options, resume=True)
+        trainer(tmp_path / "parts2", **options, loader=loader).fit(on_epoch_end=kill_after_epoch_2)
+    resumed = trainer(tmp_path / "parts2", **options, resume=True, loader=loader)
     assert resumed.start_epoch == 3
     resumed.fit()
     for name in ("last.pt", "best.pt"):
@@ -133,6 +136,7 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path):
         ("weight_decay_on", "biases", "weight_decay_on: expected 'all' or 'weights'"),
         ("eval_every", 0, "eval_every: expected an integer >= 1"),
         ("eval_every", 1.5, "eval_every: expected an integer >= 1"),
+        ("loader", "fast", "loader: expected 'auto', 'pyg' or 'fixed'"),
     ],
 )
 def test_bad_protocol_options_are_refused(option, value, message):

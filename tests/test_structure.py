@@ -43,8 +43,8 @@ def test_core_sources_do_not_import_the_runtime():
 @pytest.mark.slow
 def test_importing_the_library_loads_no_runtime_module():
     code = (
-        "import sys, pyg_se3, pyg_se3.nn, pyg_se3.models, pyg_se3.datasets, pyg_se3.graph, pyg_se3.transforms, "
-        "pyg_se3.testing\n"
+        "import sys, pyg_se3, pyg_se3.nn, pyg_se3.models, pyg_se3.datasets, pyg_se3.graph, pyg_se3.loader, "
+        "pyg_se3.transforms, pyg_se3.testing\n"
         "print(sorted(m for m in sys.modules if m.startswith('pyg_se3.runtime')))"
     )
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=True)

@@ -19,7 +19,8 @@ the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, `
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
-``--no-progress`` and ``--deterministic`` are how to run, not what, and are never taken from the checkpoint.
+``--no-progress``, ``--deterministic`` and ``--loader`` are how to run, not what, and are never taken from the
+checkpoint.
 
 Errors
 ------
@@ -140,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every",
         type=int,
         help="evaluate every N epochs and after the last (default 1); only evaluated epochs can be the best",
+    )
+    train.add_argument(
+        "--loader",
+        choices=["auto", "pyg", "fixed"],
+        default="auto",
+        help="batches: collated once when all graphs have one size (auto, the default; fixed: always), or PyG's "
+        "DataLoader (pyg); the same batches either way",
     )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")
@@ -335,6 +343,7 @@ def _train(args: argparse.Namespace) -> dict:
         weight_decay=args.weight_decay,
         weight_decay_on=args.weight_decay_on,
         eval_every=args.eval_every,
+        loader=args.loader,
         seed=args.seed,
         device=device,
         out=args.out,

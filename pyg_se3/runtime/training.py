@@ -36,6 +36,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from pyg_se3._files import replacing, write_text_atomic
+from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime import distributed
 
 __all__ = [
@@ -87,6 +88,13 @@ class TrainConfig:
         Which parameters ``weight_decay`` applies to: ``"all"`` (default) or ``"weights"``, the parameters with
         two or more dimensions (weight matrices); biases and the normalisations' scales and shifts, which are
         vectors, then have none (the usual choice of transformer training recipes).
+    loader
+        How batches are made: ``"auto"`` (default) collates each dataset once with
+        :class:`~pyg_se3.loader.FixedSizeLoader` when its graphs all have the same size and it has no ``transform``
+        and no ``set_epoch`` (their samples may change at every access), and uses PyG's
+        :class:`~torch_geometric.loader.DataLoader` otherwise; ``"pyg"`` always uses the ``DataLoader``;
+        ``"fixed"`` always the collated-once loader, and refuses a dataset it cannot take. Both give the same
+        batches in the same order; a dataset changed in place after its first use needs ``"pyg"``.
     eval_every
         Evaluate the validation and ``eval_sets`` every this many epochs (default 1), and always after the last
         epoch; only evaluated epochs can be the best. Rows of the other epochs have no validation metrics.
@@ -117,6 +125,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     weight_decay_on: str = "all"
     eval_every: int = 1
+    loader: str = "auto"
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/default"
@@ -151,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs: expected a number in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         if self.weight_decay_on not in ("all", "weights"):
             raise ValueError(f"weight_decay_on: expected 'all' or 'weights', got {self.weight_decay_on!r}")
+        if self.loader not in ("auto", "pyg", "fixed"):
+            raise ValueError(f"loader: expected 'auto', 'pyg' or 'fixed', got {self.loader!r}")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every: expected an integer >= 1, got {self.eval_every!r}")
 
@@ -263,6 +274,7 @@ class Trainer:
         self.best_val = math.inf
         self.start_epoch = 0
         self.skipped_batches: list[tuple[int, int]] = []
+        self._collated: dict[int, tuple[Iterable, FixedSizeGraphs | None]] = {}
         if config.resume and self._checkpoint_exists(self.out / "last.pt"):
             self.load(self.out / "last.pt")
             if distributed.is_main():
@@ -329,19 +341,44 @@ class Trainer:
         return row.get("val_loss", math.nan)
 
     # ------------------------------------------------------------------ loops
-    def loader(self, dataset: Iterable, shuffle: bool, epoch: int = 0) -> DataLoader:
+    def loader(self, dataset: Iterable, shuffle: bool, epoch: int = 0) -> DataLoader | FixedSizeLoader:
         """Batches of ``dataset``: shuffled with ``(seed, epoch)`` for training, in order for evaluation. Under
         ``torchrun``: this process's share of each global batch (training) or its shard (evaluation)."""
         seed = self.config.seed * 1_000_003
         generator = torch.Generator().manual_seed(seed + epoch)
         sampler = distributed.train_sampler(dataset, seed, epoch) if shuffle else distributed.eval_sampler(dataset)
-        return DataLoader(
-            dataset,
+        graphs = self._fixed_size(dataset)
+        return (DataLoader if graphs is None else FixedSizeLoader)(
+            dataset if graphs is None else graphs,
             batch_size=self.config.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             generator=generator,
         )
+
+    def _fixed_size(self, dataset: Iterable) -> FixedSizeGraphs | None:
+        """``dataset`` collated once (at its first use, then kept), or ``None`` for PyG's ``DataLoader``; see
+        ``TrainConfig.loader``."""
+        if self.config.loader == "pyg":
+            return None
+        cached = self._collated.get(id(dataset))
+        if cached is not None and cached[0] is dataset:
+            return cached[1]
+        changing = [name for name in ("transform", "set_epoch") if getattr(dataset, name, None) is not None]
+        graphs = None
+        if changing and self.config.loader == "fixed":
+            raise ValueError(
+                f"loader='fixed': the dataset has {' and '.join(changing)}, so its samples may change at every "
+                "access and cannot be collated once; use loader='auto' or 'pyg'"
+            )
+        if not changing:
+            try:
+                graphs = FixedSizeGraphs(dataset)
+            except ValueError:
+                if self.config.loader == "fixed":
+                    raise
+        self._collated[id(dataset)] = (dataset, graphs)
+        return graphs
 
     def learning_rate(self, epoch: int, fraction: float = 0.0, step: float = 1.0) -> float:
         """The rate at ``fraction`` (in [0, 1)) of ``epoch``: the warm-up, then the cosine decay from ``lr`` to
