@@ -77,7 +77,9 @@ class FixedSizeGraphs(Sequence):
     ------
     ValueError
         When ``dataset`` is empty, holds anything but ``Data`` objects, an attribute that is not a tensor, or graphs
-        of different sizes (the message names the attribute).
+        of different sizes (the message names the attribute); or when it has a ``transform`` or a ``set_epoch``
+        method: its samples may then change at every access, and collating them once would freeze one draw (pass
+        ``list(dataset)`` to collate exactly that).
 
     Notes
     -----
@@ -87,6 +89,12 @@ class FixedSizeGraphs(Sequence):
     """
 
     def __init__(self, dataset: Sequence[Data]) -> None:
+        changing = [name for name in ("transform", "set_epoch") if getattr(dataset, name, None) is not None]
+        if changing:
+            raise ValueError(
+                f"dataset: has {' and '.join(changing)}, so its samples may change at every access and cannot be "
+                "collated once (list(dataset) would collate one draw of them)"
+            )
         graphs = list(dataset)
         if not graphs:
             raise ValueError("dataset: expected at least one graph, got an empty dataset")
@@ -137,6 +145,8 @@ class FixedSizeGraphs(Sequence):
         return self.num_graphs
 
     def __getitem__(self, index: int) -> Data:  # type: ignore[override]
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index: expected an integer, got {type(index).__name__} (use batch() for several graphs)")
         if not -self.num_graphs <= index < self.num_graphs:
             raise IndexError(f"index {index} is out of range for {self.num_graphs} graphs")
         index %= self.num_graphs

@@ -109,6 +109,14 @@ def test_indexing_gives_each_graph_back():
         assert all(torch.equal(back[key], data[i][key]) for key in data[i].keys())
     with pytest.raises(IndexError, match="index 11 is out of range for 11 graphs"):
         stacked[11]
+    with pytest.raises(TypeError, match="index: expected an integer, got slice"):
+        stacked[1:3]
+
+
+class Transformed(list):
+    """A dataset whose samples may change at every access."""
+
+    transform = staticmethod(lambda data: data)
 
 
 def _with(data: list[Data], index: int, **changes) -> list[Data]:
@@ -127,6 +135,7 @@ def _with(data: list[Data], index: int, **changes) -> list[Data]:
         (lambda: _with(graphs(), 3, edge_attr=torch.zeros(5, 2)), "'edge_attr' has 5 to 6 entries per graph"),
         (lambda: _with(graphs(), 0, name="first"), "attribute 'name' is a str; only tensors"),
         (lambda: [*graphs(2), *graphs(2, cls=Framed)], "graphs of one torch_geometric.data.Data class"),
+        (lambda: Transformed(graphs(3)), "has transform, so its samples may change at every access"),
     ],
 )
 def test_what_cannot_be_stacked_is_refused(make, message):
@@ -210,16 +219,10 @@ def test_the_trainer_trains_identically_with_either_loader(tmp_path):
     assert all(torch.equal(runs["auto"][1][k], runs["pyg"][1][k]) for k in runs["pyg"][1])
 
 
-class Transformed(list):
-    """A dataset whose samples may change at every access."""
-
-    transform = staticmethod(lambda data: data)
-
-
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (Transformed(graphs(6)), "has transform, so its samples may change"),
+        (Transformed(graphs(6)), "loader='fixed': dataset: has transform, so its samples may change"),
         (_with(graphs(6), 2, x=torch.zeros(5, 3), pos=torch.zeros(5, 3)), "graphs of 4 to 5 nodes"),
     ],
 )

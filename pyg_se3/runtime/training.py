@@ -364,19 +364,12 @@ class Trainer:
         cached = self._collated.get(id(dataset))
         if cached is not None and cached[0] is dataset:
             return cached[1]
-        changing = [name for name in ("transform", "set_epoch") if getattr(dataset, name, None) is not None]
-        graphs = None
-        if changing and self.config.loader == "fixed":
-            raise ValueError(
-                f"loader='fixed': the dataset has {' and '.join(changing)}, so its samples may change at every "
-                "access and cannot be collated once; use loader='auto' or 'pyg'"
-            )
-        if not changing:
-            try:
-                graphs = FixedSizeGraphs(dataset)
-            except ValueError:
-                if self.config.loader == "fixed":
-                    raise
+        try:
+            graphs = FixedSizeGraphs(dataset)
+        except ValueError as error:
+            if self.config.loader == "fixed":
+                raise ValueError(f"loader='fixed': {error}; use loader='auto' or 'pyg'") from error
+            graphs = None
         self._collated[id(dataset)] = (dataset, graphs)
         return graphs
 
