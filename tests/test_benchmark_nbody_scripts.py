@@ -1,0 +1,69 @@
+"""Smoke tests of ``benchmarks/nbody_speed.py`` and ``benchmarks/nbody_errors.py`` on tiny inputs, in this
+process, and the error summary's arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyg_se3.runtime import cli
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def scripts(monkeypatch: pytest.MonkeyPatch):
+    """The two modules (their folder on ``sys.path``, as when they run as scripts)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import nbody_errors
+    import nbody_speed
+
+    return nbody_speed, nbody_errors
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def test_the_error_summary(scripts):
+    errors = torch.cat([torch.tensor([10.0]), torch.ones(98), torch.zeros(1)])
+    summary = scripts[1].summary(errors[torch.randperm(100)])
+    assert summary["systems"] == 100 and summary["max"] == 10.0
+    assert summary["mean"] == pytest.approx(108 / 100) and summary["median"] == 1.0
+    assert summary["worst_1pct_share"] == pytest.approx(10 / 108)
+    assert summary["worst_5pct_share"] == pytest.approx(14 / 108)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_the_errors_of_a_checkpoint(scripts, root, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "1", "--iterations"]
+    assert cli.main([*args, "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]) == 0
+    checkpoint = str(out / "best.pt")
+    record = scripts[1].main([checkpoint, "--root", str(root), "--splits", "test", "--out", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text()) == record
+    test = record["checkpoints"][checkpoint]["test"]
+    evaluated = json.loads((out / "metrics.json").read_text())[-1]["test_mse"]
+    assert test["mean"] == pytest.approx(evaluated, rel=1e-6)  # the trainer's own test MSE
+    assert 0 < test["median"] < test["mean"] < test["max"] and 0.05 < test["worst_5pct_share"] < 1
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
+    nbody_speed = scripts[0]
+    monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", [("a", 4, 1, 1, "pyg"), ("b", 4, 1, 2, "fixed")])
+    rows = nbody_speed.main(
+        ["--root", str(root), "--iterations", "1", "--channels", "4", "--train-systems", "8", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "nbody_speed.json").read_text())
+    assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
+    assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
+    assert rows[0]["speed_up"] == 1.0
+    assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)
+    assert (tmp_path / "nbody_speed.md").read_text().count("\n| ") >= 3
