@@ -4,7 +4,9 @@ The charged N-body MSE is a mean over systems of very different difficulty: most
 have close encounters of charged particles, whose large forces the 1,000 simulation steps between the input and
 the target frame resolve and a model must guess. For each checkpoint (a ``best.pt`` of ``pyg-se3 train --task
 nbody``) and split, this prints and records the mean and median of the per-system MSE, the share of the total
-carried by the worst 1 % and 5 % of the systems, and the largest. Writes ``--out`` (JSON).
+carried by the worst 1 % and 5 % of the systems, the largest, and the standard error of the mean (the standard
+deviation of the per-system MSE over the square root of the number of systems: how much another draw of as many
+systems from the same distribution would move the mean). Writes ``--out`` (JSON).
 
     python benchmarks/nbody_errors.py runs/nbody_vel/seed0/best.pt runs/nbody_vel500/seed0/best.pt --root data
 """
@@ -55,12 +57,13 @@ def per_system_mse(path: str, root: str, splits: list[str]) -> dict[str, torch.T
 
 
 def summary(errors: torch.Tensor) -> dict[str, float]:
-    """Mean, median, the worst 1 % and 5 % of the systems' share of the total, and the largest."""
+    """Mean, its standard error, median, the worst 1 % and 5 % of the systems' share of the total, the largest."""
     ordered = errors.double().sort(descending=True).values
     total = float(ordered.sum())
     return {
         "systems": len(ordered),
         "mean": float(ordered.mean()),
+        "standard_error": float(ordered.std() / len(ordered) ** 0.5),
         "median": float(ordered.median()),
         "worst_1pct_share": float(ordered[: max(len(ordered) // 100, 1)].sum()) / total,
         "worst_5pct_share": float(ordered[: max(len(ordered) // 20, 1)].sum()) / total,
@@ -74,14 +77,15 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python benchmarks/nbody_errors.py", *(sys.argv[1:] if argv is None else argv)]),
         "checkpoints": {},
     }
-    print("| checkpoint | split | mean | median | worst 1 % share | worst 5 % share | max |")
-    print("|---|---|---|---|---|---|---|")
+    print("| checkpoint | split | mean | standard error | median | worst 1 % share | worst 5 % share | max |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
         rows = {split: summary(e) for split, e in per_system_mse(path, args.root, args.splits).items()}
         record["checkpoints"][path] = rows
         for split, r in rows.items():
             print(
-                f"| {path} | {split} | {r['mean']:.5f} | {r['median']:.5f} | {r['worst_1pct_share']:.2f} | "
+                f"| {path} | {split} | {r['mean']:.5f} | {r['standard_error']:.5f} | {r['median']:.5f} | "
+                f"{r['worst_1pct_share']:.2f} | "
                 f"{r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
                 flush=True,
             )

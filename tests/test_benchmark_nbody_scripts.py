@@ -34,6 +34,7 @@ def test_the_error_summary(scripts):
     summary = scripts[1].summary(errors[torch.randperm(100)])
     assert summary["systems"] == 100 and summary["max"] == 10.0
     assert summary["mean"] == pytest.approx(108 / 100) and summary["median"] == 1.0
+    assert summary["standard_error"] == pytest.approx(errors.double().std().item() / 10)
     assert summary["worst_1pct_share"] == pytest.approx(10 / 108)
     assert summary["worst_5pct_share"] == pytest.approx(14 / 108)
 
