@@ -103,6 +103,11 @@ class FixedSizeGraphs(Sequence):
             names = ", ".join(sorted(kind.__name__ for kind in kinds))
             raise ValueError(f"dataset: expected graphs of one torch_geometric.data.Data class, got {names}")
         first = graphs[0]
+        keys = set(first.keys())
+        for index, graph in enumerate(graphs):
+            if set(graph.keys()) != keys:
+                differ = sorted(keys.symmetric_difference(graph.keys()))
+                raise ValueError(f"dataset: graph {index} and graph 0 differ in their attributes {differ}")
         for key, value in first.items():
             if not isinstance(value, Tensor) and key != "num_nodes":
                 raise ValueError(f"dataset: attribute {key!r} is a {type(value).__name__}; only tensors can be stacked")
@@ -163,15 +168,17 @@ class FixedSizeGraphs(Sequence):
         if index.dim() != 1 or len(index) == 0:
             raise ValueError(f"index: expected a non-empty list of graph indices, got shape {tuple(index.shape)}")
         count = len(index)
+        device = next((a.values.device for a in self._attributes.values()), None)
         out = Batch(_base_cls=self._base_cls)
         for key, attribute in self._attributes.items():
             out[key] = attribute.gather(index)
         if self._explicit_num_nodes:
             out._store._num_nodes = [self.num_nodes] * count
             out.num_nodes = self.num_nodes * count
-        out.batch = torch.arange(count).repeat_interleave(self.num_nodes)
-        out.ptr = torch.arange(count + 1) * self.num_nodes
+        out.batch = torch.arange(count, device=device).repeat_interleave(self.num_nodes)
+        out.ptr = torch.arange(count + 1, device=device) * self.num_nodes
         out._num_graphs = count
+        # PyG keeps this bookkeeping on the CPU whatever the data's device
         out._slice_dict = {key: torch.arange(count + 1) * a.size for key, a in self._attributes.items()}
         out._inc_dict = {key: torch.arange(count) * a.increment for key, a in self._attributes.items()}
         return out

@@ -133,7 +133,15 @@ def _with(data: list[Data], index: int, **changes) -> list[Data]:
         (lambda: _with(graphs(), 3, x=torch.zeros(5, 3), pos=torch.zeros(5, 3)), "graphs of 4 to 5 nodes"),
         (lambda: _with(graphs(), 3, edge_index=torch.zeros(2, 7, dtype=torch.long)), "'edge_index' has 6 to 7"),
         (lambda: _with(graphs(), 3, edge_attr=torch.zeros(5, 2)), "'edge_attr' has 5 to 6 entries per graph"),
-        (lambda: _with(graphs(), 0, name="first"), "attribute 'name' is a str; only tensors"),
+        (
+            lambda: _with(graphs(), 4, extra=torch.zeros(4)),
+            r"graph 4 and graph 0 differ in their attributes \['extra'\]",
+        ),
+        (
+            lambda: _with(graphs(), 0, extra=torch.zeros(4)),
+            r"graph 1 and graph 0 differ in their attributes \['extra'\]",
+        ),
+        (lambda: [_with([g], 0, name="a")[0] for g in graphs(3)], "attribute 'name' is a str; only tensors"),
         (lambda: [*graphs(2), *graphs(2, cls=Framed)], "graphs of one torch_geometric.data.Data class"),
         (lambda: Transformed(graphs(3)), "has transform, so its samples may change at every access"),
     ],
