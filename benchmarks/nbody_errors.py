@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         record["checkpoints"][path] = rows
         for split, r in rows.items():
             print(
-                f"| {path} | {split} | {r['mean']:.5f} | {r['standard_error']:.5f} | {r['median']:.5f} | "
+                f"| {path} | {split} | {r['mean']:.3g} | {r['standard_error']:.2g} | {r['median']:.2g} | "
                 f"{r['worst_1pct_share']:.2f} | "
                 f"{r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
                 flush=True,
