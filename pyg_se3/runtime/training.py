@@ -94,7 +94,8 @@ class TrainConfig:
         and no ``set_epoch`` (their samples may change at every access), and uses PyG's
         :class:`~torch_geometric.loader.DataLoader` otherwise; ``"pyg"`` always uses the ``DataLoader``;
         ``"fixed"`` always the collated-once loader, and refuses a dataset it cannot take. Both give the same
-        batches in the same order; a dataset changed in place after its first use needs ``"pyg"``.
+        batches in the same order. The collated copy is kept for the trainer's life (about the dataset's memory
+        again); a dataset changed in place after its first use needs ``"pyg"``.
     eval_every
         Evaluate the validation and ``eval_sets`` every this many epochs (default 1), and always after the last
         epoch; only evaluated epochs can be the best. Rows of the other epochs have no validation metrics.
