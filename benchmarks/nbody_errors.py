@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pyg_se3.loader import FixedSizeLoader
-from pyg_se3.runtime.tasks import ModelOptions, get_task, mse_per_graph
+from pyg_se3.runtime.tasks import from_checkpoint, mse_per_graph
 from pyg_se3.runtime.training import read_checkpoint
 
 
@@ -40,10 +40,8 @@ def per_system_mse(path: str, root: str, splits: list[str]) -> dict[str, torch.T
     extra = state["config"]["extra"]
     if extra.get("task") != "nbody":
         raise ValueError(f"{path}: a checkpoint of the {extra.get('task')!r} task, not 'nbody'")
-    task = get_task("nbody", ModelOptions(**extra["model"]))
+    task, model = from_checkpoint(state)
     sets = task.datasets(root)
-    model = task.build_model(extra["displacement_scale"])
-    model.load_state_dict(state["model"])
     model.eval()
     errors = {}
     with torch.no_grad():
@@ -85,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         for split, r in rows.items():
             print(
                 f"| {path} | {split} | {r['mean']:.3g} | {r['standard_error']:.2g} | {r['median']:.2g} | "
-                f"{r['worst_1pct_share']:.2f} | "
-                f"{r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
+                f"{r['worst_1pct_share']:.2f} | {r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
                 flush=True,
             )
     out = Path(args.out)

@@ -26,7 +26,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.datasets import EnergyMinimisation
-from pyg_se3.runtime.tasks import EnergyTask, ModelOptions
+from pyg_se3.runtime.tasks import from_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,9 +44,7 @@ def evaluate_run(folder: Path, test, polish_steps: int) -> dict:
     """Test energies of the run's best-validation checkpoint (means over the test configurations)."""
     state = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
     extra = state["config"]["extra"]
-    task = EnergyTask(ModelOptions(**extra["model"]))
-    model = task.build_model(extra["displacement_scale"])
-    model.load_state_dict(state["model"])
+    task, model = from_checkpoint(state)
     model.eval()
     batch = next(iter(DataLoader(test, batch_size=len(test))))
     out = task.predict_output(model, batch)

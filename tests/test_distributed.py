@@ -31,7 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import ModelOptions, get_task
+from pyg_se3.runtime.tasks import ModelOptions, from_checkpoint, get_task
 from pyg_se3.runtime.training import TrainConfig, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,11 +214,9 @@ def test_cli_under_torchrun(root, tmp_path, one_thread):
     state = torch.load(out / "best.pt", weights_only=False)
     assert all(int(s["step"]) == 2 for s in state["optimizer"]["state"].values())  # 8 samples / (2 x 2) per step
     # One process loads the checkpoint (a plain state_dict) and finds the validation MSE the run reported.
-    extra = state["config"]["extra"]
-    task = get_task("dynamics", ModelOptions(**extra["model"]))
+    task, model = from_checkpoint(state)
+    assert task.name == "dynamics"
     val = task.datasets(str(root))["val"]
-    model = task.build_model(extra["displacement_scale"])
-    model.load_state_dict(state["model"])
     trainer = Trainer(model, task, val, None, TrainConfig(batch_size=256, out=str(tmp_path / "eval"), progress=False))
     assert trainer.evaluate(val)["mse"] == pytest.approx(rows[0]["val_mse"], rel=1e-5)
 

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import TASKS, ModelOptions, get_task
+from pyg_se3.runtime.tasks import TASKS, ModelOptions, from_checkpoint, get_task
 from pyg_se3.runtime.training import (
     NonFiniteLossError,
     TrainConfig,
@@ -382,12 +382,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     extra = state["config"]["extra"]
     if extra.get("task") != args.task:
         raise ValueError(f"--task: the checkpoint was trained on {extra.get('task')!r}, not {args.task!r}")
-    options = ModelOptions(**extra["model"])
-    task = get_task(args.task, options)
+    task, model = from_checkpoint(state)
     with distributed.main_first():
         sets = task.datasets(args.root)
-    model = task.build_model(extra["displacement_scale"])
-    model.load_state_dict(state["model"])
     config = TrainConfig(
         batch_size=args.batch_size,
         device=device,

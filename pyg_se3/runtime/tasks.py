@@ -37,6 +37,7 @@ __all__ = [
     "NBodyTask",
     "Task",
     "build_graph",
+    "from_checkpoint",
     "get_task",
     "mse_per_graph",
 ]
@@ -545,3 +546,14 @@ def get_task(name: str, options: ModelOptions, data: Mapping[str, Any] | None = 
     if name not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
     return TASKS[name](options, data)
+
+
+def from_checkpoint(state: Mapping[str, Any]) -> tuple[Task, IterativeSE3Transformer]:
+    """The task and the trained model of a checkpoint of ``pyg-se3 train`` (a ``best.pt`` or ``last.pt``, as
+    :func:`~pyg_se3.runtime.training.read_checkpoint` returns it): the task rebuilt from the recorded name and model
+    options, the model from the recorded displacement scale, with the checkpoint's weights loaded."""
+    extra = state["config"]["extra"]
+    task = get_task(extra["task"], ModelOptions(**extra["model"]))
+    model = task.build_model(extra["displacement_scale"])
+    model.load_state_dict(state["model"])
+    return task, model
