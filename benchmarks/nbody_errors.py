@@ -6,9 +6,13 @@ the target frame resolve and a model must guess. For each checkpoint (a ``best.p
 nbody``) and split, this prints and records the mean and median of the per-system MSE, the share of the total
 carried by the worst 1 % and 5 % of the systems, the largest, and the standard error of the mean (the standard
 deviation of the per-system MSE over the square root of the number of systems: how much another draw of as many
-systems from the same distribution would move the mean). Writes ``--out`` (JSON).
+systems from the same distribution would move the mean). With ``--ensemble`` it adds the same summary for the
+average of the checkpoints' predicted positions (models trained on the same data, e.g. the seeds of one
+configuration): how much of the error is the models' disagreement rather than what none of them predicts. Writes
+``--out`` (JSON).
 
     python benchmarks/nbody_errors.py runs/nbody_vel/seed0/best.pt runs/nbody_vel500/seed0/best.pt --root data
+    python benchmarks/nbody_errors.py runs/nbody_vel/seed{0,1,2}/best.pt --ensemble --splits val test --root data
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoints", nargs="+", help="best.pt files of N-body runs")
     parser.add_argument("--root", default="data")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also summarise the average of the checkpoints' predictions"
+    )
     parser.add_argument("--out", default="benchmarks/results/nbody/errors.json")
     return parser.parse_args(argv)
 
 
-def per_system_mse(path: str, root: str, splits: list[str]) -> dict[str, torch.Tensor]:
-    """The MSE of every system of ``splits``, predicted by the checkpoint at ``path``."""
+def predictions(path: str, root: str, splits: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per split of ``splits``: the positions predicted by the checkpoint at ``path``, the targets (both
+    ``[N, 3]``) and each particle's system ``[N]``."""
     state = read_checkpoint(path)
     extra = state["config"]["extra"]
     if extra.get("task") != "nbody":
@@ -43,15 +51,24 @@ def per_system_mse(path: str, root: str, splits: list[str]) -> dict[str, torch.T
     task, model = from_checkpoint(state)
     sets = task.datasets(root)
     model.eval()
-    errors = {}
+    out = {}
     with torch.no_grad():
         for split in splits:
-            parts = [
-                mse_per_graph(task.predict(model, batch), batch.y, batch.batch, batch.num_graphs)
-                for batch in FixedSizeLoader(sets[split], batch_size=250)
-            ]
-            errors[split] = torch.cat(parts)
-    return errors
+            batch = next(iter(FixedSizeLoader(sets[split], batch_size=len(sets[split]))))
+            out[split] = task.predict(model, batch), batch.y, batch.batch
+    return out
+
+
+def ensemble(runs: list[dict[str, tuple[torch.Tensor, ...]]], paths: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per split: the average of the runs' predictions, with the targets and systems (which must be the same for
+    all runs)."""
+    out = {}
+    for split, (_, target, systems) in runs[0].items():
+        for path, run in zip(paths[1:], runs[1:], strict=True):
+            if not torch.equal(run[split][1], target):
+                raise ValueError(f"--ensemble: {path} was trained on other {split} data than {paths[0]}")
+        out[split] = torch.stack([run[split][0] for run in runs]).mean(0), target, systems
+    return out
 
 
 def summary(errors: torch.Tensor) -> dict[str, float]:
@@ -77,12 +94,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print("| checkpoint | split | mean | standard error | median | worst 1 % share | worst 5 % share | max |")
     print("|---|---|---|---|---|---|---|---|")
-    for path in args.checkpoints:
-        rows = {split: summary(e) for split, e in per_system_mse(path, args.root, args.splits).items()}
-        record["checkpoints"][path] = rows
+    runs = [predictions(path, args.root, args.splits) for path in args.checkpoints]
+    named = dict(zip(args.checkpoints, runs, strict=True))
+    if args.ensemble:
+        named[f"ensemble of {len(runs)}"] = ensemble(runs, args.checkpoints)
+    for name, run in named.items():
+        rows = {split: summary(mse_per_graph(*split_run)) for split, split_run in run.items()}
+        record["checkpoints"][name] = rows
         for split, r in rows.items():
             print(
-                f"| {path} | {split} | {r['mean']:.3g} | {r['standard_error']:.2g} | {r['median']:.2g} | "
+                f"| {name} | {split} | {r['mean']:.3g} | {r['standard_error']:.2g} | {r['median']:.2g} | "
                 f"{r['worst_1pct_share']:.2f} | {r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
                 flush=True,
             )

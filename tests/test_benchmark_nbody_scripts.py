@@ -56,6 +56,42 @@ def test_the_errors_of_a_checkpoint(scripts, root, tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
+def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
+    checkpoints = []
+    for seed in ("0", "1"):
+        out = tmp_path / seed
+        args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "2", "--seed", seed]
+        assert (
+            cli.main(
+                [*args, "--iterations", "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]
+            )
+            == 0
+        )
+        checkpoints.append(str(out / "best.pt"))
+    args = ["--root", str(root), "--splits", "val", "--out", str(tmp_path / "e.json"), "--ensemble"]
+    record = scripts[1].main([*checkpoints, *args])["checkpoints"]
+    singles = [record[path]["val"]["mean"] for path in checkpoints]
+    assert singles[0] != singles[1]
+    # the MSE of the averaged prediction is at most the average MSE (convexity), with equality only if they agree
+    assert record["ensemble of 2"]["val"]["mean"] < sum(singles) / 2
+    twice = scripts[1].main([checkpoints[0], checkpoints[0], *args])["checkpoints"]["ensemble of 2"]["val"]
+    assert twice == pytest.approx(record[checkpoints[0]]["val"])
+
+
+def test_an_ensemble_needs_the_same_targets(scripts):
+    positions = torch.randn(10, 3)
+    systems = torch.arange(10) // 5
+    run = {"test": (positions, positions + 1, systems)}
+    other = {"test": (positions, positions + 2, systems)}
+    averaged = scripts[1].ensemble([run, {"test": (positions + 2, positions + 1, systems)}], ["a", "b"])
+    torch.testing.assert_close(averaged["test"][0], positions + 1)
+    assert torch.equal(averaged["test"][1], positions + 1) and torch.equal(averaged["test"][2], systems)
+    with pytest.raises(ValueError, match="--ensemble: b was trained on other test data than a"):
+        scripts[1].ensemble([run, other], ["a", "b"])
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
 def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     nbody_speed = scripts[0]
     monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", [("a", 4, 1, 1, "pyg"), ("b", 4, 1, 2, "fixed")])
