@@ -301,6 +301,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--share-weights"], "False"),
         (["--relative-position"], "False"),
         (["--integrator", "velocity"], "position"),
+        (["--inverse-distance", "0.1"], "0.0"),
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),

@@ -1,4 +1,4 @@
-"""``pyg_se3.runtime.features``: centre-of-mass velocities and pair-motion invariants, in float64."""
+"""``pyg_se3.runtime.features``: centre-of-mass velocities, pair-motion invariants and softened inverse distances, in float64."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from e3nn import o3
 
 from pyg_se3.graph import complete_edge_index
-from pyg_se3.runtime.features import pair_motion, relative_velocity
+from pyg_se3.runtime.features import pair_motion, relative_velocity, softened_inverse_distance
 
 
 def _systems():
@@ -54,6 +54,22 @@ def test_pair_motion_of_coincident_particles_is_finite():
     assert out.tolist() == [[0.0, 0.0, 1.0]]
 
 
+def test_softened_inverse_distance_values_limits_and_invariance():
+    pos, _, _, batch = _systems()
+    edge_index = complete_edge_index(batch)
+    out = softened_inverse_distance(pos, edge_index, 0.2)
+    assert out.shape == (edge_index.shape[1], 1)
+    for k, (j, i) in enumerate(edge_index.t().tolist()):
+        assert float(out[k]) == pytest.approx(float(((pos[j] - pos[i]).norm() ** 2 + 0.04) ** -0.5), rel=1e-14)
+    R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    torch.testing.assert_close(softened_inverse_distance(pos @ R.T + shift, edge_index, 0.2), out, rtol=1e-13, atol=0)
+    # coincident particles: 1 / s; far apart: the inverse distance
+    pair = torch.tensor([[0], [1]])
+    assert softened_inverse_distance(torch.zeros(2, 3, dtype=torch.float64), pair, 0.2).item() == pytest.approx(5.0)
+    far = torch.tensor([[0.0, 0, 0], [1e4, 0, 0]], dtype=torch.float64)
+    assert softened_inverse_distance(far, pair, 0.2).item() == pytest.approx(1e-4, rel=1e-9)
+
+
 def test_bad_inputs_name_the_argument():
     pos, vel, mass, batch = _systems()
     with pytest.raises(ValueError, match=r"vel: expected a \[N, 3\] tensor of velocities"):
@@ -70,3 +86,6 @@ def test_bad_inputs_name_the_argument():
         pair_motion(pos, vel[:5], complete_edge_index(batch))
     with pytest.raises(ValueError, match=r"edge_index: node indices must lie in \[0, 9\)"):
         pair_motion(pos, vel, torch.tensor([[0], [9]]))
+    for softening in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="softening: expected a positive finite length"):
+            softened_inverse_distance(pos, complete_edge_index(batch), softening)

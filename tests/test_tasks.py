@@ -21,8 +21,17 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def _task_model_batch(name: str, inputs: str, root: Path, motion_edges: bool = False, integrator: str = "position"):
-    options = ModelOptions(**OPTIONS, inputs=inputs, motion_edges=motion_edges, integrator=integrator)
+def _task_model_batch(
+    name: str,
+    inputs: str,
+    root: Path,
+    motion_edges: bool = False,
+    integrator: str = "position",
+    inverse_distance: float = 0.0,
+):
+    options = ModelOptions(
+        **OPTIONS, inputs=inputs, motion_edges=motion_edges, integrator=integrator, inverse_distance=inverse_distance
+    )
     task = get_task(name, options)
     test = task.datasets(str(root))["test"]
     torch.manual_seed(0)
@@ -40,14 +49,14 @@ def _boosted(batch, velocity: torch.Tensor):
 
 
 @pytest.mark.parametrize("integrator", ["position", "velocity"])
-@pytest.mark.parametrize("motion_edges", [False, True])
+@pytest.mark.parametrize("motion_edges, inverse_distance", [(False, 0.0), (True, 0.0), (True, 0.1)])
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, integrator, root):
+def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, inverse_distance, integrator, root):
     """A uniform boost ``u`` of a system moves the prediction by ``u * horizon``: exactly with invariant inputs,
     not with raw ones (the check can fail)."""
     errors = {}
     for inputs in ("raw", "invariant"):
-        task, model, batch = _task_model_batch(name, inputs, root, motion_edges, integrator)
+        task, model, batch = _task_model_batch(name, inputs, root, motion_edges, integrator, inverse_distance)
         velocity = torch.randn(batch.num_graphs, 3, dtype=torch.float64)
         with torch.no_grad():
             expected = task.predict(model, batch) + velocity[batch.batch] * task.horizon
@@ -96,11 +105,20 @@ def test_motion_edges_are_the_input_frame_pair_invariants(name, root):
         assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
 
 
-@pytest.mark.parametrize("integrator", ["position", "velocity"])
-@pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_motion_edges_keep_the_prediction_equivariant(name, integrator, root):
+@pytest.mark.parametrize(
+    "name, integrator, inverse_distance",
+    [
+        ("nbody", "position", 0.0),
+        ("nbody", "velocity", 0.0),
+        ("dynamics", "position", 0.0),
+        ("dynamics", "velocity", 0.0),
+        ("nbody", "velocity", 0.1),
+        ("dynamics", "position", 0.1),
+    ],
+)
+def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_distance, root):
     """A rotation and translation of the input moves the prediction the same way (float64)."""
-    task, model, batch = _task_model_batch(name, "invariant", root, motion_edges=True, integrator=integrator)
+    task, model, batch = _task_model_batch(name, "invariant", root, True, integrator, inverse_distance)
     fiber_in = task.dataset_cls.fiber
     # by hand: task.predict reads a whole batch (pos, vel, x) whose velocities rotate too, not (x, pos) alone
     R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
@@ -113,6 +131,28 @@ def test_motion_edges_keep_the_prediction_equivariant(name, integrator, root):
     assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
 
 
+@pytest.mark.parametrize("name", ["nbody", "dynamics"])
+def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positions(name, root):
+    softening = 0.3
+    task, _, batch = _task_model_batch(name, "raw", root, inverse_distance=softening)
+    assert task.edge_dim == (3 if name == "nbody" else 2)
+    edge_index = complete_edge_index(batch.batch)
+    current = batch.pos + torch.randn_like(batch.pos)
+    features = task.edge_attr_fn(batch)(current, edge_index)
+    assert features.shape == (edge_index.shape[1], task.edge_dim)
+    for k, (j, i) in enumerate(edge_index.t().tolist()):
+        expected = [float(((at[j] - at[i]).square().sum() + softening**2) ** -0.5) for at in (batch.pos, current)]
+        if name == "nbody":
+            expected = [float(batch.charge[i] * batch.charge[j]), *expected]
+        assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), float("nan")])
+def test_a_bad_inverse_distance_softening_is_rejected(value):
+    with pytest.raises(ValueError, match="inverse_distance: expected a softening length >= 0"):
+        get_task("nbody", ModelOptions(inverse_distance=value))
+
+
 def test_unknown_inputs_option_is_rejected():
     with pytest.raises(ValueError, match="inputs: expected 'raw' or 'invariant', got 'relative'"):
         get_task("nbody", ModelOptions(inputs="relative"))
@@ -121,6 +161,8 @@ def test_unknown_inputs_option_is_rejected():
 def test_options_without_effect_on_the_energy_task_are_rejected():
     with pytest.raises(ValueError, match="motion_edges: the energy task's points have no velocities"):
         get_task("energy", ModelOptions(motion_edges=True))
+    with pytest.raises(ValueError, match="inverse_distance: the energy task's edges carry their pair energy"):
+        get_task("energy", ModelOptions(inverse_distance=0.1))
     with pytest.raises(ValueError, match="inputs: the energy task has only 'raw' inputs, got 'invariant'"):
         get_task("energy", ModelOptions(inputs="invariant"))
     dynamics = get_task("dynamics", ModelOptions())

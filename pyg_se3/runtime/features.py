@@ -12,6 +12,12 @@ particles at one instant: their distance, radial speed and relative speed,
 
 which with the pair's charges or masses fix the two-body part of their motion. Used as edge features of a graph
 rebuilt at moved positions, they keep the input frame's pair geometry in view of the radial networks.
+
+:func:`softened_inverse_distance` gives each edge :math:`1 / \sqrt{|r|^2 + s^2}`, the Plummer-softened inverse
+distance of N-body codes: the shape of a Coulomb or gravitational potential, which a radial network fed the
+distance alone must build from smooth functions of it, and which is largest for the close pairs whose motion
+is hardest to predict. The softening length :math:`s > 0` keeps it finite, at most :math:`1/s`, for coincident
+particles.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torch_geometric.utils import scatter
 
 from pyg_se3.checks import check_edge_index, check_pos, check_vectors
 
-__all__ = ["pair_motion", "relative_velocity"]
+__all__ = ["pair_motion", "relative_velocity", "softened_inverse_distance"]
 
 
 def relative_velocity(vel: Tensor, batch: Tensor | None = None, mass: Tensor | None = None) -> Tensor:
@@ -80,3 +86,25 @@ def pair_motion(pos: Tensor, vel: Tensor, edge_index: Tensor) -> Tensor:
     distance = r.norm(dim=-1)
     radial_speed = (r * v).sum(-1) / distance.clamp_min(torch.finfo(pos.dtype).tiny)
     return torch.stack([distance, radial_speed, v.norm(dim=-1)], dim=-1)
+
+
+def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float) -> Tensor:
+    r"""``[E, 1]`` per edge ``j -> i``: :math:`1 / \sqrt{|x_j - x_i|^2 + s^2}`, with :math:`s` = ``softening``.
+
+    Parameters
+    ----------
+    pos
+        ``[N, 3]`` positions.
+    edge_index
+        ``[2, E]`` (source, target) pairs.
+    softening
+        The softening length :math:`s > 0`: the value for coincident particles is :math:`1/s`, and for pairs much
+        farther apart than :math:`s` it is the inverse distance.
+    """
+    check_pos(pos)
+    check_edge_index(edge_index, pos.shape[0])
+    if not softening > 0 or softening == float("inf"):
+        raise ValueError(f"softening: expected a positive finite length, got {softening!r}")
+    src, dst = edge_index
+    squared = (pos[src] - pos[dst]).pow(2).sum(-1, keepdim=True)
+    return (squared + softening**2).rsqrt()

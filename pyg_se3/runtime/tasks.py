@@ -27,7 +27,7 @@ from pyg_se3.datasets import EnergyConfigurations, EnergyMinimisation, NBodyChar
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
-from pyg_se3.runtime.features import pair_motion, relative_velocity
+from pyg_se3.runtime.features import pair_motion, relative_velocity, softened_inverse_distance
 
 __all__ = [
     "TASKS",
@@ -99,6 +99,12 @@ class ModelOptions:
         "regression tasks: every edge also carries the pair's distance, radial speed and relative speed at the "
         "input frame",
         action="store_true",
+    )
+    inverse_distance: float = _option(
+        0.0,
+        "regression tasks: a softening length s > 0 makes every edge also carry the softened inverse distance "
+        "1/sqrt(|r|^2 + s^2) of its pair at the input frame and at the current positions; 0: off",
+        type=float,
     )
     displacement: str = _option(
         "head",
@@ -183,6 +189,10 @@ class Task:
             raise ValueError(f"inputs: expected 'raw' or 'invariant', got {options.inputs!r}")
         if options.edge_inputs not in ("energy", "parameters"):
             raise ValueError(f"edge_inputs: expected 'energy' or 'parameters', got {options.edge_inputs!r}")
+        if not 0 <= options.inverse_distance < float("inf"):
+            raise ValueError(
+                f"inverse_distance: expected a softening length >= 0 (0: off), got {options.inverse_distance!r}"
+            )
 
     def replace(self, **options: Any) -> Task:
         """The same task (same data) with some model options changed: ``task.replace(inputs="invariant")``."""
@@ -256,6 +266,11 @@ class _RegressionTask(Task):
     :func:`~pyg_se3.runtime.features.pair_motion` of its pair at the *input* frame (distance, radial speed, relative
     speed). The graphs are built at the moving positions (from ``pos + vel * horizon`` on), so without them the
     radial networks see the input geometry only through type-1 features.
+
+    With ``options.inverse_distance = s > 0`` every edge also carries
+    :func:`~pyg_se3.runtime.features.softened_inverse_distance` of its pair at the input frame and at the
+    current positions: the radial networks see the shape of the pair potential, largest for the close pairs that
+    carry most of the error.
     """
 
     task_edge_dim: ClassVar[int] = 0  # edge features of the task itself, before the motion invariants
@@ -283,7 +298,7 @@ class _RegressionTask(Task):
 
     @property
     def edge_dim(self) -> int:
-        return self.task_edge_dim + 3 * self.options.motion_edges
+        return self.task_edge_dim + 3 * self.options.motion_edges + 2 * (self.options.inverse_distance > 0)
 
     def task_edge_features(self, batch: Any, edge_index: Tensor) -> Tensor | None:
         """The task's own edge features ``[E, task_edge_dim]`` of the edges ``edge_index`` (None: none)."""
@@ -298,6 +313,10 @@ class _RegressionTask(Task):
             parts = [self.task_edge_features(batch, edge_index)]
             if self.options.motion_edges:
                 parts.append(pair_motion(batch.pos, vel, edge_index))
+            if self.options.inverse_distance > 0:
+                softening = self.options.inverse_distance
+                parts.append(softened_inverse_distance(batch.pos, edge_index, softening))
+                parts.append(softened_inverse_distance(pos, edge_index, softening))
             return torch.cat([part.to(pos.dtype) for part in parts if part is not None], dim=-1)
 
         return features
@@ -456,6 +475,11 @@ class EnergyTask(Task):
             raise ValueError(f"inputs: the energy task has only 'raw' inputs, got {options.inputs!r}")
         if options.motion_edges:
             raise ValueError("motion_edges: the energy task's points have no velocities; pass motion_edges=False")
+        if options.inverse_distance:
+            raise ValueError(
+                f"inverse_distance: the energy task's edges carry their pair energy; pass 0, got "
+                f"{options.inverse_distance!r}"
+            )
         if options.integrator != "position":
             raise ValueError(f"integrator: the energy task's points have no velocities, got {options.integrator!r}")
 
