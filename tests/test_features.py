@@ -1,4 +1,4 @@
-"""``pyg_se3.runtime.features``: centre-of-mass velocities, pair-motion invariants and softened inverse distances, in float64."""
+"""``pyg_se3.runtime.features``: centre-of-mass velocities, pair invariants, softened inverse distances (float64)."""
 
 from __future__ import annotations
 
