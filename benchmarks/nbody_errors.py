@@ -8,8 +8,9 @@ carried by the worst 1 % and 5 % of the systems, the largest, and the standard e
 deviation of the per-system MSE over the square root of the number of systems: how much another draw of as many
 systems from the same distribution would move the mean). With ``--ensemble`` it adds the same summary for the
 average of the checkpoints' predicted positions (models trained on the same data, e.g. the seeds of one
-configuration): how much of the error is the models' disagreement rather than what none of them predicts. Writes
-``--out`` (JSON).
+configuration): how much of the error is the models' disagreement rather than what none of them predicts. It
+also breaks the error down by each system's closest pair at the input frame (``--distance-bins``): the systems
+with a close encounter ahead, which carry most of it. Writes ``--out`` (JSON).
 
     python benchmarks/nbody_errors.py runs/nbody_vel/seed0/best.pt runs/nbody_vel500/seed0/best.pt --root data
     python benchmarks/nbody_errors.py runs/nbody_vel/seed{0,1,2}/best.pt --ensemble --splits val test --root data
@@ -23,7 +24,9 @@ import sys
 from pathlib import Path
 
 import torch
+from torch_geometric.utils import scatter
 
+from pyg_se3.graph import complete_edge_index
 from pyg_se3.loader import FixedSizeLoader
 from pyg_se3.runtime.tasks import from_checkpoint, mse_per_graph
 from pyg_se3.runtime.training import read_checkpoint
@@ -37,13 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ensemble", action="store_true", help="also summarise the average of the checkpoints' predictions"
     )
+    parser.add_argument(
+        "--distance-bins",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.2, 0.4, 0.7, 1.0],
+        help="lower edges of the bins of the closest input pair's distance (the last bin is open)",
+    )
     parser.add_argument("--out", default="benchmarks/results/nbody/errors.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.distance_bins != sorted(set(args.distance_bins)) or args.distance_bins[0] != 0:
+        parser.error(f"--distance-bins: expected increasing edges starting at 0, got {args.distance_bins}")
+    return args
 
 
 def predictions(path: str, root: str, splits: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per split of ``splits``: the positions predicted by the checkpoint at ``path``, the targets (both
-    ``[N, 3]``) and each particle's system ``[N]``."""
+    ``[N, 3]``), each particle's system ``[N]`` and the input positions ``[N, 3]``."""
     state = read_checkpoint(path)
     extra = state["config"]["extra"]
     if extra.get("task") != "nbody":
@@ -55,19 +68,19 @@ def predictions(path: str, root: str, splits: list[str]) -> dict[str, tuple[torc
     with torch.no_grad():
         for split in splits:
             batch = next(iter(FixedSizeLoader(sets[split], batch_size=len(sets[split]))))
-            out[split] = task.predict(model, batch), batch.y, batch.batch
+            out[split] = task.predict(model, batch), batch.y, batch.batch, batch.pos
     return out
 
 
 def ensemble(runs: list[dict[str, tuple[torch.Tensor, ...]]], paths: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Per split: the average of the runs' predictions, with the targets and systems (which must be the same for
-    all runs)."""
+    """Per split: the average of the runs' predictions, with the targets, systems and inputs (the targets must be
+    the same for all runs)."""
     out = {}
-    for split, (_, target, systems) in runs[0].items():
+    for split, (_, target, systems, inputs) in runs[0].items():
         for path, run in zip(paths[1:], runs[1:], strict=True):
             if not torch.equal(run[split][1], target):
                 raise ValueError(f"--ensemble: {path} was trained on other {split} data than {paths[0]}")
-        out[split] = torch.stack([run[split][0] for run in runs]).mean(0), target, systems
+        out[split] = torch.stack([run[split][0] for run in runs]).mean(0), target, systems, inputs
     return out
 
 
@@ -86,6 +99,34 @@ def summary(errors: torch.Tensor) -> dict[str, float]:
     }
 
 
+def closest_pair(pos: torch.Tensor, systems: torch.Tensor) -> torch.Tensor:
+    """``[num_systems]``: the smallest distance between two particles of each system (``pos`` ``[N, 3]``,
+    ``systems`` ``[N]``, sorted, each system with at least two particles)."""
+    src, dst = complete_edge_index(systems)
+    distances = (pos[src] - pos[dst]).norm(dim=-1)
+    return scatter(distances, systems[dst], dim=0, dim_size=int(systems.max()) + 1, reduce="min")
+
+
+def by_closest_pair(errors: torch.Tensor, closest: torch.Tensor, edges: list[float]) -> list[dict]:
+    """Per bin ``[edges[k], edges[k + 1])`` of the closest pair's distance (the last bin open): its systems, their
+    mean error (None for an empty bin) and their share of the total error."""
+    errors, total = errors.double(), float(errors.double().sum())
+    rows = []
+    for low, high in zip(edges, [*edges[1:], float("inf")], strict=True):
+        inside = (closest >= low) & (closest < high)
+        count = int(inside.sum())
+        rows.append(
+            {
+                "from": low,
+                "to": high,
+                "systems": count,
+                "mean": float(errors[inside].mean()) if count else None,
+                "share": float(errors[inside].sum()) / total,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     record = {
@@ -99,7 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ensemble:
         named[f"ensemble of {len(runs)}"] = ensemble(runs, args.checkpoints)
     for name, run in named.items():
-        rows = {split: summary(mse_per_graph(*split_run)) for split, split_run in run.items()}
+        rows = {}
+        for split, (predicted, target, systems, inputs) in run.items():
+            errors = mse_per_graph(predicted, target, systems)
+            rows[split] = summary(errors)
+            rows[split]["by_closest_pair"] = by_closest_pair(errors, closest_pair(inputs, systems), args.distance_bins)
         record["checkpoints"][name] = rows
         for split, r in rows.items():
             print(
@@ -107,6 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['worst_1pct_share']:.2f} | {r['worst_5pct_share']:.2f} | {r['max']:.3f} |",
                 flush=True,
             )
+    print("\n| checkpoint | split | closest input pair | systems | mean | share of the error |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in record["checkpoints"].items():
+        for split, r in rows.items():
+            for b in r["by_closest_pair"]:
+                mean = "-" if b["mean"] is None else f"{b['mean']:.3g}"
+                print(f"| {name} | {split} | {b['from']:g}-{b['to']:g} | {b['systems']} | {mean} | {b['share']:.2f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

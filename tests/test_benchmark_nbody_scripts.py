@@ -52,6 +52,34 @@ def test_the_errors_of_a_checkpoint(scripts, root, tmp_path):
     evaluated = json.loads((out / "metrics.json").read_text())[-1]["test_mse"]
     assert test["mean"] == pytest.approx(evaluated, rel=1e-6)  # the trainer's own test MSE
     assert 0 < test["median"] < test["mean"] < test["max"] and 0.05 < test["worst_5pct_share"] < 1
+    bins = test["by_closest_pair"]
+    assert [b["from"] for b in bins] == [0.0, 0.2, 0.4, 0.7, 1.0] and bins[-1]["to"] == float("inf")
+    assert sum(b["systems"] for b in bins) == test["systems"]
+    assert sum(b["share"] for b in bins) == pytest.approx(1.0)
+    weighted = sum(b["mean"] * b["systems"] for b in bins if b["systems"]) / test["systems"]
+    assert weighted == pytest.approx(test["mean"], rel=1e-9)
+
+
+def test_the_closest_pair_and_the_breakdown_by_it(scripts):
+    errors_module = scripts[1]
+    # two systems: the first's closest pair 0.1 apart, the second's 2.0 (of three particles each)
+    pos = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [5, 0, 0], [0, 0, 0], [0, 2, 0], [0, 0, 3]], dtype=torch.float64)
+    systems = torch.tensor([0, 0, 0, 1, 1, 1])
+    closest = errors_module.closest_pair(pos, systems)
+    torch.testing.assert_close(closest, torch.tensor([0.1, 2.0], dtype=torch.float64))
+    rows = errors_module.by_closest_pair(torch.tensor([3.0, 1.0]), closest, [0.0, 0.5, 1.0])
+    assert [(r["from"], r["to"], r["systems"], r["mean"], r["share"]) for r in rows] == [
+        (0.0, 0.5, 1, 3.0, 0.75),
+        (0.5, 1.0, 0, None, 0.0),
+        (1.0, float("inf"), 1, 1.0, 0.25),
+    ]
+
+
+@pytest.mark.parametrize("bins", [["0.2", "0.4"], ["0", "0.4", "0.2"], ["0", "0.2", "0.2"]])
+def test_the_distance_bins_are_checked(scripts, bins, capsys):
+    with pytest.raises(SystemExit):
+        scripts[1].parse_args(["a.pt", "--distance-bins", *bins])
+    assert "--distance-bins: expected increasing edges starting at 0" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -75,17 +103,21 @@ def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
     # the MSE of the averaged prediction is at most the average MSE (convexity), with equality only if they agree
     assert record["ensemble of 2"]["val"]["mean"] < sum(singles) / 2
     twice = scripts[1].main([checkpoints[0], checkpoints[0], *args])["checkpoints"]["ensemble of 2"]["val"]
-    assert twice == pytest.approx(record[checkpoints[0]]["val"])
+    single = record[checkpoints[0]]["val"]
+    for twice_bin, single_bin in zip(twice.pop("by_closest_pair"), single.pop("by_closest_pair"), strict=True):
+        assert twice_bin == pytest.approx(single_bin)
+    assert twice == pytest.approx(single)
 
 
 def test_an_ensemble_needs_the_same_targets(scripts):
     positions = torch.randn(10, 3)
     systems = torch.arange(10) // 5
-    run = {"test": (positions, positions + 1, systems)}
-    other = {"test": (positions, positions + 2, systems)}
-    averaged = scripts[1].ensemble([run, {"test": (positions + 2, positions + 1, systems)}], ["a", "b"])
+    run = {"test": (positions, positions + 1, systems, positions - 1)}
+    other = {"test": (positions, positions + 2, systems, positions - 1)}
+    averaged = scripts[1].ensemble([run, {"test": (positions + 2, positions + 1, systems, positions - 1)}], ["a", "b"])
     torch.testing.assert_close(averaged["test"][0], positions + 1)
     assert torch.equal(averaged["test"][1], positions + 1) and torch.equal(averaged["test"][2], systems)
+    assert torch.equal(averaged["test"][3], positions - 1)
     with pytest.raises(ValueError, match="--ensemble: b was trained on other test data than a"):
         scripts[1].ensemble([run, other], ["a", "b"])
 
