@@ -19,7 +19,7 @@ every layer), trained on the same batches with the same loss and optimiser, at t
 size and threads; it is skipped with a message when not installed. Writes ``--out/nbody_speed.json`` and
 ``nbody_speed.md``.
 
-    python benchmarks/nbody_speed.py                          # the best N-body model (8 x 1 layers, 16 channels)
+    python benchmarks/nbody_speed.py                          # the 8 x 1 N-body model (16 channels)
     python benchmarks/nbody_speed.py --kernel depthwise --channels 32 --integrator velocity
 """
 
