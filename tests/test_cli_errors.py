@@ -183,6 +183,9 @@ CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cu
         (["--grad-clip", "-1"], "--grad-clip"),
         (["--grad-clip", "inf"], "--grad-clip"),
         (["--grad-clip", "nan"], "--grad-clip"),
+        (["--ema-decay", "1"], "--ema-decay"),
+        (["--ema-decay", "-0.1"], "--ema-decay"),
+        (["--ema-decay", "nan"], "--ema-decay"),
         (["--max-batches", "0"], "--max-batches"),
         (["--max-batches", "-1"], "--max-batches"),
         (["--iterations", "0"], "--iterations"),
@@ -305,6 +308,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),
+        (["--ema-decay", "0.9"], "0.0"),
     ],
 )
 def test_resume_refuses_an_option_that_differs_from_the_checkpoint(trained, tmp_path, capsys, extra, recorded):

@@ -154,11 +154,12 @@ def test_nbody_example_trains_with_the_cli_tasks_inputs(root, tmp_path, one_thre
 
 # ---------------------------------------------------------------------------------------------- the CLI
 @pytest.mark.slow
-def test_cli_train_then_evaluate(root, tmp_path):
+@pytest.mark.parametrize("average", [[], ["--ema-decay", "0.5"]], ids=["weights", "moving-average"])
+def test_cli_train_then_evaluate(root, tmp_path, average):
     out = tmp_path / "run"
     data = ["--task", "dynamics", "--root", str(root), "--no-progress"]
     short = ["--epochs", "1", "--max-batches", "3", "--train-samples", "12", "--batch-size", "4"]
-    result = run("-m", "pyg_se3", "train", *data, *TINY_MODEL, *short, "--out", str(out))
+    result = run("-m", "pyg_se3", "train", *data, *TINY_MODEL, *short, *average, "--out", str(out))
     for name in ("metrics.csv", "metrics.json", "last.pt", "best.pt", "loss.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,7 +173,8 @@ def test_cli_train_then_evaluate(root, tmp_path):
     result = run("-m", "pyg_se3", "evaluate", *data, "--checkpoint", str(out / "best.pt"), "--batch-size", "256")
     report = json.loads(result.stdout)
     assert set(report) >= {"train", "val", "test"}
-    # The checkpoint's model gives the metrics that the training run recorded (other batch size: rounding only).
+    # The checkpoint's model (with --ema-decay, the average) gives the metrics that the training run recorded
+    # (other batch size: rounding only).
     assert report["val"]["mse"] == pytest.approx(row["val_mse"], rel=1e-4)
     assert report["test"]["linear_mse"] == pytest.approx(row["test_linear_mse"], rel=1e-4)
 

@@ -1,5 +1,5 @@
 """The trainer's protocol options: warm-up then cosine, weight decay on weight matrices only, evaluation every k
-epochs; and exact resume with all of them."""
+epochs, a moving average of the weights; and exact resume with all of them."""
 
 from __future__ import annotations
 
@@ -98,12 +98,55 @@ def test_evaluation_every_k_epochs_and_after_the_last(tmp_path):
     assert best["best_val"] == min(row["val_loss"] for row in history if "val_loss" in row)
 
 
-@pytest.mark.parametrize("loader", ["pyg", "fixed"])
-def test_resume_is_exact_with_the_protocol_options(tmp_path, loader):
+def test_the_moving_average_is_what_is_evaluated_and_checkpointed(tmp_path):
+    """With ema_decay d: after the first step the average is the weights, then a <- d a + (1 - d) w after every
+    step; validation and test are of the average, and best.pt's "model" reproduces them."""
+    t = trainer(tmp_path, epochs=4, ema_decay=0.7)
+    expected: list[torch.Tensor] = []
+    original = t.step
+
+    def follow(batch, epoch, index):
+        loss = original(batch, epoch, index)
+        w = torch.cat([p.detach().flatten() for p in t.model.parameters()]).double()
+        expected.append(w if not expected else 0.7 * expected[-1] + 0.3 * w)
+        return loss
+
+    t.step = follow
+    history = t.fit()
+    averaged = torch.cat([p.detach().flatten() for p in t.evaluated_model.parameters()]).double()
+    trained = torch.cat([p.detach().flatten() for p in t.model.parameters()]).double()
+    assert len(expected) == 12 and torch.allclose(averaged, expected[-1], rtol=0, atol=1e-6)
+    assert (averaged - trained).abs().max() > 1e-3  # the average lags: it is not the trained weights
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    row = next(r for r in history if r["epoch"] == best["epoch"] - 1)
+    net = model()
+    for weights, evaluated in ((best["model"], True), (best["trained_model"], False)):
+        net.load_state_dict(weights)
+        with torch.no_grad():
+            val = torch.cat([(net(d.x) - d.y).square().mean(-1) for d in data(6, seed=1)]).mean()
+        assert (float(val) == pytest.approx(row["val_loss"], rel=1e-6)) is evaluated
+    assert best["ema_steps"] == 3 * best["epoch"]
+
+
+def test_resume_refuses_another_moving_average(tmp_path):
+    trainer(tmp_path, epochs=2, ema_decay=0.9).fit()
+    for other in (0.0, 0.99):
+        with pytest.raises(ValueError, match=f"ema_decay: .* was trained with ema_decay=0.9, not {other}"):
+            trainer(tmp_path, epochs=4, ema_decay=other, resume=True)
+
+
+@pytest.mark.parametrize(("loader", "ema_decay"), [("pyg", 0.0), ("fixed", 0.0), ("fixed", 0.8)])
+def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay):
     """Killed and resumed runs end bit for bit where an uninterrupted one does, with either loader (the
-    uninterrupted run always uses PyG's: the loaders are interchangeable)."""
+    uninterrupted run always uses PyG's: the loaders are interchangeable), with and without the moving average."""
     options = dict(
-        epochs=6, warmup_epochs=1.5, schedule="step", weight_decay=0.05, weight_decay_on="weights", eval_every=2
+        epochs=6,
+        warmup_epochs=1.5,
+        schedule="step",
+        weight_decay=0.05,
+        weight_decay_on="weights",
+        eval_every=2,
+        ema_decay=ema_decay,
     )
     full = trainer(tmp_path / "full", **options, loader="pyg")
     full.fit()
@@ -126,6 +169,9 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path, loader):
         assert_identical(a["model"], b["model"], name)
         assert_identical(a["optimizer"], b["optimizer"], name)
         assert a["history"] == b["history"]
+        assert ("trained_model" in a) == bool(ema_decay) and a.get("ema_steps") == b.get("ema_steps")
+        if ema_decay:
+            assert_identical(a["trained_model"], b["trained_model"], name)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +183,9 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path, loader):
         ("eval_every", 0, "eval_every: expected an integer >= 1"),
         ("eval_every", 1.5, "eval_every: expected an integer >= 1"),
         ("loader", "fast", "loader: expected 'auto', 'pyg' or 'fixed'"),
+        ("ema_decay", 1.0, r"ema_decay: expected a number in \[0, 1\)"),
+        ("ema_decay", -0.5, r"ema_decay: expected a number in \[0, 1\)"),
+        ("ema_decay", math.nan, r"ema_decay: expected a number in \[0, 1\)"),
     ],
 )
 def test_bad_protocol_options_are_refused(option, value, message):

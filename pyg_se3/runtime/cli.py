@@ -14,8 +14,8 @@ Resuming
 --------
 ``--resume`` continues the run recorded in ``--out/last.pt`` (if there is one) with the checkpoint's options:
 the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, ``--min-lr``, ``--schedule``,
-``--warmup-epochs``, ``--weight-decay``, ``--weight-decay-on``, ``--eval-every``, ``--seed``, ``--grad-clip`` and
-``--max-batches`` (it defines what an epoch trains). An option
+``--warmup-epochs``, ``--weight-decay``, ``--weight-decay-on``, ``--ema-decay``, ``--eval-every``, ``--seed``,
+``--grad-clip`` and ``--max-batches`` (it defines what an epoch trains). An option
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
@@ -82,6 +82,7 @@ TRAIN_DEFAULTS = {
     "train_samples": None,
     "weight_decay": 0.0,
     "weight_decay_on": "all",
+    "ema_decay": 0.0,
     "eval_every": 1,
     "seed": 0,
     "grad_clip": 1.0,
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay-on",
         choices=["all", "weights"],
         help="which parameters decay: all (default), or weights only (not biases and normalisation parameters)",
+    )
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        help="evaluate and checkpoint an exponential moving average of the weights with this decay per step, in "
+        "[0, 1) (default 0: the trained weights), e.g. 0.999",
     )
     train.add_argument(
         "--eval-every",
@@ -220,6 +227,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{_flag(name)}: expected a finite number {bound}, got {value}")
     if getattr(args, "warmup_epochs", None) is not None and args.warmup_epochs > args.epochs:
         raise ValueError(f"--warmup-epochs: expected a number in [0, --epochs={args.epochs}], got {args.warmup_epochs}")
+    if getattr(args, "ema_decay", None) is not None and not 0 <= args.ema_decay < 1:
+        raise ValueError(f"--ema-decay: expected a number in [0, 1) (0: no average), got {args.ema_decay}")
     if getattr(args, "min_lr", None) is not None and args.min_lr > args.lr:
         raise ValueError(f"--min-lr: expected a number in [0, --lr={args.lr}], got {args.min_lr}")
     out = getattr(args, "out", None)
@@ -268,6 +277,7 @@ _RECORDED_TRAIN_OPTIONS = (
     "warmup_epochs",
     "weight_decay",
     "weight_decay_on",
+    "ema_decay",
     "eval_every",
     "seed",
     "max_batches",
@@ -342,6 +352,7 @@ def _train(args: argparse.Namespace) -> dict:
         warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay,
         weight_decay_on=args.weight_decay_on,
+        ema_decay=args.ema_decay,
         eval_every=args.eval_every,
         loader=args.loader,
         seed=args.seed,

@@ -86,13 +86,13 @@ def train_model(name: str, task: EnergyTask, sets: dict, args: argparse.Namespac
 @torch.no_grad()
 def energy_per_iteration(trainer: Trainer, batch) -> list[float]:
     """Mean energy of ``batch`` before the first and after every iteration."""
-    out = trainer.task.predict_output(trainer.model.eval(), batch)
+    out = trainer.task.predict_output(trainer.evaluated_model.eval(), batch)
     return [float(trainer.task.energies(pos, batch).mean()) for pos in out.trajectory]
 
 
 def equivariance_error(trainer: Trainer, batch) -> float:
     """Relative error of the trained model's output positions under a random rotation and translation, float64."""
-    model, task = trainer.model.double().eval(), trainer.task
+    model, task = trainer.evaluated_model.double().eval(), trainer.task
     batch = batch.clone().apply(lambda t: t.double() if t.is_floating_point() else t)  # apply works in place
     R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def plot_iterations(trainer: Trainer, batch, energies: list[float], out: Path) -
 
     first = batch.batch == 0
     with torch.no_grad():
-        result = trainer.task.predict_output(trainer.model.eval(), batch)
+        result = trainer.task.predict_output(trainer.evaluated_model.eval(), batch)
     path = torch.stack([pos[first] for pos in result.trajectory])  # [T+1, 10, 3]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     ax = axes[0]
