@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import assert_identical
 from torch import nn
+from torch.nn.utils import parameters_to_vector
 from torch_geometric.data import Data
 
 from pyg_se3.runtime.training import TrainConfig, Trainer, parameter_groups
@@ -107,14 +108,14 @@ def test_the_moving_average_is_what_is_evaluated_and_checkpointed(tmp_path):
 
     def follow(batch, epoch, index):
         loss = original(batch, epoch, index)
-        w = torch.cat([p.detach().flatten() for p in t.model.parameters()]).double()
+        w = parameters_to_vector(t.model.parameters()).detach().double()
         expected.append(w if not expected else 0.7 * expected[-1] + 0.3 * w)
         return loss
 
     t.step = follow
     history = t.fit()
-    averaged = torch.cat([p.detach().flatten() for p in t.evaluated_model.parameters()]).double()
-    trained = torch.cat([p.detach().flatten() for p in t.model.parameters()]).double()
+    averaged = parameters_to_vector(t.evaluated_model.parameters()).detach().double()
+    trained = parameters_to_vector(t.model.parameters()).detach().double()
     assert len(expected) == 12 and torch.allclose(averaged, expected[-1], rtol=0, atol=1e-6)
     assert (averaged - trained).abs().max() > 1e-3  # the average lags: it is not the trained weights
     best = torch.load(tmp_path / "best.pt", weights_only=False)
