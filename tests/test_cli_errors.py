@@ -305,6 +305,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--relative-position"], "False"),
         (["--integrator", "velocity"], "position"),
         (["--inverse-distance", "0.1"], "0.0"),
+        (["--inverse-powers", "2"], "1"),
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),

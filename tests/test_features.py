@@ -70,6 +70,24 @@ def test_softened_inverse_distance_values_limits_and_invariance():
     assert softened_inverse_distance(far, pair, 0.2).item() == pytest.approx(1e-4, rel=1e-9)
 
 
+def test_softened_inverse_distance_powers():
+    """Column ``k - 1`` is the ``k``-th power of the softened inverse distance; the first is the default's."""
+    pos, _, _, batch = _systems()
+    edge_index = complete_edge_index(batch)
+    out = softened_inverse_distance(pos, edge_index, 0.2, powers=3)
+    assert out.shape == (edge_index.shape[1], 3)
+    assert torch.equal(out[:, :1], softened_inverse_distance(pos, edge_index, 0.2))
+    for k, (j, i) in enumerate(edge_index.t().tolist()):
+        squared = float((pos[j] - pos[i]).norm() ** 2 + 0.04)
+        assert out[k].tolist() == pytest.approx([squared**-0.5, squared**-1, squared**-1.5], rel=1e-14)
+    pair = torch.tensor([[0], [1]])
+    coincident = softened_inverse_distance(torch.zeros(2, 3, dtype=torch.float64), pair, 0.2, powers=2)
+    assert coincident[0].tolist() == pytest.approx([5.0, 25.0])
+    for powers in (0, -1, 1.0, True):
+        with pytest.raises(ValueError, match="powers: expected an integer >= 1"):
+            softened_inverse_distance(pos, edge_index, 0.2, powers=powers)
+
+
 def test_bad_inputs_name_the_argument():
     pos, vel, mass, batch = _systems()
     with pytest.raises(ValueError, match=r"vel: expected a \[N, 3\] tensor of velocities"):

@@ -28,9 +28,15 @@ def _task_model_batch(
     motion_edges: bool = False,
     integrator: str = "position",
     inverse_distance: float = 0.0,
+    inverse_powers: int = 1,
 ):
     options = ModelOptions(
-        **OPTIONS, inputs=inputs, motion_edges=motion_edges, integrator=integrator, inverse_distance=inverse_distance
+        **OPTIONS,
+        inputs=inputs,
+        motion_edges=motion_edges,
+        integrator=integrator,
+        inverse_distance=inverse_distance,
+        inverse_powers=inverse_powers,
     )
     task = get_task(name, options)
     test = task.datasets(str(root))["test"]
@@ -49,14 +55,20 @@ def _boosted(batch, velocity: torch.Tensor):
 
 
 @pytest.mark.parametrize("integrator", ["position", "velocity"])
-@pytest.mark.parametrize("motion_edges, inverse_distance", [(False, 0.0), (True, 0.0), (True, 0.1)])
+@pytest.mark.parametrize(
+    "motion_edges, inverse_distance, inverse_powers", [(False, 0.0, 1), (True, 0.0, 1), (True, 0.1, 1), (True, 0.1, 2)]
+)
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_invariant_inputs_make_predictions_galilean_equivariant(name, motion_edges, inverse_distance, integrator, root):
+def test_invariant_inputs_make_predictions_galilean_equivariant(
+    name, motion_edges, inverse_distance, inverse_powers, integrator, root
+):
     """A uniform boost ``u`` of a system moves the prediction by ``u * horizon``: exactly with invariant inputs,
     not with raw ones (the check can fail)."""
     errors = {}
     for inputs in ("raw", "invariant"):
-        task, model, batch = _task_model_batch(name, inputs, root, motion_edges, integrator, inverse_distance)
+        task, model, batch = _task_model_batch(
+            name, inputs, root, motion_edges, integrator, inverse_distance, inverse_powers
+        )
         velocity = torch.randn(batch.num_graphs, 3, dtype=torch.float64)
         with torch.no_grad():
             expected = task.predict(model, batch) + velocity[batch.batch] * task.horizon
@@ -106,19 +118,20 @@ def test_motion_edges_are_the_input_frame_pair_invariants(name, root):
 
 
 @pytest.mark.parametrize(
-    "name, integrator, inverse_distance",
+    "name, integrator, inverse_distance, inverse_powers",
     [
-        ("nbody", "position", 0.0),
-        ("nbody", "velocity", 0.0),
-        ("dynamics", "position", 0.0),
-        ("dynamics", "velocity", 0.0),
-        ("nbody", "velocity", 0.1),
-        ("dynamics", "position", 0.1),
+        ("nbody", "position", 0.0, 1),
+        ("nbody", "velocity", 0.0, 1),
+        ("dynamics", "position", 0.0, 1),
+        ("dynamics", "velocity", 0.0, 1),
+        ("nbody", "velocity", 0.1, 1),
+        ("dynamics", "position", 0.1, 1),
+        ("nbody", "velocity", 0.1, 2),
     ],
 )
-def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_distance, root):
+def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_distance, inverse_powers, root):
     """A rotation and translation of the input moves the prediction the same way (float64)."""
-    task, model, batch = _task_model_batch(name, "invariant", root, True, integrator, inverse_distance)
+    task, model, batch = _task_model_batch(name, "invariant", root, True, integrator, inverse_distance, inverse_powers)
     fiber_in = task.dataset_cls.fiber
     # by hand: task.predict reads a whole batch (pos, vel, x) whose velocities rotate too, not (x, pos) alone
     R, shift = o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
@@ -131,17 +144,19 @@ def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_
     assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
 
 
+@pytest.mark.parametrize("powers", [1, 2, 3])
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positions(name, root):
+def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positions(name, powers, root):
     softening = 0.3
-    task, _, batch = _task_model_batch(name, "raw", root, inverse_distance=softening)
-    assert task.edge_dim == (3 if name == "nbody" else 2)
+    task, _, batch = _task_model_batch(name, "raw", root, inverse_distance=softening, inverse_powers=powers)
+    assert task.edge_dim == (1 if name == "nbody" else 0) + 2 * powers
     edge_index = complete_edge_index(batch.batch)
     current = batch.pos + torch.randn_like(batch.pos)
     features = task.edge_attr_fn(batch)(current, edge_index)
     assert features.shape == (edge_index.shape[1], task.edge_dim)
     for k, (j, i) in enumerate(edge_index.t().tolist()):
-        expected = [float(((at[j] - at[i]).square().sum() + softening**2) ** -0.5) for at in (batch.pos, current)]
+        squared = [float((at[j] - at[i]).square().sum() + softening**2) for at in (batch.pos, current)]
+        expected = [value ** (-p / 2) for value in squared for p in range(1, powers + 1)]
         if name == "nbody":
             expected = [float(batch.charge[i] * batch.charge[j]), *expected]
         assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
@@ -151,6 +166,20 @@ def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positi
 def test_a_bad_inverse_distance_softening_is_rejected(value):
     with pytest.raises(ValueError, match="inverse_distance: expected a softening length >= 0"):
         get_task("nbody", ModelOptions(inverse_distance=value))
+
+
+@pytest.mark.parametrize(
+    "powers, softening, message",
+    [
+        (0, 0.1, "inverse_powers: expected 1, or an integer > 1 with inverse_distance > 0"),
+        (2, 0.0, "inverse_powers: expected 1, or an integer > 1 with inverse_distance > 0"),
+        (1.5, 0.1, "inverse_powers: expected an integer >= 1, got 1.5"),
+        (True, 0.1, "inverse_powers: expected an integer >= 1, got True"),
+    ],
+)
+def test_bad_inverse_powers_are_rejected(powers, softening, message):
+    with pytest.raises(ValueError, match=message):
+        get_task("nbody", ModelOptions(inverse_distance=softening, inverse_powers=powers))
 
 
 def test_unknown_inputs_option_is_rejected():

@@ -17,7 +17,8 @@ rebuilt at moved positions, they keep the input frame's pair geometry in view of
 distance of N-body codes: the shape of a Coulomb or gravitational potential, which a radial network fed the
 distance alone must build from smooth functions of it, and which is largest for the close pairs whose motion
 is hardest to predict. The softening length :math:`s > 0` keeps it finite, at most :math:`1/s`, for coincident
-particles.
+particles. Its powers :math:`k = 1 .. P` can be asked for too: the square, :math:`1 / (|r|^2 + s^2)`, is the
+shape of the softened force's magnitude.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def pair_motion(pos: Tensor, vel: Tensor, edge_index: Tensor) -> Tensor:
     return torch.stack([distance, radial_speed, v.norm(dim=-1)], dim=-1)
 
 
-def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float) -> Tensor:
-    r"""``[E, 1]`` per edge ``j -> i``: :math:`1 / \sqrt{|x_j - x_i|^2 + s^2}`, with :math:`s` = ``softening``.
+def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float, powers: int = 1) -> Tensor:
+    r"""``[E, powers]`` per edge ``j -> i``: :math:`(|x_j - x_i|^2 + s^2)^{-k/2}` for :math:`k = 1 ..` ``powers``,
+    with :math:`s` = ``softening``; the first column is the softened inverse distance.
 
     Parameters
     ----------
@@ -98,13 +100,18 @@ def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float)
     edge_index
         ``[2, E]`` (source, target) pairs.
     softening
-        The softening length :math:`s > 0`: the value for coincident particles is :math:`1/s`, and for pairs much
-        farther apart than :math:`s` it is the inverse distance.
+        The softening length :math:`s > 0`: the value for coincident particles is :math:`s^{-k}`, and for pairs much
+        farther apart than :math:`s` it is the inverse distance to the power :math:`k`.
+    powers
+        How many powers, :math:`P \geq 1` (default 1: the inverse distance alone; 2 adds
+        :math:`1 / (|r|^2 + s^2)`, the shape of the softened force's magnitude).
     """
     check_pos(pos)
     check_edge_index(edge_index, pos.shape[0])
     if not softening > 0 or softening == float("inf"):
         raise ValueError(f"softening: expected a positive finite length, got {softening!r}")
+    if isinstance(powers, bool) or not isinstance(powers, int) or powers < 1:
+        raise ValueError(f"powers: expected an integer >= 1, got {powers!r}")
     src, dst = edge_index
-    squared = (pos[src] - pos[dst]).pow(2).sum(-1, keepdim=True)
-    return (squared + softening**2).rsqrt()
+    inverse = ((pos[src] - pos[dst]).pow(2).sum(-1, keepdim=True) + softening**2).rsqrt()
+    return torch.cat([inverse.pow(k) for k in range(1, powers + 1)], dim=-1)

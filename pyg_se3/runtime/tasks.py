@@ -106,6 +106,12 @@ class ModelOptions:
         "1/sqrt(|r|^2 + s^2) of its pair at the input frame and at the current positions; 0: off",
         type=float,
     )
+    inverse_powers: int = _option(
+        1,
+        "with --inverse-distance: the edges carry the powers 1 .. P of both softened inverse distances (2 adds "
+        "1/(|r|^2 + s^2), the shape of the softened force's magnitude)",
+        type=int,
+    )
     displacement: str = _option(
         "head",
         "how a block moves the points: a zero-initialised, scaled type-1 head (head) or the first hidden type-1 "
@@ -193,6 +199,13 @@ class Task:
             raise ValueError(
                 f"inverse_distance: expected a softening length >= 0 (0: off), got {options.inverse_distance!r}"
             )
+        if isinstance(options.inverse_powers, bool) or not isinstance(options.inverse_powers, int):
+            raise ValueError(f"inverse_powers: expected an integer >= 1, got {options.inverse_powers!r}")
+        if options.inverse_powers < 1 or (options.inverse_powers > 1 and not options.inverse_distance):
+            raise ValueError(
+                f"inverse_powers: expected 1, or an integer > 1 with inverse_distance > 0 (the powers of the softened "
+                f"inverse distances), got {options.inverse_powers!r} with inverse_distance={options.inverse_distance!r}"
+            )
 
     def replace(self, **options: Any) -> Task:
         """The same task (same data) with some model options changed: ``task.replace(inputs="invariant")``."""
@@ -270,7 +283,8 @@ class _RegressionTask(Task):
     With ``options.inverse_distance = s > 0`` every edge also carries
     :func:`~pyg_se3.runtime.features.softened_inverse_distance` of its pair at the input frame and at the
     current positions: the radial networks see the shape of the pair potential, largest for the close pairs that
-    carry most of the error.
+    carry most of the error. With ``options.inverse_powers = P > 1`` they carry the powers ``1 .. P`` of each (the
+    input frame's, then the current ones); the square has the shape of the softened force's magnitude.
     """
 
     task_edge_dim: ClassVar[int] = 0  # edge features of the task itself, before the motion invariants
@@ -298,7 +312,8 @@ class _RegressionTask(Task):
 
     @property
     def edge_dim(self) -> int:
-        return self.task_edge_dim + 3 * self.options.motion_edges + 2 * (self.options.inverse_distance > 0)
+        inverse = 2 * self.options.inverse_powers * (self.options.inverse_distance > 0)  # both frames, each power
+        return self.task_edge_dim + 3 * self.options.motion_edges + inverse
 
     def task_edge_features(self, batch: Any, edge_index: Tensor) -> Tensor | None:
         """The task's own edge features ``[E, task_edge_dim]`` of the edges ``edge_index`` (None: none)."""
@@ -315,8 +330,9 @@ class _RegressionTask(Task):
                 parts.append(pair_motion(batch.pos, vel, edge_index))
             if self.options.inverse_distance > 0:
                 softening = self.options.inverse_distance
-                parts.append(softened_inverse_distance(batch.pos, edge_index, softening))
-                parts.append(softened_inverse_distance(pos, edge_index, softening))
+                powers = self.options.inverse_powers
+                parts.append(softened_inverse_distance(batch.pos, edge_index, softening, powers))
+                parts.append(softened_inverse_distance(pos, edge_index, softening, powers))
             return torch.cat([part.to(pos.dtype) for part in parts if part is not None], dim=-1)
 
         return features
