@@ -306,6 +306,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--integrator", "velocity"], "position"),
         (["--inverse-distance", "0.1"], "0.0"),
         (["--inverse-powers", "2"], "1"),
+        (["--inverse-scaled"], "False"),
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),

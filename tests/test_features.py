@@ -83,6 +83,11 @@ def test_softened_inverse_distance_powers():
     pair = torch.tensor([[0], [1]])
     coincident = softened_inverse_distance(torch.zeros(2, 3, dtype=torch.float64), pair, 0.2, powers=2)
     assert coincident[0].tolist() == pytest.approx([5.0, 25.0])
+    scaled = softened_inverse_distance(pos, edge_index, 0.2, powers=3, scaled=True)
+    torch.testing.assert_close(scaled, out * torch.tensor([0.2, 0.04, 0.008], dtype=out.dtype), rtol=1e-14, atol=0)
+    assert bool((scaled > 0).all() and (scaled <= 1).all())
+    coincident = softened_inverse_distance(torch.zeros(2, 3, dtype=torch.float64), pair, 0.2, powers=2, scaled=True)
+    assert coincident[0].tolist() == pytest.approx([1.0, 1.0])
     for powers in (0, -1, 1.0, True):
         with pytest.raises(ValueError, match="powers: expected an integer >= 1"):
             softened_inverse_distance(pos, edge_index, 0.2, powers=powers)

@@ -29,6 +29,7 @@ def _task_model_batch(
     integrator: str = "position",
     inverse_distance: float = 0.0,
     inverse_powers: int = 1,
+    inverse_scaled: bool = False,
 ):
     options = ModelOptions(
         **OPTIONS,
@@ -37,6 +38,7 @@ def _task_model_batch(
         integrator=integrator,
         inverse_distance=inverse_distance,
         inverse_powers=inverse_powers,
+        inverse_scaled=inverse_scaled,
     )
     task = get_task(name, options)
     test = task.datasets(str(root))["test"]
@@ -144,11 +146,13 @@ def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_
     assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
 
 
-@pytest.mark.parametrize("powers", [1, 2, 3])
+@pytest.mark.parametrize("powers, scaled", [(1, False), (2, False), (3, False), (1, True), (2, True)])
 @pytest.mark.parametrize("name", ["nbody", "dynamics"])
-def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positions(name, powers, root):
+def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positions(name, powers, scaled, root):
     softening = 0.3
-    task, _, batch = _task_model_batch(name, "raw", root, inverse_distance=softening, inverse_powers=powers)
+    task, _, batch = _task_model_batch(
+        name, "raw", root, inverse_distance=softening, inverse_powers=powers, inverse_scaled=scaled
+    )
     assert task.edge_dim == (1 if name == "nbody" else 0) + 2 * powers
     edge_index = complete_edge_index(batch.batch)
     current = batch.pos + torch.randn_like(batch.pos)
@@ -156,7 +160,8 @@ def test_inverse_distance_edges_are_at_the_input_frame_and_at_the_current_positi
     assert features.shape == (edge_index.shape[1], task.edge_dim)
     for k, (j, i) in enumerate(edge_index.t().tolist()):
         squared = [float((at[j] - at[i]).square().sum() + softening**2) for at in (batch.pos, current)]
-        expected = [value ** (-p / 2) for value in squared for p in range(1, powers + 1)]
+        unit = softening if scaled else 1.0
+        expected = [unit**p * value ** (-p / 2) for value in squared for p in range(1, powers + 1)]
         if name == "nbody":
             expected = [float(batch.charge[i] * batch.charge[j]), *expected]
         assert features[k].tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12), (k, j, i)
@@ -180,6 +185,11 @@ def test_a_bad_inverse_distance_softening_is_rejected(value):
 def test_bad_inverse_powers_are_rejected(powers, softening, message):
     with pytest.raises(ValueError, match=message):
         get_task("nbody", ModelOptions(inverse_distance=softening, inverse_powers=powers))
+
+
+def test_inverse_scaled_without_inverse_distances_is_rejected():
+    with pytest.raises(ValueError, match="inverse_scaled: scales the softened inverse distances"):
+        get_task("nbody", ModelOptions(inverse_scaled=True))
 
 
 def test_unknown_inputs_option_is_rejected():

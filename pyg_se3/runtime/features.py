@@ -18,7 +18,8 @@ distance of N-body codes: the shape of a Coulomb or gravitational potential, whi
 distance alone must build from smooth functions of it, and which is largest for the close pairs whose motion
 is hardest to predict. The softening length :math:`s > 0` keeps it finite, at most :math:`1/s`, for coincident
 particles. Its powers :math:`k = 1 .. P` can be asked for too: the square, :math:`1 / (|r|^2 + s^2)`, is the
-shape of the softened force's magnitude.
+shape of the softened force's magnitude. Scaled by :math:`s^k` they lie in :math:`(0, 1]`, the range of the other
+inputs of a radial network, rather than up to :math:`s^{-k}`.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def pair_motion(pos: Tensor, vel: Tensor, edge_index: Tensor) -> Tensor:
     return torch.stack([distance, radial_speed, v.norm(dim=-1)], dim=-1)
 
 
-def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float, powers: int = 1) -> Tensor:
+def softened_inverse_distance(
+    pos: Tensor, edge_index: Tensor, softening: float, powers: int = 1, scaled: bool = False
+) -> Tensor:
     r"""``[E, powers]`` per edge ``j -> i``: :math:`(|x_j - x_i|^2 + s^2)^{-k/2}` for :math:`k = 1 ..` ``powers``,
     with :math:`s` = ``softening``; the first column is the softened inverse distance.
 
@@ -105,6 +108,9 @@ def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float,
     powers
         How many powers, :math:`P \geq 1` (default 1: the inverse distance alone; 2 adds
         :math:`1 / (|r|^2 + s^2)`, the shape of the softened force's magnitude).
+    scaled
+        Multiply the power :math:`k` by :math:`s^k`: :math:`(s^2 / (|r|^2 + s^2))^{k/2}`, in :math:`(0, 1]`, 1 for
+        coincident particles (default False: in units of inverse length, up to :math:`s^{-k}`).
     """
     check_pos(pos)
     check_edge_index(edge_index, pos.shape[0])
@@ -114,4 +120,6 @@ def softened_inverse_distance(pos: Tensor, edge_index: Tensor, softening: float,
         raise ValueError(f"powers: expected an integer >= 1, got {powers!r}")
     src, dst = edge_index
     inverse = ((pos[src] - pos[dst]).pow(2).sum(-1, keepdim=True) + softening**2).rsqrt()
+    if scaled:
+        inverse = inverse * softening
     return torch.cat([inverse.pow(k) for k in range(1, powers + 1)], dim=-1)

@@ -112,6 +112,12 @@ class ModelOptions:
         "1/(|r|^2 + s^2), the shape of the softened force's magnitude)",
         type=int,
     )
+    inverse_scaled: bool = _option(
+        False,
+        "with --inverse-distance: multiply the power k of the softened inverse distances by s^k, so that they lie "
+        "in (0, 1] (1 for coincident particles) rather than up to s^-k",
+        action="store_true",
+    )
     displacement: str = _option(
         "head",
         "how a block moves the points: a zero-initialised, scaled type-1 head (head) or the first hidden type-1 "
@@ -206,6 +212,8 @@ class Task:
                 f"inverse_powers: expected 1, or an integer > 1 with inverse_distance > 0 (the powers of the softened "
                 f"inverse distances), got {options.inverse_powers!r} with inverse_distance={options.inverse_distance!r}"
             )
+        if options.inverse_scaled and not options.inverse_distance:
+            raise ValueError("inverse_scaled: scales the softened inverse distances; pass inverse_distance > 0 too")
 
     def replace(self, **options: Any) -> Task:
         """The same task (same data) with some model options changed: ``task.replace(inputs="invariant")``."""
@@ -284,7 +292,8 @@ class _RegressionTask(Task):
     :func:`~pyg_se3.runtime.features.softened_inverse_distance` of its pair at the input frame and at the
     current positions: the radial networks see the shape of the pair potential, largest for the close pairs that
     carry most of the error. With ``options.inverse_powers = P > 1`` they carry the powers ``1 .. P`` of each (the
-    input frame's, then the current ones); the square has the shape of the softened force's magnitude.
+    input frame's, then the current ones); the square has the shape of the softened force's magnitude. With
+    ``options.inverse_scaled`` the power ``k`` is multiplied by ``s**k``: all lie in ``(0, 1]``.
     """
 
     task_edge_dim: ClassVar[int] = 0  # edge features of the task itself, before the motion invariants
@@ -330,9 +339,9 @@ class _RegressionTask(Task):
                 parts.append(pair_motion(batch.pos, vel, edge_index))
             if self.options.inverse_distance > 0:
                 softening = self.options.inverse_distance
-                powers = self.options.inverse_powers
-                parts.append(softened_inverse_distance(batch.pos, edge_index, softening, powers))
-                parts.append(softened_inverse_distance(pos, edge_index, softening, powers))
+                powers, scaled = self.options.inverse_powers, self.options.inverse_scaled
+                parts.append(softened_inverse_distance(batch.pos, edge_index, softening, powers, scaled))
+                parts.append(softened_inverse_distance(pos, edge_index, softening, powers, scaled))
             return torch.cat([part.to(pos.dtype) for part in parts if part is not None], dim=-1)
 
         return features
