@@ -18,8 +18,8 @@ distance of N-body codes: the shape of a Coulomb or gravitational potential, whi
 distance alone must build from smooth functions of it, and which is largest for the close pairs whose motion
 is hardest to predict. The softening length :math:`s > 0` keeps it finite, at most :math:`1/s`, for coincident
 particles. Its powers :math:`k = 1 .. P` can be asked for too: the square, :math:`1 / (|r|^2 + s^2)`, is the
-shape of the softened force's magnitude. Scaled by :math:`s^k` they lie in :math:`(0, 1]`, the range of the other
-inputs of a radial network, rather than up to :math:`s^{-k}`.
+shape of the softened force's magnitude. Scaled by :math:`s^k` they lie in :math:`(0, 1]`, of the order of a
+radial network's other inputs, rather than up to :math:`s^{-k}`.
 """
 
 from __future__ import annotations
