@@ -21,6 +21,10 @@ size and threads; it is skipped with a message when not installed. Writes ``--ou
 
     python benchmarks/nbody_speed.py                          # the 8 x 1 N-body model (16 channels)
     python benchmarks/nbody_speed.py --kernel depthwise --channels 32 --integrator velocity
+    python benchmarks/nbody_speed.py --device cuda --layers 2 --integrator velocity --inverse-distance 0.1
+
+With ``--device cuda`` every batch is moved to the GPU as the trainer does (``batch.to(device)`` per step), each
+timed pass ends with a synchronisation, and ``threads`` is the number of CPU threads beside the GPU.
 """
 
 from __future__ import annotations
@@ -60,9 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--kernel", choices=["full", "depthwise"], default="full")
     parser.add_argument("--integrator", choices=["position", "velocity"], default="position")
+    parser.add_argument("--inverse-distance", type=float, default=0.0, help="softening length (0: off)")
     parser.add_argument("--train-systems", type=int, default=600, help="systems per throughput measurement")
     parser.add_argument("--root", default="data")
     parser.add_argument("--out", default="benchmarks/results/nbody_speed")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     return parser.parse_args(argv)
 
 
@@ -98,15 +104,17 @@ def peer_missing() -> str | None:
     return None
 
 
-def rate(step, batches) -> float:
-    """Systems per second of ``step`` over every batch that ``batches()`` makes (batching included), after one
-    warm-up pass."""
+def rate(step, batches, device: torch.device) -> float:
+    """Systems per second of ``step`` over every batch that ``batches()`` makes (batching and the copy to
+    ``device`` included), after one warm-up pass."""
 
     def one_pass() -> int:
         count = 0
         for batch in batches():
-            step(batch)
+            step(batch.to(device))
             count += batch.num_graphs
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return count
 
     one_pass()
@@ -162,12 +170,15 @@ def measure(
     threads: int,
     eval_every: int,
     loader: str,
+    device: torch.device,
 ) -> dict:
     """One row: throughputs and the derived epoch time of ``model`` at one configuration."""
     torch.set_num_threads(threads)
     train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
-    train_rate = rate(training_step(model, loss), train)
-    eval_rate = rate(evaluation_step(model, predict), batches(loader, sources[loader]["val"], EVAL_BATCH, False))
+    train_rate = rate(training_step(model, loss), train, device)
+    eval_rate = rate(
+        evaluation_step(model, predict), batches(loader, sources[loader]["val"], EVAL_BATCH, False), device
+    )
     epoch = TRAIN / train_rate + EVALUATED / eval_rate / eval_every
     print(f"{name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
     return {
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         integrator=args.integrator,
         inputs="invariant",
         motion_edges=True,
+        inverse_distance=args.inverse_distance,
     )
     task = get_task("nbody", options)
     sets = task.datasets(args.root)
@@ -202,7 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     collate_once_s = (time.perf_counter() - start) * TRAIN / (2 * args.train_systems)
     sources = {"pyg": plain, "fixed": collated}
     torch.manual_seed(0)
-    model = task.build_model(task.displacement_scale(sets["train"]))
+    device = torch.device(args.device)
+    model = task.build_model(task.displacement_scale(sets["train"])).to(device)
     parameters = sum(p.numel() for p in model.parameters())
     rows = [
         measure(
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             lambda batch: task.predict(model, batch),
             sources,
             *configuration,
+            device,
         )
         for name, *configuration in CONFIGURATIONS
     ]
@@ -219,12 +233,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     peer = {"missing": peer_missing()}
     if peer["missing"] is None:
         torch.manual_seed(0)
-        egnn = EGNNPeer()
+        egnn = EGNNPeer().to(device)
         fastest = min(rows, key=lambda row: row["epoch_s"])
         name = f"EGNN (egnn-pytorch {importlib.metadata.version('egnn-pytorch')}), " + fastest["configuration"]
         settings = (fastest["batch_size"], fastest["threads"], fastest["eval_every"], fastest["loader"])
         mse = lambda batch: (egnn(batch) - batch.y).square().mean()  # noqa: E731
-        peer = measure(name, egnn, mse, egnn, sources, *settings)
+        peer = measure(name, egnn, mse, egnn, sources, *settings, device)
         peer["parameters"] = sum(p.numel() for p in egnn.parameters())
         peer["ours_over_peer_epoch"] = fastest["epoch_s"] / peer["epoch_s"]
     else:
@@ -236,7 +250,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     record = {
         "command": " ".join(["python benchmarks/nbody_speed.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": {**vars(args), "parameters": parameters},
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": torch.get_num_threads()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
         "torch": torch.__version__,
         "collate_once_s": collate_once_s,
         "rows": rows,
@@ -246,7 +264,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = [
         f"N-body epoch (3,000 training systems; 4,000 evaluated every k epochs), {parameters:,} parameters "
         f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel, "
-        f"{args.integrator} integrator); collating the 3,000 systems once: {collate_once_s:.2f} s",
+        f"{args.integrator} integrator) on {record['machine']['device']}; collating the 3,000 systems once: "
+        f"{collate_once_s:.2f} s",
         "",
         "| configuration | train systems/s | eval systems/s | collation s/epoch | epoch s | speed-up |",
         "|---|---|---|---|---|---|",

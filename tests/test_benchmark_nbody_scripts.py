@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pyg_se3.runtime import cli
+from pyg_se3.runtime.tasks import ModelOptions, get_task
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -127,10 +128,13 @@ def test_an_ensemble_needs_the_same_targets(scripts):
 def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     nbody_speed = scripts[0]
     monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", [("a", 4, 1, 1, "pyg"), ("b", 4, 1, 2, "fixed")])
-    rows = nbody_speed.main(
-        ["--root", str(root), "--iterations", "1", "--channels", "4", "--train-systems", "8", "--out", str(tmp_path)]
-    )
+    size = ["--iterations", "1", "--channels", "4", "--inverse-distance", "0.1", "--train-systems", "8"]
+    rows = nbody_speed.main(["--root", str(root), *size, "--device", "cpu", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "nbody_speed.json").read_text())
+    assert saved["machine"]["device"] == "cpu" and saved["model"]["inverse_distance"] == 0.1
+    options = ModelOptions(1, 1, channels=4, inputs="invariant", motion_edges=True, inverse_distance=0.1)
+    built = get_task("nbody", options).build_model(1.0)  # the edge inputs (and so the parameters) include 1/r
+    assert saved["model"]["parameters"] == sum(p.numel() for p in built.parameters())
     assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
     assert rows[0]["speed_up"] == 1.0

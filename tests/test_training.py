@@ -46,6 +46,29 @@ def test_nan_batches_are_skipped_and_reported(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+class GradientPoisonTask(ToyTask):
+    """A finite loss whose gradient is NaN in one parameter (the bias) for samples flagged by ``x = 2``: the term
+    ``sqrt(|b - b|)`` is 0, and its derivative at 0 is 0 * inf."""
+
+    def loss(self, model, batch):
+        loss = super().loss(model, batch)
+        if (batch.x == 2).any():
+            loss = loss + (model.bias - model.bias.detach()).abs().sqrt().sum()
+        return loss
+
+
+def test_a_finite_loss_with_a_nan_gradient_in_one_parameter_is_skipped(tmp_path):
+    data = toy_data()
+    data[3].x = torch.full((1, 1), 2.0)
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=2, batch_size=1, lr=0.1, out=str(tmp_path), on_nan="skip", progress=False)
+    trainer = Trainer(nn.Linear(1, 1), GradientPoisonTask(), data, toy_data(), config)
+    history = trainer.fit()
+    assert len(trainer.skipped_batches) == 2  # the flagged sample, in both epochs
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+
+
 def test_nan_batch_can_stop_the_run_without_touching_the_weights(tmp_path):
     trainer = make_trainer(tmp_path / "stop", "stop", poisoned={0, 1, 2, 3, 4, 5, 6, 7})
     before = [p.clone() for p in trainer.model.parameters()]

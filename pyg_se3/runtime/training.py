@@ -471,7 +471,8 @@ class Trainer:
         if finite:
             loss.backward()
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            finite = distributed.all_true(all(bool(torch.isfinite(g).all()) for g in grads))
+            # One host-device synchronisation for all gradients (not one per parameter: costly on a GPU).
+            finite = distributed.all_true(not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))
         if not finite:
             message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={float(loss.detach()):.4g})"
             if self.config.on_nan == "stop":
