@@ -21,7 +21,8 @@ size and threads; it is skipped with a message when not installed. Writes ``--ou
 
     python benchmarks/nbody_speed.py                          # the 8 x 1 N-body model (16 channels)
     python benchmarks/nbody_speed.py --kernel depthwise --channels 32 --integrator velocity
-    python benchmarks/nbody_speed.py --device cuda --layers 2 --integrator velocity --inverse-distance 0.1
+    python benchmarks/nbody_speed.py --device cuda --layers 2 --integrator velocity --inverse-distance 0.1 \
+        --inverse-powers 2 --inverse-scaled                  # the best N-body model, on a GPU
 
 With ``--device cuda`` every batch is moved to the GPU as the trainer does (``batch.to(device)`` per step), each
 timed pass ends with a synchronisation, and ``threads`` is the number of CPU threads beside the GPU.
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kernel", choices=["full", "depthwise"], default="full")
     parser.add_argument("--integrator", choices=["position", "velocity"], default="position")
     parser.add_argument("--inverse-distance", type=float, default=0.0, help="softening length (0: off)")
+    parser.add_argument("--inverse-powers", type=int, default=1, help="powers 1 .. P of the inverse distances")
+    parser.add_argument("--inverse-scaled", action="store_true", help="the power k scaled by s^k, into (0, 1]")
     parser.add_argument("--train-systems", type=int, default=600, help="systems per throughput measurement")
     parser.add_argument("--root", default="data")
     parser.add_argument("--out", default="benchmarks/results/nbody_speed")
@@ -194,6 +197,14 @@ def measure(
     }
 
 
+def inverse_note(args: argparse.Namespace) -> str:
+    """The edges' inverse-distance inputs, for the table's title ('' when off)."""
+    if not args.inverse_distance:
+        return ""
+    scaled = ", scaled" if args.inverse_scaled else ""
+    return f", inverse distances s={args.inverse_distance:g} powers 1..{args.inverse_powers}{scaled}"
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     options = ModelOptions(
@@ -205,6 +216,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         inputs="invariant",
         motion_edges=True,
         inverse_distance=args.inverse_distance,
+        inverse_powers=args.inverse_powers,
+        inverse_scaled=args.inverse_scaled,
     )
     task = get_task("nbody", options)
     sets = task.datasets(args.root)
@@ -264,8 +277,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = [
         f"N-body epoch (3,000 training systems; 4,000 evaluated every k epochs), {parameters:,} parameters "
         f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel, "
-        f"{args.integrator} integrator) on {record['machine']['device']}; collating the 3,000 systems once: "
-        f"{collate_once_s:.2f} s",
+        f"{args.integrator} integrator{inverse_note(args)}) on {record['machine']['device']}; collating the "
+        f"3,000 systems once: {collate_once_s:.2f} s",
         "",
         "| configuration | train systems/s | eval systems/s | collation s/epoch | epoch s | speed-up |",
         "|---|---|---|---|---|---|",

@@ -260,7 +260,8 @@ def root(tmp_path_factory) -> Path:
 
 
 def test_cli_on_nan_stop_is_one_line(tmp_path, capsys, monkeypatch, root, one_thread):
-    monkeypatch.setattr(tasks.DynamicsTask, "loss", lambda self, model, batch: torch.tensor(math.nan))
+    nan_loss = lambda self, model, batch: math.nan * sum(p.sum() for p in model.parameters())  # noqa: E731
+    monkeypatch.setattr(tasks.DynamicsTask, "loss", nan_loss)
     line = cli_error(capsys, *train_args(tmp_path, "--on-nan", "stop", root=root))
     assert line.startswith("pyg-se3: error: --on-nan stop: non-finite loss"), line
 

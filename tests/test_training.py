@@ -69,6 +69,28 @@ def test_a_finite_loss_with_a_nan_gradient_in_one_parameter_is_skipped(tmp_path)
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
 
 
+class LossPoisonTask(ToyTask):
+    """A non-finite loss with finite gradients for samples flagged by ``x = 2``: an infinite term that does not
+    depend on the parameters."""
+
+    def loss(self, model, batch):
+        loss = super().loss(model, batch)
+        return loss + torch.where(batch.x == 2, torch.inf, 0.0).sum()
+
+
+def test_a_non_finite_loss_with_finite_gradients_is_skipped(tmp_path, capsys):
+    data = toy_data()
+    data[5].x = torch.full((1, 1), 2.0)
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=2, batch_size=1, lr=0.1, out=str(tmp_path), on_nan="skip", progress=False)
+    trainer = Trainer(nn.Linear(1, 1), LossPoisonTask(), data, toy_data(), config)
+    history = trainer.fit()
+    assert len(trainer.skipped_batches) == 2  # the flagged sample, in both epochs
+    assert "(loss=inf); batch skipped" in capsys.readouterr().err
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+
+
 def test_nan_batch_can_stop_the_run_without_touching_the_weights(tmp_path):
     trainer = make_trainer(tmp_path / "stop", "stop", poisoned={0, 1, 2, 3, 4, 5, 6, 7})
     before = [p.clone() for p in trainer.model.parameters()]

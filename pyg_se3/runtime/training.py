@@ -467,27 +467,28 @@ class Trainer:
         everywhere when the loss or gradient of any process is not finite), so the processes never diverge."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.loss(self.train_model, batch)
-        finite = distributed.all_true(bool(torch.isfinite(loss)))  # before backward: it is a collective under DDP
-        if finite:
-            loss.backward()
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            # One host-device synchronisation for all gradients (not one per parameter: costly on a GPU).
-            finite = distributed.all_true(not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))
-        if not finite:
-            message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={float(loss.detach()):.4g})"
+        # Backward runs on a non-finite loss too (its gradients are then discarded), so that every process of a
+        # distributed run joins the gradient all-reduce; the loss and whether it and every gradient are finite
+        # then reach the host in one synchronisation per step (each one stalls a GPU).
+        loss.backward()
+        loss = loss.detach()
+        checks = [loss.isfinite(), *(p.grad.isfinite().all() for p in self.model.parameters() if p.grad is not None)]
+        value, finite = torch.stack([loss.double(), torch.stack(checks).all().double()]).tolist()
+        if not distributed.all_true(bool(finite)):
+            self.optimizer.zero_grad(set_to_none=True)
+            message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={value:.4g})"
             if self.config.on_nan == "stop":
                 raise NonFiniteLossError(message + "; stopping (on_nan='stop'); weights and checkpoints untouched")
             if distributed.is_main():
                 tqdm.write(f"warning: {message}; batch skipped", file=sys.stderr)
             self.skipped_batches.append((epoch, index))
-            self.optimizer.zero_grad(set_to_none=True)
             return None
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         if self.average is not None:
             self.average.update_parameters(self.model)
-        return float(loss.detach())
+        return value
 
     @torch.no_grad()
     def evaluate(self, dataset: Iterable) -> dict[str, float]:
