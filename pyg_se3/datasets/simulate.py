@@ -27,7 +27,10 @@ The packaged datasets must regenerate bit for bit, for any batch composition, th
 simulation uses only IEEE-754 correctly rounded element-wise operations (``+ - * /``, ``sqrt``, comparisons):
 squared norms are written out component by component and sums over neighbours are sequential Python loops
 rather than ``Tensor.sum``, whose order of accumulation depends on the shape, SIMD width and thread count.
-Consequently a system gives the same bits whether it is simulated alone or inside any batch.
+Consequently a system gives the same bits whether it is simulated alone or inside any batch. One operation falls
+short: PyTorch's float64 ``sqrt`` on the CPU goes through MKL, which differs from the correctly rounded square root
+in the last bit for about 1 % of values, differently on different processors; so the results are reproducible on
+one kind of processor, not across all of them.
 """
 
 from __future__ import annotations
