@@ -24,13 +24,13 @@ Integrators: :func:`velocity_verlet` (second order, time-reversible, symplectic)
 Bit-for-bit reproducibility
 ---------------------------
 The packaged datasets must regenerate bit for bit, for any batch composition, thread count or SIMD width. So the
-simulation uses only IEEE-754 correctly rounded element-wise operations (``+ - * /``, ``sqrt``, comparisons):
+simulation uses only element-wise operations that IEEE-754 rounds correctly (``+ - * /``, ``sqrt``, comparisons):
 squared norms are written out component by component and sums over neighbours are sequential Python loops
 rather than ``Tensor.sum``, whose order of accumulation depends on the shape, SIMD width and thread count.
-Consequently a system gives the same bits whether it is simulated alone or inside any batch. One operation falls
-short: PyTorch's float64 ``sqrt`` on the CPU goes through MKL, which differs from the correctly rounded square root
-in the last bit for about 1 % of values, differently on different processors; so the results are reproducible on
-one kind of processor, not across all of them.
+Consequently a system gives the same bits whether it is simulated alone or inside any batch. One implementation
+falls short: PyTorch's float64 ``sqrt`` on the CPU goes through MKL, which differs from the correctly rounded
+square root in the last bit for about 1 % of values, differently on different processors; so the results are
+reproducible on one kind of processor, not across all of them.
 """
 
 from __future__ import annotations
