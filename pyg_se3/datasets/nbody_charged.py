@@ -27,7 +27,7 @@ from pyg_se3.datasets._base import (
     config_array,
     split_generator,
 )
-from pyg_se3.datasets.simulate import Coulomb, kick_drift
+from pyg_se3.datasets.simulate import Coulomb, correctly_rounded_sqrt, kick_drift
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import complete_edge_index
 
@@ -218,7 +218,7 @@ class NBodyCharged(GeneratedDataset):
             pos.append(config["pos_std"] * torch.randn(n, 3, generator=g, dtype=torch.float64))
             direction = torch.randn(n, 3, generator=g, dtype=torch.float64)
             # Norm written out per component: bit-reproducible (see simulate's module doc).
-            norm = torch.sqrt(
+            norm = correctly_rounded_sqrt(
                 direction[:, 0] * direction[:, 0]
                 + direction[:, 1] * direction[:, 1]
                 + direction[:, 2] * direction[:, 2]

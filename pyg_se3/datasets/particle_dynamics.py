@@ -29,7 +29,14 @@ from pyg_se3.datasets._base import (
     config_array,
     split_generator,
 )
-from pyg_se3.datasets.simulate import Gravity, LennardJones, PairPotential, kinetic_energy, velocity_verlet
+from pyg_se3.datasets.simulate import (
+    Gravity,
+    LennardJones,
+    PairPotential,
+    correctly_rounded_sqrt,
+    kinetic_energy,
+    velocity_verlet,
+)
 from pyg_se3.fiber import Fiber
 
 __all__ = ["ParticleDynamics"]
@@ -320,13 +327,13 @@ class ParticleDynamics(GeneratedDataset):
             pot = cls.pair_potential(config, mass[None])
             u = pot.potential_energy(pos[None])[0]
             k = kinetic_energy(vel[None], mass[None])[0]
-            vel = vel * torch.sqrt(-u / (2.0 * k))
+            vel = vel * correctly_rounded_sqrt(-u / (2.0 * k))
         else:
             sigma = config["sigma"]
             pos = _lattice(n, 2.0 ** (1.0 / 6.0) * sigma) + (LATTICE_JITTER * sigma) * torch.randn(
                 n, 3, generator=g, dtype=f64
             )
-            scale = torch.sqrt(config["temperature"] * config["epsilon"] / mass).unsqueeze(-1)
+            scale = correctly_rounded_sqrt(config["temperature"] * config["epsilon"] / mass).unsqueeze(-1)
             vel = scale * torch.randn(n, 3, generator=g, dtype=f64)
         return {"num_steps": steps, "mass": mass, "pos": pos, "vel": vel}
 
