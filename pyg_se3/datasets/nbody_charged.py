@@ -27,7 +27,7 @@ from pyg_se3.datasets._base import (
     config_array,
     split_generator,
 )
-from pyg_se3.datasets.simulate import Coulomb, correctly_rounded_sqrt, kick_drift
+from pyg_se3.datasets.simulate import SQUARE_ROOTS, Coulomb, correctly_rounded_sqrt, kick_drift
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import complete_edge_index
 
@@ -185,6 +185,7 @@ class NBodyCharged(GeneratedDataset):
         config = {
             "dataset": cls.name,
             "version": 1,
+            "square_roots": SQUARE_ROOTS,
             "split": split,
             "num_samples": check_int("num_samples", num_samples, 1),
             "seed": check_int("seed", seed, 0),

@@ -30,6 +30,7 @@ from pyg_se3.datasets._base import (
     split_generator,
 )
 from pyg_se3.datasets.simulate import (
+    SQUARE_ROOTS,
     Gravity,
     LennardJones,
     PairPotential,
@@ -268,6 +269,7 @@ class ParticleDynamics(GeneratedDataset):
         config: dict[str, Any] = {
             "dataset": cls.name,
             "version": 2,
+            "square_roots": SQUARE_ROOTS,
             "split": split,
             "num_simulations": check_int("num_simulations", num_simulations, 1),
             "seed": check_int("seed", seed, 0),

@@ -48,6 +48,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 __all__ = [
+    "SQUARE_ROOTS",
     "Coulomb",
     "Gravity",
     "LennardJones",
@@ -60,6 +61,11 @@ __all__ = [
     "total_momentum",
     "velocity_verlet",
 ]
+
+
+#: How the simulators take square roots (:func:`correctly_rounded_sqrt`). The datasets that simulate record it in
+#: their configs, so that a raw file made with other square roots (other bits) is never taken for theirs.
+SQUARE_ROOTS = "correctly_rounded"
 
 
 # ---------------------------------------------------------------------------------------------- primitives
