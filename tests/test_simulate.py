@@ -240,3 +240,9 @@ def test_integrator_rejects_bad_arguments(kwargs, message):
             integrator(pos, vel, mass, Gravity(mass).forces, **arguments)
     with pytest.raises(ValueError, match="mass"):
         velocity_verlet(pos, vel, -mass, Gravity(mass).forces, 0.01, 1)
+
+
+def test_correctly_rounded_sqrt_of_a_negative_number_is_nan_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="invalid value"):
+        out = correctly_rounded_sqrt(torch.tensor([-1.0, 4.0], dtype=F64))
+    assert torch.isnan(out[0]) and out[1].item() == 2.0

@@ -95,7 +95,8 @@ def correctly_rounded_sqrt(x: Tensor) -> Tensor:
     Parameters
     ----------
     x
-        A float32 or float64 tensor.
+        A float32 or float64 tensor. Negative elements give ``nan``, as with ``torch.sqrt`` (on the CPU with
+        NumPy's ``RuntimeWarning``).
     """
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"correctly_rounded_sqrt: x must be float32 or float64, got {x.dtype}")
