@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpu import synchronize
 from torch import nn
 from torch_geometric.loader import DataLoader
 
@@ -116,8 +117,7 @@ def rate(step, batches, device: torch.device) -> float:
         for batch in batches():
             step(batch.to(device))
             count += batch.num_graphs
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return count
 
     one_pass()
