@@ -1,4 +1,4 @@
-r"""Data augmentation that respects fibers: rotate or translate *every* geometric field of a sample.
+r"""Data augmentation that respects fibers: rotate, reflect or translate *every* geometric field of a sample.
 
 PyG's ``RandomRotate`` rotates ``pos`` only, about one axis. For equivariant models the velocities, the
 targets and the type-1 parts of the node features must turn with the positions, or the sample stops being
@@ -11,6 +11,18 @@ physically consistent. :class:`RandomRotation` draws :math:`R` uniformly (Haar m
 with :math:`D(R)` the block-diagonal Wigner matrix of the fiber of ``x`` (identity on type-0 blocks, :math:`R`
 on type-1 blocks, :math:`D^l(R)` on type-:math:`l` blocks). Invariant attributes (masses, charges, ``p``,
 ``edge_attr``, indices) are left alone.
+
+SE(3)-equivariant models need not be equivariant under reflections: a kernel that maps a vector ``v`` to
+``r x v`` (the degree-1 coupling of two vectors) changes sign the wrong way under the inversion
+:math:`x \mapsto -x`. Where the physics is symmetric under reflections (forces built from pair vectors, as in
+the simulations of :mod:`pyg_se3.datasets`), :class:`RandomReflection` teaches the model that symmetry from
+data: it inverts samples through the origin, each with probability ``p``,
+
+.. math::
+    \text{pos} \mapsto -\text{pos}, \quad \text{vel} \mapsto -\text{vel}, \quad
+    y \mapsto -y, \quad x_l \mapsto (-1)^l x_l,
+
+which with the rotations covers every reflection (a reflection is the inversion followed by a rotation).
 """
 
 from __future__ import annotations
@@ -20,12 +32,12 @@ from collections.abc import Sequence
 import torch
 from e3nn import o3
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 from pyg_se3.fiber import Fiber
 
-__all__ = ["RandomRotation", "RandomTranslation"]
+__all__ = ["RandomReflection", "RandomRotation", "RandomTranslation"]
 
 
 def _check_keys(name: str, keys: Sequence[str]) -> tuple[str, ...]:
@@ -64,7 +76,7 @@ class RandomRotation(BaseTransform):
     A node with a scalar (2) and a vector, and its velocity: the type-1 part of ``x`` turns with ``vel``.
 
     >>> import torch
-    >>> from torch_geometric.data import Data
+    >>> from torch_geometric.data import Batch, Data
     >>> from pyg_se3 import Fiber
     >>> from pyg_se3.transforms import RandomRotation
     >>> data = Data(x=torch.tensor([[2.0, 1.0, 0.0, 0.0]]), vel=torch.tensor([[1.0, 0.0, 0.0]]))
@@ -116,6 +128,98 @@ class RandomRotation(BaseTransform):
         )
 
 
+class RandomReflection(BaseTransform):
+    r"""Invert samples through the origin, :math:`x \mapsto -x`, each with probability ``p``: positions,
+    velocities and targets change sign, and so does the type-:math:`l` part of the features for odd :math:`l`.
+
+    Applied to a collated :class:`~torch_geometric.data.Batch` it reflects each of its graphs independently
+    (a training loop can then apply it to every batch, with no per-sample transform and the fast loader kept).
+
+    Parameters
+    ----------
+    fiber
+        The fiber of the attributes in ``fiber_keys`` (default ``Fiber({0: 1, 1: 1})``); use the dataset's
+        ``fiber`` class attribute. Their type-:math:`l` blocks are multiplied by :math:`(-1)^l`: true tensors,
+        such as velocities; a pseudo-vector (an angular momentum) would keep its sign and must not be listed.
+    vector_keys
+        Attributes holding ``[N, 3]`` vectors or positions (negated); missing ones are skipped.
+    fiber_keys
+        Attributes holding flat fiber features; missing ones are skipped.
+    p
+        The probability of reflecting each sample, in ``[0, 1]`` (default 0.5: both handednesses equally often).
+
+    Notes
+    -----
+    Invariant attributes (masses, charges, ``edge_attr``, indices) are left alone. Draws use torch's global
+    random state (``torch.manual_seed``), one per graph.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Data
+    >>> from pyg_se3 import Fiber
+    >>> from pyg_se3.transforms import RandomReflection
+    >>> data = Data(x=torch.tensor([[2.0, 1.0, 0.0, 0.0]]), pos=torch.tensor([[0.0, 1.0, 2.0]]))
+    >>> reflected = RandomReflection(Fiber({0: 1, 1: 1}), p=1.0)(data)
+    >>> reflected.x, reflected.pos
+    (tensor([[ 2., -1., -0., -0.]]), tensor([[-0., -1., -2.]]))
+    """
+
+    def __init__(
+        self,
+        fiber: Fiber | None = None,
+        vector_keys: Sequence[str] = ("pos", "vel", "y"),
+        fiber_keys: Sequence[str] = ("x",),
+        p: float = 0.5,
+    ) -> None:
+        fiber = Fiber({0: 1, 1: 1}) if fiber is None else fiber
+        if not isinstance(fiber, Fiber):
+            raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
+        if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p <= 1):
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.fiber, self.p = fiber, float(p)
+        self.vector_keys = _check_keys("vector_keys", vector_keys)
+        self.fiber_keys = _check_keys("fiber_keys", fiber_keys)
+
+    def forward(self, data: Data) -> Data:
+        graphs = data.num_graphs if isinstance(data, Batch) else 1
+        return self.reflect(data, torch.rand(graphs) < self.p)
+
+    def reflect(self, data: Data, flip: Tensor) -> Data:
+        """(A copy of) ``data`` with the graphs where ``flip`` (a ``[num_graphs]`` boolean tensor; ``[1]`` for a
+        single sample) is true inverted through the origin."""
+        graphs = data.num_graphs if isinstance(data, Batch) else 1
+        if not isinstance(flip, Tensor) or flip.dtype != torch.bool or flip.shape != (graphs,):
+            got = getattr(flip, "shape", flip)
+            raise ValueError(f"flip: expected a boolean tensor of shape ({graphs},), got {got}")
+        data = data.clone()
+        sign = 1.0 - 2.0 * flip.double()
+        if isinstance(data, Batch):
+            sign = sign.to(data.batch.device)[data.batch]
+        for key in self.vector_keys:
+            if key in data:
+                data[key] = _check_vectors(data, key) * _per_row(sign, data[key], key)
+        for key in self.fiber_keys:
+            if key in data:
+                blocks = self.fiber.split(data[key])
+                node_sign = _per_row(sign, data[key], key)
+                data[key] = self.fiber.join({d: b * node_sign.unsqueeze(-1) ** d for d, b in blocks.items()})
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fiber={self.fiber}, vector_keys={self.vector_keys}, "
+            f"fiber_keys={self.fiber_keys}, p={self.p})"
+        )
+
+
+def _per_row(sign: Tensor, value: Tensor, key: str) -> Tensor:
+    """``sign`` (one per graph of a sample, or one per node of a batch) as a ``[rows, 1]`` column for ``value``."""
+    if sign.numel() not in (1, value.shape[0]):
+        raise ValueError(f"{key}: expected one row per node ({sign.numel()}), got {value.shape[0]}")
+    return sign.to(dtype=value.dtype, device=value.device).expand(value.shape[0]).unsqueeze(-1)
+
+
 class RandomTranslation(BaseTransform):
     r"""Translate the positions of a sample by :math:`t \sim N(0, \sigma^2 I)`: ``pos`` and ``y`` move, velocities
     and features (translation-invariant) do not.
@@ -132,7 +236,7 @@ class RandomTranslation(BaseTransform):
     Positions and targets move together, so their differences are unchanged:
 
     >>> import torch
-    >>> from torch_geometric.data import Data
+    >>> from torch_geometric.data import Batch, Data
     >>> from pyg_se3.transforms import RandomTranslation
     >>> data = Data(pos=torch.zeros(2, 3), y=torch.ones(2, 3))
     >>> moved = RandomTranslation(std=1.0)(data)

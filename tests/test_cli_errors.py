@@ -222,6 +222,14 @@ def test_cli_refuses_a_bad_option_before_loading_data(tmp_path, capsys, extra, o
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_reflections_for_a_task_without_them(tmp_path, capsys):
+    argv = train_args(tmp_path, "--reflect")
+    line = cli_error(capsys, *argv[:2], "energy", *argv[3:])
+    expected = "--reflect: the 'energy' task has no reflection augmentation (nbody and dynamics have)"
+    assert line == f"pyg-se3: error: {expected}"
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "out").write_text("not a folder")
     assert cli_error(capsys, *train_args(tmp_path)).startswith("pyg-se3: error: --out: ")
@@ -308,6 +316,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--inverse-distance", "0.1"], "0.0"),
         (["--inverse-powers", "2"], "1"),
         (["--inverse-scaled"], "False"),
+        (["--reflect"], "False"),
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),
@@ -344,3 +353,21 @@ def test_resume_takes_the_options_it_is_not_given_from_the_checkpoint(trained, r
         assert last["config"][key] == first[key], key
     assert last["config"]["extra"] == first["extra"]
     assert last["config"]["extra"]["model"]["graph"] == "knn" and last["config"]["lr"] == 0.002
+
+
+def test_reflect_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread):
+    """``--reflect`` trains on inverted graphs (another first training loss from the same seed and batches), is
+    recorded, and a resumed run keeps it without being told."""
+    losses = {}
+    for name, extra in (("plain", []), ("reflect", ["--reflect"])):
+        out = tmp_path / name
+        argv = train_args(tmp_path, "--train-samples", "16", "--max-batches", "4", *extra, root=root)
+        argv[argv.index("--out") + 1] = str(out)  # the later --train-samples and --max-batches win
+        assert cli.main(argv) == 0
+        state = load(out / "last.pt")
+        assert state["config"]["extra"]["reflect"] is bool(extra)
+        losses[name] = state["history"][0]["train_loss"]
+    assert losses["reflect"] != losses["plain"]
+    resume = ["train", "--task", "dynamics", "--root", str(root), "--out", str(tmp_path / "reflect"), "--resume"]
+    assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 0
+    assert load(tmp_path / "reflect" / "last.pt")["config"]["extra"]["reflect"] is True

@@ -12,7 +12,9 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch_geometric.data import Data
 
+from pyg_se3 import Fiber
 from pyg_se3.runtime.training import TrainConfig, Trainer, parameter_groups
+from pyg_se3.transforms import RandomReflection
 
 
 class MeanSquare:
@@ -38,9 +40,15 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1))
 
 
-def trainer(out, **options) -> Trainer:
+def trainer(out, transform=None, **options) -> Trainer:
     config = TrainConfig(**{"epochs": 6, "batch_size": 4, "lr": 0.05, "progress": False, "out": str(out), **options})
-    return Trainer(model(), MeanSquare(), data(), data(6, seed=1), config, eval_sets={"test": data(6, seed=2)})
+    sets = {"eval_sets": {"test": data(6, seed=2)}, "train_transform": transform}
+    return Trainer(model(), MeanSquare(), data(), data(6, seed=1), config, **sets)
+
+
+def inverting() -> RandomReflection:
+    """Each sample's x (one vector) inverted with probability 1/2: a transform that draws random numbers."""
+    return RandomReflection(Fiber({1: 1}), vector_keys=(), fiber_keys=("x",))
 
 
 def test_warmup_rises_linearly_then_the_cosine_decays(tmp_path):
@@ -136,10 +144,15 @@ def test_resume_refuses_another_moving_average(tmp_path):
             trainer(tmp_path, epochs=4, ema_decay=other, resume=True)
 
 
-@pytest.mark.parametrize(("loader", "ema_decay"), [("pyg", 0.0), ("fixed", 0.0), ("fixed", 0.8)])
-def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay):
+@pytest.mark.parametrize(
+    ("loader", "ema_decay", "transform"),
+    [("pyg", 0.0, None), ("fixed", 0.0, None), ("fixed", 0.8, None), ("fixed", 0.0, inverting)],
+)
+def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay, transform):
     """Killed and resumed runs end bit for bit where an uninterrupted one does, with either loader (the
-    uninterrupted run always uses PyG's: the loaders are interchangeable), with and without the moving average."""
+    uninterrupted run always uses PyG's: the loaders are interchangeable), with and without the moving average,
+    with and without random reflections of the training batches."""
+    transform = transform and transform()
     options = dict(
         epochs=6,
         warmup_epochs=1.5,
@@ -149,7 +162,7 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay):
         eval_every=2,
         ema_decay=ema_decay,
     )
-    full = trainer(tmp_path / "full", **options, loader="pyg")
+    full = trainer(tmp_path / "full", transform, **options, loader="pyg")
     full.fit()
 
     class Killed(Exception):
@@ -160,8 +173,8 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay):
             raise Killed
 
     with pytest.raises(Killed):  # as if killed after epoch 2's checkpoints
-        trainer(tmp_path / "parts2", **options, loader=loader).fit(on_epoch_end=kill_after_epoch_2)
-    resumed = trainer(tmp_path / "parts2", **options, resume=True, loader=loader)
+        trainer(tmp_path / "parts2", transform, **options, loader=loader).fit(on_epoch_end=kill_after_epoch_2)
+    resumed = trainer(tmp_path / "parts2", transform, **options, resume=True, loader=loader)
     assert resumed.start_epoch == 3
     resumed.fit()
     for name in ("last.pt", "best.pt"):
@@ -173,6 +186,27 @@ def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay):
         assert ("trained_model" in a) == bool(ema_decay) and a.get("ema_steps") == b.get("ema_steps")
         if ema_decay:
             assert_identical(a["trained_model"], b["trained_model"], name)
+
+
+def test_the_train_transform_shapes_every_training_batch_and_no_evaluated_one(tmp_path):
+    def batches_seen(transform, out):
+        t = trainer(out, transform, epochs=2)
+        seen, evaluated = [], []
+        loss, metrics = t.task.loss, t.task.metrics
+        t.task.loss = lambda model, batch: seen.append(batch.x.clone()) or loss(model, batch)
+        t.task.metrics = lambda model, batch: evaluated.append(batch.x.clone()) or metrics(model, batch)
+        t.fit()
+        return seen, torch.cat(evaluated)
+
+    torch.manual_seed(1)
+    seen, evaluated = batches_seen(inverting(), tmp_path / "inverted")
+    originals, plain_evaluated = batches_seen(None, tmp_path / "plain")  # the same batches, in the same order
+    assert len(seen) == len(originals) == 6
+    same = torch.cat([(a == b).all(-1) for a, b in zip(seen, originals, strict=True)])
+    inverted = torch.cat([(a == -b).all(-1) for a, b in zip(seen, originals, strict=True)])
+    assert bool((same ^ inverted).all())  # every sample as it was, or inverted
+    assert 0 < int(inverted.sum()) < len(inverted)  # some of each
+    assert torch.equal(evaluated, plain_evaluated)  # validation and test are never transformed
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,17 @@
-"""RandomRotation and RandomTranslation: every geometric field moves consistently, rotations are Haar-uniform."""
+"""RandomRotation, RandomReflection and RandomTranslation: every geometric field moves consistently, rotations are
+Haar-uniform, reflections invert each graph of a batch on its own."""
 
 import math
 
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from pyg_se3 import Fiber
-from pyg_se3.datasets import ParticleDynamics
+from pyg_se3.datasets import NBodyCharged, ParticleDynamics
 from pyg_se3.datasets.simulate import velocity_verlet
-from pyg_se3.transforms import RandomRotation, RandomTranslation
+from pyg_se3.transforms import RandomReflection, RandomRotation, RandomTranslation
 
 F64 = torch.float64
 
@@ -121,6 +122,54 @@ def test_a_rotated_sample_is_still_a_physical_sample():
     assert float((target(data.pos @ R.T, data.vel) - data.y @ R.T).abs().max()) > 1e-3
 
 
+def test_reflection_inverts_vectors_and_odd_degrees_only():
+    fiber = Fiber({0: 2, 1: 1, 2: 1, 3: 1})
+    data = _sample(fiber=fiber)
+    out = RandomReflection(fiber, p=1.0)(data)
+    for key in ("pos", "vel", "y"):
+        assert torch.equal(out[key], -data[key]), key
+    blocks, before = fiber.split(out.x), fiber.split(data.x)
+    for degree in fiber.degrees:
+        assert torch.equal(blocks[degree], (-1) ** degree * before[degree]), degree
+    for key in ("mass", "edge_attr"):
+        assert torch.equal(out[key], data[key]), key
+    assert torch.equal(data.pos, _sample(fiber=fiber).pos)  # the input is left alone
+    unchanged = RandomReflection(fiber, p=0.0)(data)
+    assert all(torch.equal(unchanged[key], data[key]) for key in ("pos", "vel", "y", "x"))
+
+
+def test_reflection_of_a_batch_inverts_each_graph_on_its_own():
+    graphs = [_sample(n) for n in (3, 5, 4, 6)]
+    batch = Batch.from_data_list(graphs)
+    flip = torch.tensor([True, False, False, True])
+    out = RandomReflection().reflect(batch, flip)
+    assert isinstance(out, Batch) and torch.equal(out.batch, batch.batch)
+    for graph, flipped, reflected in zip(graphs, flip.tolist(), out.to_data_list(), strict=True):
+        sign = -1.0 if flipped else 1.0
+        for key in ("pos", "vel", "y"):
+            assert torch.equal(reflected[key], sign * graph[key]), key
+        assert torch.equal(reflected.x, torch.cat([graph.x[:, :1], sign * graph.x[:, 1:]], -1))
+    # drawn: each graph with probability p, independently
+    torch.manual_seed(0)
+    big = Batch.from_data_list([_sample(2) for _ in range(2000)])
+    for p in (0.5, 0.2):
+        flipped = (RandomReflection(p=p)(big).pos[::2, 0] != big.pos[::2, 0]).double()
+        assert abs(float(flipped.mean()) - p) < 4 * math.sqrt(p * (1 - p) / 2000), p
+
+
+def test_a_reflected_sample_is_still_a_physical_sample():
+    """The charged simulation, its per-component force clipping included, is odd under the inversion: the
+    inverted initial state gives the inverted trajectory, bit for bit."""
+    config = NBodyCharged.make_config(split="val", num_samples=40)
+    initial = NBodyCharged.initial_conditions(config)
+    pos, vel = NBodyCharged.simulate(config, initial)
+    inverted = dict(initial, pos=-initial["pos"], vel=-initial["vel"])
+    pos_r, vel_r = NBodyCharged.simulate(config, inverted)
+    clipped_pos, _ = NBodyCharged.simulate(config | {"clip": None}, initial)
+    assert not torch.equal(clipped_pos, pos)  # clipping acts in these simulations
+    assert torch.equal(pos_r, -pos) and torch.equal(vel_r, -vel)
+
+
 def test_translation_moves_positions_only():
     data = _sample()
     out = RandomTranslation(std=2.0)(data)
@@ -147,6 +196,10 @@ def test_dataset_transform_applies_on_access(tmp_path):
         (lambda: RandomRotation(fiber={0: 1, 1: 1}), "fiber"),
         (lambda: RandomRotation(vector_keys="pos"), "vector_keys"),
         (lambda: RandomTranslation(std=0.0), "std"),
+        (lambda: RandomReflection(fiber={0: 1}), "fiber"),
+        (lambda: RandomReflection(p=1.5), "p: expected a probability"),
+        (lambda: RandomReflection(p=True), "p: expected a probability"),
+        (lambda: RandomReflection(fiber_keys="x"), "fiber_keys"),
     ],
 )
 def test_bad_arguments(make, message):
@@ -163,3 +216,16 @@ def test_bad_data():
         RandomRotation()(data)
     with pytest.raises(ValueError, match="R"):
         RandomRotation().rotate(_sample(), torch.eye(2))
+
+
+def test_bad_data_for_reflection():
+    batch = Batch.from_data_list([_sample(3), _sample(4)])
+    with pytest.raises(ValueError, match=r"flip: expected a boolean tensor of shape \(2,\)"):
+        RandomReflection().reflect(batch, torch.tensor([True]))
+    with pytest.raises(ValueError, match="flip"):
+        RandomReflection().reflect(batch, torch.tensor([1, 0]))
+    batch.y = torch.zeros(2, 3, dtype=F64)  # one row per graph, not per node
+    with pytest.raises(ValueError, match=r"y: expected one row per node \(7\), got 2"):
+        RandomReflection().reflect(batch, torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="x"):
+        RandomReflection(fiber=Fiber({0: 1}))(_sample())

@@ -15,7 +15,7 @@ Resuming
 ``--resume`` continues the run recorded in ``--out/last.pt`` (if there is one) with the checkpoint's options:
 the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, ``--min-lr``, ``--schedule``,
 ``--warmup-epochs``, ``--weight-decay``, ``--weight-decay-on``, ``--ema-decay``, ``--eval-every``, ``--seed``,
-``--grad-clip`` and ``--max-batches`` (it defines what an epoch trains). An option
+``--grad-clip``, ``--reflect`` and ``--max-batches`` (it defines what an epoch trains). An option
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
@@ -87,6 +87,7 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "grad_clip": 1.0,
     "on_nan": "skip",
+    "reflect": False,
 }
 
 
@@ -155,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="batches: collated once when all graphs have one size (auto, the default; fixed: always), or PyG's "
         "DataLoader (pyg); the same batches either way",
+    )
+    train.add_argument(
+        "--reflect",
+        action="store_true",
+        default=None,
+        help="invert every training graph through the origin with probability 1/2 (positions, velocities, targets "
+        "and odd-degree features change sign): the simulations are symmetric under reflections, an SE(3) model "
+        "need not be (nbody and dynamics)",
     )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")
@@ -295,6 +304,7 @@ def _recorded_options(state: dict[str, Any]) -> dict[str, Any]:
         recorded["grad_clip"] = config["grad_clip"] or 0.0  # no clipping: None in the checkpoint, 0 on the CLI
     if "train_samples" in extra:  # recorded since the checkpoints of this version
         recorded["train_samples"] = extra["train_samples"]
+    recorded["reflect"] = extra.get("reflect", False)  # not recorded before the option existed: off
     return recorded
 
 
@@ -338,6 +348,7 @@ def _train(args: argparse.Namespace) -> dict:
     device = distributed.setup(args.device)
     options = _model_options(args)
     task = get_task(args.task, options)
+    augment = task.reflection() if args.reflect else None  # before loading data: a task without it fails at once
     with distributed.main_first():  # the first process prepares the dataset files, the others then load them
         sets = task.datasets(args.root, train_samples=args.train_samples)
     scale = task.displacement_scale(sets["train"])
@@ -368,9 +379,18 @@ def _train(args: argparse.Namespace) -> dict:
             "model": asdict(options),
             "displacement_scale": scale,
             "train_samples": args.train_samples,
+            "reflect": args.reflect,
         },
     )
-    trainer = Trainer(model, task, sets["train"], sets["val"], config, eval_sets={"test": sets["test"]})
+    trainer = Trainer(
+        model,
+        task,
+        sets["train"],
+        sets["val"],
+        config,
+        eval_sets={"test": sets["test"]},
+        train_transform=augment,
+    )
     if distributed.is_main():
         processes = f" in {distributed.world_size()} processes" if distributed.is_distributed() else ""
         print(

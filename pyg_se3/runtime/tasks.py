@@ -28,6 +28,7 @@ from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.runtime.features import pair_motion, relative_velocity, softened_inverse_distance
+from pyg_se3.transforms import RandomReflection
 
 __all__ = [
     "TASKS",
@@ -271,6 +272,11 @@ class Task:
         """The model's ``integrator`` and ``dt`` (none: its defaults)."""
         return {}
 
+    def reflection(self) -> RandomReflection:
+        """The training batches' random reflections (``--reflect``), for tasks whose physics is symmetric
+        under them; a ``ValueError`` for the others."""
+        raise ValueError(f"--reflect: the {self.name!r} task has no reflection augmentation (nbody and dynamics have)")
+
 
 class _RegressionTask(Task):
     """Predict future positions; the loss is the MSE averaged per graph, then over graphs.
@@ -302,6 +308,12 @@ class _RegressionTask(Task):
     def horizon(self) -> float:
         """Time between a sample's input and its target (for the linear start and baseline)."""
         return self.dataset_cls.config_horizon(self.config)
+
+    def reflection(self) -> RandomReflection:
+        """Every graph of a batch inverted through the origin with probability 1/2: the simulations' forces are
+        odd in the pair vectors (the charged one's per-component clipping too), so a reflected sample is a sample
+        of the same physics."""
+        return RandomReflection(self.dataset_cls.fiber, vector_keys=("pos", "vel", "y"), fiber_keys=("x",))
 
     def check_options(self, options: ModelOptions) -> None:
         super().check_options(options)

@@ -256,6 +256,11 @@ class Trainer:
         A :class:`TrainConfig`.
     eval_sets
         More datasets to evaluate every epoch, by name (e.g. ``{"test": test_set}``).
+    train_transform
+        Applied to every training batch after it is moved to the device, before the step (e.g. a
+        :class:`~pyg_se3.transforms.RandomReflection`, which reflects each graph of a batch on its own): augmentation
+        that keeps the fast loader, unlike a dataset ``transform``. Its draws come from torch's global random
+        state, which checkpoints save, so a resumed run draws what an uninterrupted one would.
 
     Notes
     -----
@@ -273,11 +278,13 @@ class Trainer:
         val_set: Iterable | None,
         config: TrainConfig,
         eval_sets: dict[str, Iterable] | None = None,
+        train_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         self.device = distributed.setup(config.device)
         self.model, self.task, self.config = model.to(self.device), task, config
         self.train_set, self.val_set = train_set, val_set
         self.eval_sets = dict(eval_sets or {})
+        self.train_transform = train_transform
         self.out = Path(config.out)
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -444,7 +451,10 @@ class Trainer:
             if self.config.schedule == "step":
                 per_step = 1 / max(num_batches, 1)
                 self._set_learning_rate(self.learning_rate(epoch, index * per_step, per_step))
-            loss = self.step(batch.to(self.device), epoch, index)
+            batch = batch.to(self.device)
+            if self.train_transform is not None:
+                batch = self.train_transform(batch)
+            loss = self.step(batch, epoch, index)
             if loss is not None:
                 total, count = total + loss, count + 1
                 bar.set_postfix(loss=f"{loss:.4g}")
