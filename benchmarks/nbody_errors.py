@@ -8,12 +8,16 @@ carried by the worst 1 % and 5 % of the systems, the largest, and the standard e
 deviation of the per-system MSE over the square root of the number of systems: how much another draw of as many
 systems from the same distribution would move the mean). With ``--ensemble`` it adds the same summary for the
 average of the checkpoints' predicted positions (models trained on the same data, e.g. the seeds of one
-configuration): how much of the error is the models' disagreement rather than what none of them predicts. It
-also breaks the error down by each system's closest pair at the input frame (``--distance-bins``): the systems
-with a close encounter ahead, which carry most of it. Writes ``--out`` (JSON).
+configuration): how much of the error is the models' disagreement rather than what none of them predicts. With
+``--reflections`` it adds, per checkpoint, the average of its prediction and the reflection of its prediction for
+the inverted input, ``(f(x) - f(-x)) / 2``: a model equivariant under reflections too (at twice the cost), and
+how much of the error is the model's handedness, which SE(3) equivariance leaves free. It also breaks the error
+down by each system's closest pair at the input frame (``--distance-bins``): the systems with a close encounter
+ahead, which carry most of it. Writes ``--out`` (JSON).
 
     python benchmarks/nbody_errors.py runs/nbody_vel/seed0/best.pt runs/nbody_vel500/seed0/best.pt --root data
     python benchmarks/nbody_errors.py runs/nbody_vel/seed{0,1,2}/best.pt --ensemble --splits val test --root data
+    python benchmarks/nbody_errors.py runs/nbody_p2sc/seed0/best.pt --reflections --splits val test --root data
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ensemble", action="store_true", help="also summarise the average of the checkpoints' predictions"
     )
     parser.add_argument(
+        "--reflections",
+        action="store_true",
+        help="also summarise each checkpoint's prediction averaged with that of the inverted input, reflected back",
+    )
+    parser.add_argument(
         "--distance-bins",
         nargs="+",
         type=float,
@@ -54,9 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predictions(path: str, root: str, splits: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
+def predictions(
+    path: str, root: str, splits: list[str], reflections: bool = False
+) -> tuple[dict[str, tuple[torch.Tensor, ...]], dict[str, tuple[torch.Tensor, ...]]]:
     """Per split of ``splits``: the positions predicted by the checkpoint at ``path``, the targets (both
-    ``[N, 3]``), each particle's system ``[N]`` and the input positions ``[N, 3]``."""
+    ``[N, 3]``), each particle's system ``[N]`` and the input positions ``[N, 3]``; with ``reflections``, the same
+    for the prediction averaged with its reflection (empty otherwise)."""
     state = read_checkpoint(path)
     extra = state["config"]["extra"]
     if extra.get("task") != "nbody":
@@ -64,12 +76,16 @@ def predictions(path: str, root: str, splits: list[str]) -> dict[str, tuple[torc
     task, model = from_checkpoint(state)
     sets = task.datasets(root)
     model.eval()
-    out = {}
+    out, averaged = {}, {}
     with torch.no_grad():
         for split in splits:
             batch = next(iter(FixedSizeLoader(sets[split], batch_size=len(sets[split]))))
-            out[split] = task.predict(model, batch), batch.y, batch.batch, batch.pos
-    return out
+            predicted = task.predict(model, batch)
+            out[split] = predicted, batch.y, batch.batch, batch.pos
+            if reflections:
+                inverted = task.reflection().reflect(batch, torch.ones(batch.num_graphs, dtype=torch.bool))
+                averaged[split] = (predicted - task.predict(model, inverted)) / 2, batch.y, batch.batch, batch.pos
+    return out, averaged
 
 
 def ensemble(runs: list[dict[str, tuple[torch.Tensor, ...]]], paths: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -135,8 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print("| checkpoint | split | mean | standard error | median | worst 1 % share | worst 5 % share | max |")
     print("|---|---|---|---|---|---|---|---|")
-    runs = [predictions(path, args.root, args.splits) for path in args.checkpoints]
-    named = dict(zip(args.checkpoints, runs, strict=True))
+    named, runs = {}, []
+    for path in args.checkpoints:
+        run, averaged = predictions(path, args.root, args.splits, args.reflections)
+        named[path] = run
+        runs.append(run)
+        if averaged:
+            named[f"{path}, averaged with its reflection"] = averaged
     if args.ensemble:
         named[f"ensemble of {len(runs)}"] = ensemble(runs, args.checkpoints)
     for name, run in named.items():

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyg_se3.loader import FixedSizeLoader
 from pyg_se3.runtime import cli
-from pyg_se3.runtime.tasks import ModelOptions, get_task
+from pyg_se3.runtime.tasks import ModelOptions, from_checkpoint, get_task, mse_per_graph
+from pyg_se3.runtime.training import read_checkpoint
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -108,6 +110,36 @@ def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
     for twice_bin, single_bin in zip(twice.pop("by_closest_pair"), single.pop("by_closest_pair"), strict=True):
         assert twice_bin == pytest.approx(single_bin)
     assert twice == pytest.approx(single)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_the_errors_averaged_with_the_reflection(scripts, root, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "2", "--iterations"]
+    assert cli.main([*args, "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]) == 0
+    checkpoint = str(out / "best.pt")
+    run, averaged = scripts[1].predictions(checkpoint, str(root), ["val"], reflections=True)
+    predicted, target, systems, inputs = run["val"]
+    task, model = from_checkpoint(read_checkpoint(checkpoint))
+    batch = next(iter(FixedSizeLoader(task.datasets(str(root))["val"], batch_size=2000)))
+    inverted = batch.clone()
+    inverted.pos, inverted.vel, inverted.y = -batch.pos, -batch.vel, -batch.y
+    inverted.x = torch.cat([batch.x[:, :1], -batch.x[:, 1:]], -1)
+    with torch.no_grad():
+        mirrored = -task.predict(model.eval(), inverted)
+    assert float((mirrored - predicted).abs().max()) > 1e-4  # the SE(3) model is not reflection-equivariant
+    torch.testing.assert_close(averaged["val"][0], (predicted + mirrored) / 2, rtol=0, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(averaged["val"][1:], (target, systems, inputs), strict=True))
+    record = scripts[1].main(
+        [checkpoint, "--root", str(root), "--splits", "val", "--reflections", "--out", str(tmp_path / "e.json")]
+    )
+    rows = record["checkpoints"]
+    assert set(rows) == {checkpoint, f"{checkpoint}, averaged with its reflection"}
+    # convexity: the averaged prediction's MSE is below the mean of the two predictions' MSEs (they disagree)
+    mirrored_mse = float(mse_per_graph(mirrored, target, systems).mean())
+    averaged_mse = rows[f"{checkpoint}, averaged with its reflection"]["val"]["mean"]
+    assert averaged_mse < (rows[checkpoint]["val"]["mean"] + mirrored_mse) / 2
 
 
 def test_an_ensemble_needs_the_same_targets(scripts):
