@@ -32,6 +32,14 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+def tiny_checkpoint(root: Path, out: Path, max_batches: int, seed: int = 0) -> str:
+    """The ``best.pt`` of a one-epoch N-body run of a tiny model."""
+    args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", str(max_batches)]
+    model = ["--iterations", "1", "--layers", "1", "--channels", "4", "--seed", str(seed), "--no-progress"]
+    assert cli.main([*args, *model, "--out", str(out)]) == 0
+    return str(out / "best.pt")
+
+
 def test_the_error_summary(scripts):
     errors = torch.cat([torch.tensor([10.0]), torch.ones(98), torch.zeros(1)])
     summary = scripts[1].summary(errors[torch.randperm(100)])
@@ -46,9 +54,7 @@ def test_the_error_summary(scripts):
 @pytest.mark.slow
 def test_the_errors_of_a_checkpoint(scripts, root, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "1", "--iterations"]
-    assert cli.main([*args, "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]) == 0
-    checkpoint = str(out / "best.pt")
+    checkpoint = tiny_checkpoint(root, out, max_batches=1)
     record = scripts[1].main([checkpoint, "--root", str(root), "--splits", "test", "--out", str(tmp_path / "e.json")])
     assert json.loads((tmp_path / "e.json").read_text()) == record
     test = record["checkpoints"][checkpoint]["test"]
@@ -88,17 +94,7 @@ def test_the_distance_bins_are_checked(scripts, bins, capsys):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
-    checkpoints = []
-    for seed in ("0", "1"):
-        out = tmp_path / seed
-        args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "2", "--seed", seed]
-        assert (
-            cli.main(
-                [*args, "--iterations", "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]
-            )
-            == 0
-        )
-        checkpoints.append(str(out / "best.pt"))
+    checkpoints = [tiny_checkpoint(root, tmp_path / str(seed), max_batches=2, seed=seed) for seed in (0, 1)]
     args = ["--root", str(root), "--splits", "val", "--out", str(tmp_path / "e.json"), "--ensemble"]
     record = scripts[1].main([*checkpoints, *args])["checkpoints"]
     singles = [record[path]["val"]["mean"] for path in checkpoints]
@@ -115,10 +111,7 @@ def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_the_errors_averaged_with_the_reflection(scripts, root, tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", "2", "--iterations"]
-    assert cli.main([*args, "1", "--layers", "1", "--channels", "4", "--no-progress", "--out", str(out)]) == 0
-    checkpoint = str(out / "best.pt")
+    checkpoint = tiny_checkpoint(root, tmp_path / "run", max_batches=2)
     run, averaged = scripts[1].predictions(checkpoint, str(root), ["val"], reflections=True)
     predicted, target, systems, inputs = run["val"]
     task, model = from_checkpoint(read_checkpoint(checkpoint))
