@@ -76,7 +76,7 @@ class RandomRotation(BaseTransform):
     A node with a scalar (2) and a vector, and its velocity: the type-1 part of ``x`` turns with ``vel``.
 
     >>> import torch
-    >>> from torch_geometric.data import Batch, Data
+    >>> from torch_geometric.data import Data
     >>> from pyg_se3 import Fiber
     >>> from pyg_se3.transforms import RandomRotation
     >>> data = Data(x=torch.tensor([[2.0, 1.0, 0.0, 0.0]]), vel=torch.tensor([[1.0, 0.0, 0.0]]))
@@ -236,7 +236,7 @@ class RandomTranslation(BaseTransform):
     Positions and targets move together, so their differences are unchanged:
 
     >>> import torch
-    >>> from torch_geometric.data import Batch, Data
+    >>> from torch_geometric.data import Data
     >>> from pyg_se3.transforms import RandomTranslation
     >>> data = Data(pos=torch.zeros(2, 3), y=torch.ones(2, 3))
     >>> moved = RandomTranslation(std=1.0)(data)
