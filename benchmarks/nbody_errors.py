@@ -76,6 +76,7 @@ def predictions(
     task, model = from_checkpoint(state)
     sets = task.datasets(root)
     model.eval()
+    reflection = task.reflection()
     out, averaged = {}, {}
     with torch.no_grad():
         for split in splits:
@@ -83,7 +84,7 @@ def predictions(
             predicted = task.predict(model, batch)
             out[split] = predicted, batch.y, batch.batch, batch.pos
             if reflections:
-                inverted = task.reflection().reflect(batch, torch.ones(batch.num_graphs, dtype=torch.bool))
+                inverted = reflection.reflect(batch, torch.ones(batch.num_graphs, dtype=torch.bool))
                 averaged[split] = (predicted - task.predict(model, inverted)) / 2, batch.y, batch.batch, batch.pos
     return out, averaged
 

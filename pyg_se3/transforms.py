@@ -46,6 +46,14 @@ def _check_keys(name: str, keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _check_fiber(fiber: Fiber | None) -> Fiber:
+    """``fiber``, or the default ``Fiber({0: 1, 1: 1})`` (a scalar and a vector) for ``None``."""
+    fiber = Fiber({0: 1, 1: 1}) if fiber is None else fiber
+    if not isinstance(fiber, Fiber):
+        raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
+    return fiber
+
+
 def _check_vectors(data: Data, key: str) -> Tensor:
     value = data[key]
     if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[-1] != 3:
@@ -97,10 +105,7 @@ class RandomRotation(BaseTransform):
         vector_keys: Sequence[str] = ("pos", "vel", "y"),
         fiber_keys: Sequence[str] = ("x",),
     ) -> None:
-        fiber = Fiber({0: 1, 1: 1}) if fiber is None else fiber
-        if not isinstance(fiber, Fiber):
-            raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
-        self.fiber = fiber
+        self.fiber = _check_fiber(fiber)
         self.vector_keys = _check_keys("vector_keys", vector_keys)
         self.fiber_keys = _check_keys("fiber_keys", fiber_keys)
 
@@ -172,12 +177,10 @@ class RandomReflection(BaseTransform):
         fiber_keys: Sequence[str] = ("x",),
         p: float = 0.5,
     ) -> None:
-        fiber = Fiber({0: 1, 1: 1}) if fiber is None else fiber
-        if not isinstance(fiber, Fiber):
-            raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
+        self.fiber = _check_fiber(fiber)
         if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p <= 1):
             raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
-        self.fiber, self.p = fiber, float(p)
+        self.p = float(p)
         self.vector_keys = _check_keys("vector_keys", vector_keys)
         self.fiber_keys = _check_keys("fiber_keys", fiber_keys)
 
