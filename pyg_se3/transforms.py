@@ -23,6 +23,11 @@ data: it inverts samples through the origin, each with probability ``p``,
     y \mapsto -y, \quad x_l \mapsto (-1)^l x_l,
 
 which with the rotations covers every reflection (a reflection is the inversion followed by a rotation).
+
+Time reversal is a symmetry of the same simulations: run backwards from its target frame, with the velocities
+reversed, a trajectory passes through its input state again. :class:`RandomTimeReversal` swaps samples for
+such time-reversed counterparts (built by the dataset, e.g. :meth:`~pyg_se3.datasets.NBodyCharged.time_reversed`),
+each with probability ``p``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch_geometric.transforms import BaseTransform
 
 from pyg_se3.fiber import Fiber
 
-__all__ = ["RandomReflection", "RandomRotation", "RandomTranslation"]
+__all__ = ["RandomReflection", "RandomRotation", "RandomTimeReversal", "RandomTranslation"]
 
 
 def _check_keys(name: str, keys: Sequence[str]) -> tuple[str, ...]:
@@ -52,6 +57,23 @@ def _check_fiber(fiber: Fiber | None) -> Fiber:
     if not isinstance(fiber, Fiber):
         raise ValueError(f"fiber: expected a Fiber, got {type(fiber).__name__}")
     return fiber
+
+
+def _check_probability(p: float) -> float:
+    if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p <= 1):
+        raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _num_graphs(data: Data) -> int:
+    return data.num_graphs if isinstance(data, Batch) else 1
+
+
+def _check_flip(data: Data, flip: Tensor) -> None:
+    graphs = _num_graphs(data)
+    if not isinstance(flip, Tensor) or flip.dtype != torch.bool or flip.shape != (graphs,):
+        got = getattr(flip, "shape", flip)
+        raise ValueError(f"flip: expected a boolean tensor of shape ({graphs},), got {got}")
 
 
 def _check_vectors(data: Data, key: str) -> Tensor:
@@ -178,23 +200,17 @@ class RandomReflection(BaseTransform):
         p: float = 0.5,
     ) -> None:
         self.fiber = _check_fiber(fiber)
-        if isinstance(p, bool) or not (isinstance(p, int | float) and 0 <= p <= 1):
-            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = _check_probability(p)
         self.vector_keys = _check_keys("vector_keys", vector_keys)
         self.fiber_keys = _check_keys("fiber_keys", fiber_keys)
 
     def forward(self, data: Data) -> Data:
-        graphs = data.num_graphs if isinstance(data, Batch) else 1
-        return self.reflect(data, torch.rand(graphs) < self.p)
+        return self.reflect(data, torch.rand(_num_graphs(data)) < self.p)
 
     def reflect(self, data: Data, flip: Tensor) -> Data:
         """(A copy of) ``data`` with the graphs where ``flip`` (a ``[num_graphs]`` boolean tensor; ``[1]`` for a
         single sample) is true inverted through the origin."""
-        graphs = data.num_graphs if isinstance(data, Batch) else 1
-        if not isinstance(flip, Tensor) or flip.dtype != torch.bool or flip.shape != (graphs,):
-            got = getattr(flip, "shape", flip)
-            raise ValueError(f"flip: expected a boolean tensor of shape ({graphs},), got {got}")
+        _check_flip(data, flip)
         data = data.clone()
         sign = 1.0 - 2.0 * flip.double()
         if isinstance(data, Batch):
@@ -221,6 +237,132 @@ def _per_row(sign: Tensor, value: Tensor, key: str) -> Tensor:
     if sign.numel() not in (1, value.shape[0]):
         raise ValueError(f"{key}: expected one row per node ({sign.numel()}), got {value.shape[0]}")
     return sign.to(dtype=value.dtype, device=value.device).expand(value.shape[0]).unsqueeze(-1)
+
+
+class RandomTimeReversal(BaseTransform):
+    r"""Swap samples for their time-reversed counterparts, each with probability ``p``.
+
+    A sample maps an input state (positions, velocities) to later positions. Where the dynamics are reversible,
+    the trajectory run backwards from the target frame with the velocities reversed is as much a sample of the
+    same physics, with the input positions as its target. ``reversed_samples`` holds those counterparts (for the
+    charged N-body benchmark: :meth:`~pyg_se3.datasets.NBodyCharged.time_reversed`), matched to the samples by
+    ``index_key``; the attributes in ``keys`` of a swapped graph are replaced by its counterpart's.
+
+    Applied to a collated :class:`~torch_geometric.data.Batch` it swaps each of its graphs independently, so a
+    training loop can apply it to every batch (the fast loader kept), as :class:`RandomReflection`.
+
+    Parameters
+    ----------
+    reversed_samples
+        The counterparts, each with a one-element ``index_key`` (unique) and, for every key in ``keys``, one
+        row per node.
+    keys
+        Node attributes taken from the counterpart (default ``("pos", "vel", "x", "y")``); missing ones are
+        skipped. The others (charges, edges, ``edge_attr``) must be those of the sample.
+    p
+        The probability of swapping each sample, in ``[0, 1]`` (default 0.5: both directions of time equally
+        often).
+    index_key
+        The attribute that names a sample (default ``"sample_id"``).
+
+    Notes
+    -----
+    Draws use torch's global random state (``torch.manual_seed``), one per graph. A swapped graph whose
+    ``index_key`` has no counterpart, or whose counterpart has another number of nodes, is an error.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Data
+    >>> from pyg_se3.transforms import RandomTimeReversal
+    >>> forward = Data(pos=torch.zeros(2, 3), y=torch.ones(2, 3), sample_id=torch.tensor([7]))
+    >>> backward = Data(pos=torch.ones(2, 3), y=torch.zeros(2, 3), sample_id=torch.tensor([7]))
+    >>> swapped = RandomTimeReversal([backward], p=1.0)(forward)
+    >>> torch.equal(swapped.pos, backward.pos), torch.equal(swapped.y, backward.y)
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        reversed_samples: Sequence[Data],
+        keys: Sequence[str] = ("pos", "vel", "x", "y"),
+        p: float = 0.5,
+        index_key: str = "sample_id",
+    ) -> None:
+        self.keys = _check_keys("keys", keys)
+        self.p = _check_probability(p)
+        if not isinstance(index_key, str):
+            raise ValueError(f"index_key: expected an attribute name, got {index_key!r}")
+        self.index_key = index_key
+        if len(reversed_samples) == 0:
+            raise ValueError("reversed_samples: expected at least one sample, got none")
+        ids = [self._sample_id(sample, k) for k, sample in enumerate(reversed_samples)]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"reversed_samples: expected unique {index_key} values, got repeats")
+        self._position = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+        self._position[torch.tensor(ids)] = torch.arange(len(ids))
+        sizes = torch.tensor([sample.num_nodes for sample in reversed_samples])
+        self._sizes, self._start = sizes, torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        self._values = {
+            key: torch.cat([self._node_rows(sample, key) for sample in reversed_samples])
+            for key in self.keys
+            if key in reversed_samples[0]
+        }
+
+    def _sample_id(self, sample: Data, k: int) -> int:
+        value = sample[self.index_key] if self.index_key in sample else None
+        if not isinstance(value, Tensor) or value.numel() != 1 or value.is_floating_point() or int(value) < 0:
+            got = getattr(value, "shape", value)
+            raise ValueError(f"reversed_samples[{k}].{self.index_key}: expected one integer >= 0, got {got}")
+        return int(value)
+
+    def _node_rows(self, sample: Data, key: str) -> Tensor:
+        value = sample[key] if key in sample else None
+        if not isinstance(value, Tensor) or value.dim() < 1 or value.shape[0] != sample.num_nodes:
+            got = getattr(value, "shape", value)
+            raise ValueError(f"reversed_samples: {key} expected one row per node ({sample.num_nodes}), got {got}")
+        return value
+
+    def forward(self, data: Data) -> Data:
+        return self.swap(data, torch.rand(_num_graphs(data)) < self.p)
+
+    def swap(self, data: Data, flip: Tensor) -> Data:
+        """(A copy of) ``data`` with the graphs where ``flip`` (a ``[num_graphs]`` boolean tensor; ``[1]`` for a
+        single sample) is true replaced by their counterparts."""
+        _check_flip(data, flip)
+        ids = data[self.index_key].view(-1).cpu() if self.index_key in data else None
+        if ids is None or ids.shape != flip.shape:
+            got = None if ids is None else tuple(ids.shape)
+            raise ValueError(f"{self.index_key}: expected one per graph ({flip.numel()}), got {got}")
+        if isinstance(data, Batch):
+            graph, ptr = data.batch.cpu(), data.ptr.cpu()
+        else:
+            graph, ptr = torch.zeros(data.num_nodes, dtype=torch.long), torch.tensor([0, data.num_nodes])
+        known = (ids >= 0) & (ids < self._position.numel())
+        position = torch.where(known, self._position[ids.clamp(0, self._position.numel() - 1)], -1)
+        missing = flip & (position < 0)
+        if missing.any():
+            raise ValueError(f"{self.index_key}: no reversed counterpart for {ids[missing].tolist()}")
+        sizes = ptr[1:] - ptr[:-1]
+        wrong = flip & (self._sizes[position.clamp(min=0)] != sizes)
+        if wrong.any():
+            raise ValueError(f"{self.index_key}: the counterparts of {ids[wrong].tolist()} have other numbers of nodes")
+        nodes = torch.nonzero(flip[graph]).squeeze(-1)
+        rows = self._start[position[graph[nodes]]] + nodes - ptr[graph[nodes]]
+        data = data.clone()
+        for key, values in self._values.items():
+            if key in data:
+                value = data[key].clone()
+                index = nodes.to(value.device)
+                value[index] = values[rows].to(dtype=value.dtype, device=value.device)
+                data[key] = value
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._sizes.numel()} reversed samples, keys={self.keys}, p={self.p}, "
+            f"index_key={self.index_key!r})"
+        )
 
 
 class RandomTranslation(BaseTransform):

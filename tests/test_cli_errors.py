@@ -230,6 +230,14 @@ def test_cli_refuses_reflections_for_a_task_without_them(tmp_path, capsys):
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("task", ["energy", "dynamics"])
+def test_cli_refuses_time_reversal_for_a_task_without_it(tmp_path, capsys, task):
+    argv = train_args(tmp_path, "--time-reversal")
+    line = cli_error(capsys, *argv[:2], task, *argv[3:])
+    assert line == f"pyg-se3: error: --time-reversal: the {task!r} task has no time-reversed samples (nbody has)"
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "out").write_text("not a folder")
     assert cli_error(capsys, *train_args(tmp_path)).startswith("pyg-se3: error: --out: ")
@@ -317,6 +325,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--inverse-powers", "2"], "1"),
         (["--inverse-scaled"], "False"),
         (["--reflect"], "False"),
+        (["--time-reversal"], "False"),
         (["--warmup-epochs", "0.5"], "0.0"),
         (["--weight-decay-on", "weights"], "all"),
         (["--eval-every", "2"], "1"),
@@ -371,3 +380,29 @@ def test_reflect_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thre
     resume = ["train", "--task", "dynamics", "--root", str(root), "--out", str(tmp_path / "reflect"), "--resume"]
     assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 0
     assert load(tmp_path / "reflect" / "last.pt")["config"]["extra"]["reflect"] is True
+
+
+def test_time_reversal_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread):
+    """``--time-reversal`` trains on reversed nbody samples (another first training loss from the same seed and
+    batches), is recorded, and a resumed run keeps it and ends where an uninterrupted one does."""
+    runs = {}
+    for name, extra, epochs in (
+        ("plain", [], "2"),
+        ("reversed", ["--time-reversal"], "2"),
+        ("parts", ["--time-reversal"], "1"),
+    ):
+        out = tmp_path / name
+        argv = train_args(
+            tmp_path, "--train-samples", "16", "--max-batches", "4", "--epochs", epochs, *extra, root=root
+        )
+        argv[2], argv[argv.index("--out") + 1] = "nbody", str(out)  # the later options win
+        assert cli.main(argv) == 0
+        runs[name] = load(out / "last.pt")
+        assert runs[name]["config"]["extra"]["time_reversal"] is bool(extra)
+    assert runs["reversed"]["history"][0]["train_loss"] != runs["plain"]["history"][0]["train_loss"]
+    resume = ["train", "--task", "nbody", "--root", str(root), "--out", str(tmp_path / "parts"), "--resume"]
+    assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 0
+    parts = load(tmp_path / "parts" / "last.pt")
+    assert parts["config"]["extra"]["time_reversal"] is True
+    assert parts["history"] == runs["reversed"]["history"]
+    assert_identical(parts["model"], runs["reversed"]["model"], "model")

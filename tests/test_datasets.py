@@ -453,6 +453,38 @@ def test_nbody_frames_are_steps_k_plus_one_times_100():
     assert torch.equal(torch.from_numpy(packaged["pos"][:2, 1]), pos[:, 40].float())
 
 
+def test_nbody_time_reversed_samples_run_back_to_their_inputs(tmp_path):
+    """A counterpart starts where its sample's simulation is after the horizon, with the velocities reversed
+    (minus the next drift velocity, not the saved one), and the simulator takes it back to the sample's input
+    positions, to float64 rounding; everything else is the sample's."""
+    data = NBodyCharged(tmp_path, split="val", num_samples=12, dtype=F64, progress=False)
+    backwards = data.time_reversed()
+    assert len(backwards) == 12
+    for sample, counterpart in zip(data, backwards, strict=True):
+        assert torch.equal(counterpart.y, sample.pos)
+        for key in ("charge", "edge_index", "edge_attr", "sample_id"):
+            assert torch.equal(counterpart[key], sample[key]), key
+        assert torch.equal(counterpart.x, torch.cat([sample.charge, counterpart.vel], -1))
+    pos, vel = (torch.stack([c[key] for c in backwards]) for key in ("pos", "vel"))
+    charge = torch.stack([c.charge.squeeze(-1) for c in backwards])
+    forces = Coulomb(charge, clip=100.0).forces
+
+    def run(start_vel):
+        return kick_drift(pos, start_vel, torch.ones_like(charge), forces, 0.001, 1000, save_every=1000).pos[:, -1]
+
+    inputs = torch.stack([sample.pos for sample in data])
+    assert float((run(vel) - inputs).abs().max()) < 1e-12
+    naive = vel + 0.001 * forces(pos)  # minus the saved (drift-in) velocity: half a step off
+    assert float((run(naive) - inputs).abs().amax((1, 2)).min()) > 1e-5
+    # where the reference trajectory is after the horizon, up to the float32 rounding of the packaged inputs
+    config = NBodyCharged.make_config(split="val", num_samples=12)
+    reference, _ = NBodyCharged.simulate(config, NBodyCharged.initial_conditions(config))
+    assert float((pos - reference[:, 40]).abs().max()) < 1e-5
+    assert (
+        NBodyCharged(tmp_path, split="val", num_samples=2, progress=False).time_reversed()[0].pos.dtype == torch.float32
+    )
+
+
 # ---------------------------------------------------------------------------------------------- loading
 @pytest.mark.parametrize("cls", ALL_DATASETS)
 def test_loads_through_pyg_dataloader(cls, roots):

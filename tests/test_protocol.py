@@ -14,7 +14,7 @@ from torch_geometric.data import Data
 
 from pyg_se3 import Fiber
 from pyg_se3.runtime.training import TrainConfig, Trainer, parameter_groups
-from pyg_se3.transforms import RandomReflection
+from pyg_se3.transforms import RandomReflection, RandomTimeReversal
 
 
 class MeanSquare:
@@ -32,7 +32,7 @@ def data(n: int = 12, seed: int = 0) -> list[Data]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, generator=g)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
-    return [Data(x=x[i : i + 1], y=y[i : i + 1], num_nodes=1) for i in range(n)]
+    return [Data(x=x[i : i + 1], y=y[i : i + 1], sample_id=torch.tensor([i]), num_nodes=1) for i in range(n)]
 
 
 def model() -> nn.Module:
@@ -49,6 +49,11 @@ def trainer(out, transform=None, **options) -> Trainer:
 def inverting() -> RandomReflection:
     """Each sample's x (one vector) inverted with probability 1/2: a transform that draws random numbers."""
     return RandomReflection(Fiber({1: 1}), vector_keys=(), fiber_keys=("x",))
+
+
+def reversing() -> RandomTimeReversal:
+    """Each training sample swapped with probability 1/2 for another (x, y): a transform that draws."""
+    return RandomTimeReversal([Data(x=-d.x, y=d.y + 1, sample_id=d.sample_id) for d in data()], keys=("x", "y"))
 
 
 def test_warmup_rises_linearly_then_the_cosine_decays(tmp_path):
@@ -146,12 +151,18 @@ def test_resume_refuses_another_moving_average(tmp_path):
 
 @pytest.mark.parametrize(
     ("loader", "ema_decay", "transform"),
-    [("pyg", 0.0, None), ("fixed", 0.0, None), ("fixed", 0.8, None), ("fixed", 0.0, inverting)],
+    [
+        ("pyg", 0.0, None),
+        ("fixed", 0.0, None),
+        ("fixed", 0.8, None),
+        ("fixed", 0.0, inverting),
+        ("fixed", 0.0, reversing),
+    ],
 )
 def test_resume_is_exact_with_the_protocol_options(tmp_path, loader, ema_decay, transform):
     """Killed and resumed runs end bit for bit where an uninterrupted one does, with either loader (the
     uninterrupted run always uses PyG's: the loaders are interchangeable), with and without the moving average,
-    with and without random reflections of the training batches."""
+    with and without random reflections or time reversals of the training batches."""
     transform = transform and transform()
     options = dict(
         epochs=6,

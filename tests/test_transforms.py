@@ -1,5 +1,5 @@
-"""RandomRotation, RandomReflection and RandomTranslation: every geometric field moves consistently, rotations are
-Haar-uniform, reflections invert each graph of a batch on its own."""
+"""RandomRotation, RandomReflection, RandomTimeReversal and RandomTranslation: every geometric field moves
+consistently, rotations are Haar-uniform, reflections and time reversals act on each graph of a batch on its own."""
 
 import math
 
@@ -11,7 +11,7 @@ from torch_geometric.data import Batch, Data
 from pyg_se3 import Fiber
 from pyg_se3.datasets import NBodyCharged, ParticleDynamics
 from pyg_se3.datasets.simulate import velocity_verlet
-from pyg_se3.transforms import RandomReflection, RandomRotation, RandomTranslation
+from pyg_se3.transforms import RandomReflection, RandomRotation, RandomTimeReversal, RandomTranslation
 
 F64 = torch.float64
 
@@ -168,6 +168,82 @@ def test_a_reflected_sample_is_still_a_physical_sample():
     clipped_pos, _ = NBodyCharged.simulate(config | {"clip": None}, initial)
     assert not torch.equal(clipped_pos, pos)  # clipping acts in these simulations
     assert torch.equal(pos_r, -pos) and torch.equal(vel_r, -vel)
+
+
+def _reversed(graph: Data, sample_id: int) -> Data:
+    """A stand-in counterpart: every node attribute changed, the rest kept."""
+    out = graph.clone()
+    for key in ("pos", "vel", "x", "y"):
+        out[key] = graph[key] * 10 + 1
+    out.sample_id = torch.tensor([sample_id])
+    return out
+
+
+def test_time_reversal_swaps_each_graph_of_a_batch_for_its_counterpart():
+    graphs = [_sample(n) for n in (3, 5, 4, 6)]
+    for k, graph in enumerate(graphs):
+        graph.sample_id = torch.tensor([10 + k])
+    counterparts = [_reversed(graph, 10 + k) for k, graph in reversed(list(enumerate(graphs)))]  # in any order
+    swap = RandomTimeReversal(counterparts)
+    batch = Batch.from_data_list(graphs)
+    flip = torch.tensor([False, True, False, True])
+    out = swap.swap(batch, flip)
+    assert isinstance(out, Batch) and torch.equal(out.batch, batch.batch)
+    for graph, flipped, swapped in zip(graphs, flip.tolist(), out.to_data_list(), strict=True):
+        source = _reversed(graph, 0) if flipped else graph
+        for key in ("pos", "vel", "x", "y"):
+            assert torch.equal(swapped[key], source[key]), key
+        for key in ("mass", "edge_attr", "sample_id"):
+            assert torch.equal(swapped[key], graph[key]), key
+    assert torch.equal(batch.pos, Batch.from_data_list([_sample(n) for n in (3, 5, 4, 6)]).pos)  # input left alone
+    one = RandomTimeReversal(counterparts, keys=("y",), p=1.0)(graphs[2])  # a single sample; y only
+    assert torch.equal(one.y, _reversed(graphs[2], 0).y) and torch.equal(one.pos, graphs[2].pos)
+    # drawn: each graph with probability p, independently
+    torch.manual_seed(0)
+    many = [_sample(2) for _ in range(2000)]
+    for k, graph in enumerate(many):
+        graph.sample_id = torch.tensor([k])
+    big = Batch.from_data_list(many)
+    swap = RandomTimeReversal([_reversed(graph, k) for k, graph in enumerate(many)], p=0.5)
+    for p in (0.5, 0.2):
+        swap.p = p
+        swapped = (swap(big).pos[::2, 0] != big.pos[::2, 0]).double()
+        assert abs(float(swapped.mean()) - p) < 4 * math.sqrt(p * (1 - p) / 2000), p
+
+
+def test_bad_arguments_and_data_for_time_reversal():
+    graph = _sample(3)
+    graph.sample_id = torch.tensor([4])
+    good = [_reversed(graph, 4)]
+    with pytest.raises(ValueError, match="reversed_samples: expected at least one sample"):
+        RandomTimeReversal([])
+    with pytest.raises(ValueError, match="unique sample_id"):
+        RandomTimeReversal([*good, *good])
+    with pytest.raises(ValueError, match=r"reversed_samples\[0\].sample_id: expected one integer >= 0"):
+        RandomTimeReversal([_sample(3)])
+    wide = _reversed(graph, 4)
+    wide.vel = torch.zeros(4, 3, dtype=F64)
+    with pytest.raises(ValueError, match=r"reversed_samples: vel expected one row per node \(3\)"):
+        RandomTimeReversal([wide])
+    with pytest.raises(ValueError, match="p: expected a probability"):
+        RandomTimeReversal(good, p=-0.1)
+    with pytest.raises(ValueError, match="keys"):
+        RandomTimeReversal(good, keys="pos")
+    swap = RandomTimeReversal(good)
+    other = _sample(3)
+    other.sample_id = torch.tensor([7])
+    batch = Batch.from_data_list([graph, other])
+    with pytest.raises(ValueError, match=r"flip: expected a boolean tensor of shape \(2,\)"):
+        swap.swap(batch, torch.tensor([True]))
+    with pytest.raises(ValueError, match=r"sample_id: no reversed counterpart for \[7\]"):
+        swap.swap(batch, torch.tensor([True, True]))
+    assert torch.equal(swap.swap(batch, torch.tensor([True, False])).pos[3:], other.pos)  # 7 not swapped: fine
+    longer = _sample(4)
+    longer.sample_id = torch.tensor([4])
+    with pytest.raises(ValueError, match=r"sample_id: the counterparts of \[4\] have other numbers of nodes"):
+        swap.swap(longer, torch.tensor([True]))
+    with pytest.raises(ValueError, match=r"sample_id: expected one per graph \(1\), got None"):
+        swap.swap(_sample(3), torch.tensor([True]))
 
 
 def test_translation_moves_positions_only():

@@ -15,7 +15,7 @@ Resuming
 ``--resume`` continues the run recorded in ``--out/last.pt`` (if there is one) with the checkpoint's options:
 the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, ``--min-lr``, ``--schedule``,
 ``--warmup-epochs``, ``--weight-decay``, ``--weight-decay-on``, ``--ema-decay``, ``--eval-every``, ``--seed``,
-``--grad-clip``, ``--reflect`` and ``--max-batches`` (it defines what an epoch trains). An option
+``--grad-clip``, ``--reflect``, ``--time-reversal`` and ``--max-batches`` (it defines what an epoch trains). An option
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch_geometric.transforms import Compose
 
 from pyg_se3.runtime import distributed
 from pyg_se3.runtime.tasks import TASKS, ModelOptions, from_checkpoint, get_task
@@ -88,6 +89,7 @@ TRAIN_DEFAULTS = {
     "grad_clip": 1.0,
     "on_nan": "skip",
     "reflect": False,
+    "time_reversal": False,
 }
 
 
@@ -164,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="invert every training graph through the origin with probability 1/2 (positions, velocities, targets "
         "and odd-degree features change sign): the simulations are symmetric under reflections, an SE(3) model "
         "need not be (nbody and dynamics)",
+    )
+    train.add_argument(
+        "--time-reversal",
+        action="store_true",
+        default=None,
+        help="swap every training graph with probability 1/2 for the same simulation run backwards, from the "
+        "target frame's state with the velocities reversed to the input positions: the simulations are "
+        "reversible (nbody)",
     )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")
@@ -305,6 +315,7 @@ def _recorded_options(state: dict[str, Any]) -> dict[str, Any]:
     if "train_samples" in extra:  # recorded since the checkpoints of this version
         recorded["train_samples"] = extra["train_samples"]
     recorded["reflect"] = extra.get("reflect", False)  # not recorded before the option existed: off
+    recorded["time_reversal"] = extra.get("time_reversal", False)
     return recorded
 
 
@@ -348,9 +359,14 @@ def _train(args: argparse.Namespace) -> dict:
     device = distributed.setup(args.device)
     options = _model_options(args)
     task = get_task(args.task, options)
-    augment = task.reflection() if args.reflect else None  # before loading data: a task without it fails at once
+    reflection = task.reflection() if args.reflect else None  # before loading data: a task without it fails at once
+    if args.time_reversal:
+        task.check_time_reversal()
     with distributed.main_first():  # the first process prepares the dataset files, the others then load them
         sets = task.datasets(args.root, train_samples=args.train_samples)
+    augmentations = [task.time_reversal(sets["train"])] if args.time_reversal else []
+    augmentations += [reflection] if reflection is not None else []
+    augment = Compose(augmentations) if len(augmentations) > 1 else next(iter(augmentations), None)
     scale = task.displacement_scale(sets["train"])
     seed_everything(args.seed)
     model = task.build_model(scale)
@@ -380,6 +396,7 @@ def _train(args: argparse.Namespace) -> dict:
             "displacement_scale": scale,
             "train_samples": args.train_samples,
             "reflect": args.reflect,
+            "time_reversal": args.time_reversal,
         },
     )
     trainer = Trainer(

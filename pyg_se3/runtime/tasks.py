@@ -28,7 +28,7 @@ from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, Complete, GraphBuilder, Radius
 from pyg_se3.models import IterativeSE3Transformer
 from pyg_se3.runtime.features import pair_motion, relative_velocity, softened_inverse_distance
-from pyg_se3.transforms import RandomReflection
+from pyg_se3.transforms import RandomReflection, RandomTimeReversal
 
 __all__ = [
     "TASKS",
@@ -276,6 +276,19 @@ class Task:
         """The training batches' random reflections (``--reflect``), for tasks whose physics is symmetric
         under them; a ``ValueError`` for the others."""
         raise ValueError(f"--reflect: the {self.name!r} task has no reflection augmentation (nbody and dynamics have)")
+
+    @classmethod
+    def check_time_reversal(cls) -> None:
+        """A ``ValueError`` for a task without :meth:`time_reversal` (before any data is loaded)."""
+        if not hasattr(cls.dataset_cls, "time_reversed"):
+            raise ValueError(f"--time-reversal: the {cls.name!r} task has no time-reversed samples (nbody has)")
+
+    def time_reversal(self, train_set: Any) -> RandomTimeReversal:
+        """The training batches' random swaps for time-reversed samples (``--time-reversal``): every graph of a
+        batch replaced by its counterpart of ``train_set.time_reversed()`` with probability 1/2; a
+        ``ValueError`` for tasks whose dataset has none."""
+        self.check_time_reversal()
+        return RandomTimeReversal(train_set.time_reversed())
 
 
 class _RegressionTask(Task):
