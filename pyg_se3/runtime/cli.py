@@ -366,7 +366,7 @@ def _train(args: argparse.Namespace) -> dict:
         sets = task.datasets(args.root, train_samples=args.train_samples)
     augmentations = [task.time_reversal(sets["train"])] if args.time_reversal else []
     augmentations += [reflection] if reflection is not None else []
-    augment = Compose(augmentations) if len(augmentations) > 1 else next(iter(augmentations), None)
+    augment = Compose(augmentations) if augmentations else None
     scale = task.displacement_scale(sets["train"])
     seed_everything(args.seed)
     model = task.build_model(scale)
