@@ -14,10 +14,18 @@ with real spherical harmonics ``Y_J`` in Cartesian form (e3nn, ``normalization='
 variance of a feature unchanged by the kernel). ``B`` depends on geometry only: :func:`compute_basis` evaluates it
 once per graph, and every layer reuses it. It is differentiable with respect to positions.
 
+**Parity.** Under the inversion ``r -> -r`` the harmonic ``Y_J`` changes sign for odd ``J``, and a feature of
+degree ``l`` of natural parity (a true scalar, vector, ...; the parity :attr:`Fiber.irreps
+<pyg_se3.fiber.Fiber.irreps>` names) by ``(-1)^l``. The terms with ``k + l + J`` odd therefore couple a true
+tensor to a pseudo-tensor (for ``k = l = 1``, ``J = 1`` is the cross product ``r x f``). With ``parity=True`` the
+basis keeps only the terms with ``k + l + J`` even, ``J = |k-l|, |k-l|+2, .., k+l``: layers built on it are
+equivariant under reflections too, E(3) rather than SE(3).
+
 Layout, chosen for the contraction order used by the layers (basis with features first, radial weights last):
-``basis[(k, l)]`` is ``[E, 2k+1, nJ * (2l+1)]`` with ``nJ = 2 min(k, l) + 1`` and the last axis ordered
-``(J, m_out)``. Then ``x_j^k [E, C, 2k+1] @ basis[(k, l)]`` is ``[E, C, nJ, 2l+1]`` and flattens for free to
-``[E, C * nJ, 2l+1]``, ready for the per-edge radial weights ``[E, C_out, C * nJ]``.
+``basis[(k, l)]`` is ``[E, 2k+1, nJ * (2l+1)]`` with ``nJ = 2 min(k, l) + 1`` (``min(k, l) + 1`` with
+``parity=True``; :func:`num_J`) and the last axis ordered ``(J, m_out)``. Then
+``x_j^k [E, C, 2k+1] @ basis[(k, l)]`` is ``[E, C, nJ, 2l+1]`` and flattens for free to ``[E, C * nJ, 2l+1]``,
+ready for the per-edge radial weights ``[E, C_out, C * nJ]``.
 """
 
 from __future__ import annotations
@@ -35,60 +43,67 @@ from pyg_se3.checks import check_edge_index, check_int, check_pos
 __all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_harmonics", "edge_vectors", "num_J"]
 
 
-def num_J(k: int, l: int) -> int:
-    """Number of angular frequencies ``J`` coupling degrees ``k`` and ``l``: ``2 min(k, l) + 1``."""
-    return 2 * min(k, l) + 1
+def num_J(k: int, l: int, parity: bool = False) -> int:
+    """Number of angular frequencies ``J`` coupling degrees ``k`` and ``l``: ``2 min(k, l) + 1``, or
+    ``min(k, l) + 1`` with ``parity=True`` (those with ``k + l + J`` even)."""
+    return min(k, l) + 1 if parity else 2 * min(k, l) + 1
+
+
+def _frequencies(k: int, l: int, parity: bool) -> range:
+    """The ``J`` of the basis of the pair ``(k, l)``, in order: ``|k-l| .. k+l``, every other one with ``parity``."""
+    return range(abs(k - l), k + l + 1, 2 if parity else 1)
 
 
 @functools.cache
-def _clebsch_gordan_block_cpu(k: int, l: int) -> Tensor:
+def _clebsch_gordan_block_cpu(k: int, l: int, parity: bool) -> Tensor:
     """``[sum_J (2J+1), (2k+1) * nJ * (2l+1)]`` in float64 on the CPU (computed once per process)."""
     J_min, J_max = abs(k - l), k + l
-    width = sum(2 * J + 1 for J in range(J_min, J_max + 1))
-    n_J = J_max - J_min + 1
-    Q = torch.zeros(width, 2 * k + 1, n_J, 2 * l + 1, dtype=torch.float64)
-    row = 0
-    for index, J in enumerate(range(J_min, J_max + 1)):
+    width = (J_max + 1) ** 2 - J_min**2  # rows for every J of the range: a contiguous slice of the harmonics
+    Q = torch.zeros(width, 2 * k + 1, num_J(k, l, parity), 2 * l + 1, dtype=torch.float64)
+    for index, J in enumerate(_frequencies(k, l, parity)):
+        row = J * J - J_min * J_min
         w3j = o3.wigner_3j(l, k, J, dtype=torch.float64)  # [2l+1, 2k+1, 2J+1]
         Q[row : row + 2 * J + 1, :, index, :] = w3j.permute(2, 1, 0) * (2 * l + 1) ** 0.5
-        row += 2 * J + 1
     return Q.reshape(width, -1)
 
 
-def _clebsch_gordan_shape(k: int, l: int) -> tuple[int, int]:
+def _clebsch_gordan_shape(k: int, l: int, parity: bool) -> tuple[int, int]:
     J_min, J_max = abs(k - l), k + l
-    return (J_max + 1) ** 2 - J_min**2, (2 * k + 1) * num_J(k, l) * (2 * l + 1)
+    return (J_max + 1) ** 2 - J_min**2, (2 * k + 1) * num_J(k, l, parity) * (2 * l + 1)
 
 
 @functools.lru_cache(maxsize=256)
-def _clebsch_gordan_block_cached(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return _clebsch_gordan_block_cpu(k, l).to(dtype=dtype, device=device)
+def _clebsch_gordan_block_cached(k: int, l: int, dtype: torch.dtype, device: torch.device, parity: bool) -> Tensor:
+    return _clebsch_gordan_block_cpu(k, l, parity).to(dtype=dtype, device=device)
 
 
 # What torch.compile sees instead of the cache: an opaque operator that Dynamo does not trace into (tracing the
 # caches, here and in e3nn, would warn, and trace e3nn's float64 computation of the coefficients). Its output is
 # a copy, since compiled code may reuse an operator's output buffer in place.
 @torch.library.custom_op("pyg_se3::clebsch_gordan_block", mutates_args=())
-def _clebsch_gordan_block_op(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return _clebsch_gordan_block_cached(k, l, dtype, device).clone()
+def _clebsch_gordan_block_op(k: int, l: int, dtype: torch.dtype, device: torch.device, parity: bool) -> Tensor:
+    return _clebsch_gordan_block_cached(k, l, dtype, device, parity).clone()
 
 
 @_clebsch_gordan_block_op.register_fake
-def _(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.empty(_clebsch_gordan_shape(k, l), dtype=dtype, device=device)
+def _(k: int, l: int, dtype: torch.dtype, device: torch.device, parity: bool) -> Tensor:
+    return torch.empty(_clebsch_gordan_shape(k, l, parity), dtype=dtype, device=device)
 
 
-def clebsch_gordan_block(k: int, l: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def clebsch_gordan_block(k: int, l: int, dtype: torch.dtype, device: torch.device, parity: bool = False) -> Tensor:
     """Clebsch–Gordan coefficients for the pair (input degree ``k``, output degree ``l``), stacked over ``J``.
 
     Returns ``[sum_J (2J+1), (2k+1) * nJ * (2l+1)]``: rows are the spherical harmonics ``Y_J`` for
     ``J = |k-l| .. k+l`` in order (a contiguous slice of the harmonics of all degrees), so that
-    ``Y @ Q`` is the flattened basis of :func:`compute_basis`. Cached in memory per dtype and device (under
-    ``torch.compile``: a copy of the cached tensor, from an operator that the compiler does not trace into).
+    ``Y @ Q`` is the flattened basis of :func:`compute_basis`. With ``parity=True`` the columns are those of the
+    ``J`` with ``k + l + J`` even (``nJ = min(k, l) + 1``), and the rows of the other ``J`` are zero. Cached in
+    memory per dtype and device (under ``torch.compile``: a copy of the cached tensor, from an operator that the
+    compiler does not trace into).
     """
+    parity = bool(parity)
     if torch.compiler.is_compiling():
-        return _clebsch_gordan_block_op(k, l, dtype, device)
-    return _clebsch_gordan_block_cached(k, l, dtype, device)
+        return _clebsch_gordan_block_op(k, l, dtype, device, parity)
+    return _clebsch_gordan_block_cached(k, l, dtype, device, parity)
 
 
 def edge_vectors(pos: Tensor | tuple[Tensor, Tensor], edge_index: Tensor) -> Tensor:
@@ -156,6 +171,9 @@ class Basis:
     edge_weight
         Optional ``[E]`` weights in ``[0, 1]`` (a smooth cutoff envelope) that scale every message and every
         attention weight before normalisation, or ``None``.
+    parity
+        Whether the blocks keep only the terms that respect parity (``k + l + J`` even; see the module
+        documentation). A layer runs on a basis of its own ``parity`` only.
     """
 
     edge_index: Tensor
@@ -164,6 +182,7 @@ class Basis:
     max_degree: int
     pairs: dict[tuple[int, int], Tensor] = field(repr=False)
     edge_weight: Tensor | None = None
+    parity: bool = False
 
     @property
     def num_edges(self) -> int:
@@ -183,7 +202,9 @@ class Basis:
         for edge_index, (rel_pos, dist, *rest) in zip(edge_indices, runs, strict=True):
             pairs = dict(zip(self.pairs, rest[: len(self.pairs)], strict=True))
             edge_weight = rest[len(self.pairs)] if self.edge_weight is not None else None
-            out.append(Basis(edge_index, rel_pos, dist, self.max_degree, pairs, edge_weight))
+            out.append(
+                replace(self, edge_index=edge_index, rel_pos=rel_pos, dist=dist, pairs=pairs, edge_weight=edge_weight)
+            )
         return out
 
     def index_select(self, index: Tensor, edge_index: Tensor) -> Basis:
@@ -191,7 +212,7 @@ class Basis:
         pairs = {pair: b.index_select(0, index) for pair, b in self.pairs.items()}
         edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
         rel_pos, dist = (t.index_select(0, index) for t in (self.rel_pos, self.dist))
-        return Basis(edge_index, rel_pos, dist, self.max_degree, pairs, edge_weight)
+        return replace(self, edge_index=edge_index, rel_pos=rel_pos, dist=dist, pairs=pairs, edge_weight=edge_weight)
 
     def with_edge_weight(self, edge_weight: Tensor) -> Basis:
         """This basis carrying the envelope weights ``edge_weight [E]``. Weights come in one place: a basis that
@@ -221,6 +242,7 @@ def compute_basis(
     edge_weight: Tensor | None = None,
     detach: bool = False,
     check_values: bool = True,
+    parity: bool = False,
 ) -> Basis:
     r"""Evaluate the kernel basis of every edge for all degree pairs up to ``max_degree``.
 
@@ -240,6 +262,9 @@ def compute_basis(
     check_values
         Check that positions are finite and node indices in range (shapes and dtypes are always checked). Each
         check reads data back from the device; a caller that has checked them already passes ``False``.
+    parity
+        Keep only the terms with ``k + l + J`` even, for layers that are equivariant under reflections too
+        (``parity=True`` layers; see the module documentation). Default ``False``: all terms, SE(3).
 
     Returns
     -------
@@ -249,7 +274,7 @@ def compute_basis(
     ------
     ValueError
         Naming the argument: ``pos`` not ``[N, 3]`` floating (or not finite), ``edge_index`` not ``[2, E]``
-        integer (or with indices out of range), ``max_degree`` not an integer ``>= 0``.
+        integer (or with indices out of range), ``max_degree`` not an integer ``>= 0``, ``parity`` not a bool.
 
     Notes
     -----
@@ -280,8 +305,12 @@ def compute_basis(
     [0.0, 2.0, 0.0]
     >>> {pair: tuple(b.shape) for pair, b in basis.pairs.items()}  # [E, 2k+1, nJ (2l+1)]
     {(0, 0): (3, 1, 1), (0, 1): (3, 1, 3), (1, 0): (3, 3, 1), (1, 1): (3, 3, 9)}
+    >>> tuple(compute_basis(pos, edge_index, max_degree=1, parity=True)[(1, 1)].shape)  # J = 0, 2 (no cross product)
+    (3, 3, 6)
     """
     max_degree = check_int(max_degree, "max_degree", 0)
+    if not isinstance(parity, bool):
+        raise ValueError(f"parity: expected True or False, got {parity!r}")
     _check_geometry(pos, edge_index, check_values)
     if detach:
         pos = tuple(p.detach() for p in pos) if isinstance(pos, tuple) else pos.detach()
@@ -294,8 +323,8 @@ def compute_basis(
             for l in range(max_degree + 1):
                 J_min, J_max = abs(k - l), k + l
                 Y = sh[:, J_min * J_min : (J_max + 1) * (J_max + 1)]
-                Q = clebsch_gordan_block(k, l, sh.dtype, sh.device)
-                pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l) * (2 * l + 1))
+                Q = clebsch_gordan_block(k, l, sh.dtype, sh.device, parity)
+                pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l, parity) * (2 * l + 1))
     return Basis(
         edge_index=edge_index,
         rel_pos=rel_pos,
@@ -303,6 +332,7 @@ def compute_basis(
         max_degree=max_degree,
         pairs=pairs,
         edge_weight=edge_weight,
+        parity=parity,
     )
 
 

@@ -226,7 +226,9 @@ class Fiber:
         return torch.block_diag(*blocks) if blocks else R.new_zeros(0, 0)
 
     def rotate(self, x: Tensor, R: Tensor) -> Tensor:
-        """``x @ D_from_matrix(R).T``, computed block by block: the features as seen after rotating space by ``R``."""
+        """``x @ D_from_matrix(R).T``, computed block by block: the features as seen after rotating space by ``R``
+        (for an improper ``R``, ``det R = -1``: after that reflection, the features being of natural parity; see
+        :func:`wigner_D`)."""
         _check_rotation(R)
         blocks = self.split(x)
         R = R.to(x.dtype)
@@ -252,6 +254,10 @@ def wigner_D(degree: int, R: Tensor) -> Tensor:
     ``C_l`` built from e3nn's ``wigner_3j(l-1, 1, l)``: pure matrix products, exact to machine precision and
     differentiable in ``R``. (e3nn's own ``D_from_matrix`` goes through Euler angles and loses about half the
     digits of float64, ~1e-7, which would mask equivariance errors far above the 1e-10 we test for.)
+
+    ``D^l`` is a polynomial of degree ``l`` in ``R``: for an improper orthogonal matrix ``-R`` (a rotation after
+    the inversion through the origin) it is ``(-1)^l D^l(R)``, the representation of a type-``l`` feature of
+    natural parity (a true scalar, vector, ...: the parity :attr:`Fiber.irreps` names).
     """
     if degree == 0:
         return R.new_ones(1, 1)

@@ -1,4 +1,4 @@
-"""Testing utilities: check that a module is SE(3)- and permutation-equivariant.
+"""Testing utilities: check that a module is SE(3)- (or E(3)-) and permutation-equivariant.
 
 :func:`assert_equivariant` is the counterpart, for graph modules over point clouds, of e3nn's
 ``e3nn.util.test.assert_equivariant``: it draws random features, positions, a neighbour graph, rotations and
@@ -61,6 +61,9 @@ class EquivarianceErrors:
         The largest error over the rotations (each combined with a translation when ``translate=True``).
     rotations
         The error of each rotation, in order (the index an assertion names).
+    reflection
+        With ``parity=True``: the largest error over the improper rotations ``-R`` (one per rotation ``R``, with
+        the same translation); else ``None``.
     translation
         The error under a pure translation; ``None`` when ``translate=False``.
     permutation
@@ -75,6 +78,7 @@ class EquivarianceErrors:
     permutation: float | None
     rtol: float
     atol: float
+    reflection: float | None = None
 
 
 def assert_equivariant(
@@ -87,6 +91,7 @@ def assert_equivariant(
     rotations: Tensor | None = None,
     translate: bool = True,
     permute: bool = True,
+    parity: bool = False,
     graph: Callable[..., Tensor] | Tensor | None = None,
     call: Call | None = None,
     x: Tensor | None = None,
@@ -97,7 +102,8 @@ def assert_equivariant(
     rtol: float | None = None,
     seed: int = 0,
 ) -> EquivarianceErrors:
-    r"""Assert that ``module`` is equivariant under rotations, translations and permutations of the nodes.
+    r"""Assert that ``module`` is equivariant under rotations, translations, permutations of the nodes and, with
+    ``parity=True``, reflections.
 
     With random node features ``x`` (``[N, fiber_in.dim]``), positions ``pos`` (``[N, 3]``) and an ``edge_index``
     built from them, and for each random rotation ``R`` (e3nn's ``o3.rand_matrix``, uniform on SO(3)) and
@@ -108,6 +114,10 @@ def assert_equivariant(
     * **rotation** (with a translation when ``translate=True``): ``f(D_in(R) x, R pos + t, E) = D_out(R) y``
       (``y R^T + t`` for position outputs), where ``D(R)`` are the exact block-diagonal Wigner matrices of
       :meth:`~pyg_se3.fiber.Fiber.D_from_matrix` (applied by :meth:`~pyg_se3.fiber.Fiber.rotate`);
+    * **reflection** (``parity=True``): the same for the improper rotation ``-R`` of each rotation ``R`` (the
+      inversion through the origin after ``R``), under which a type-``l`` feature of natural parity (a true scalar,
+      vector, ...: the parity :attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>` names) transforms by
+      ``D^l(-R) = (-1)^l D^l(R)`` and positions by ``-R``;
     * **permutation** (``permute=True``): permuting the nodes (``x[p]``, ``pos[p]``, and ``edge_index`` relabelled
       to match) permutes the node-wise outputs, ``y[p]``, and leaves the others unchanged.
 
@@ -116,10 +126,10 @@ def assert_equivariant(
     graph is built once, from the untransformed positions, and reused (relabelled for the permutation), so a
     module whose graph is its own concern is tested on the same edges each time.
 
-    **SE(3) only**: the rotations are proper (``det R = +1``); parity (reflections) is not tested, and plays no role
-    in pyg_se3. Note that :attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>` does carry parity labels (``1o``,
-    ``2e``, ...), so e3nn's own ``assert_equivariant`` applied to a pyg_se3 module needs ``do_parity=False`` (and
-    knows nothing of positions, translations or graphs).
+    By default the check is **SE(3)**: the layers are equivariant under proper rotations only, unless built with
+    ``parity=True`` (:class:`~pyg_se3.nn.SE3Conv`), which makes them E(3)-equivariant; check those with
+    ``parity=True`` here. e3nn's own ``assert_equivariant`` applied to a default pyg_se3 module needs
+    ``do_parity=False`` (and knows nothing of positions, translations or graphs).
 
     Parameters
     ----------
@@ -150,6 +160,8 @@ def assert_equivariant(
     permute
         Check permutation equivariance. An output is node-wise if its first dimension is ``N``; other outputs (e.g.
         pooled, per-graph ones) must not change.
+    parity
+        Also check reflections: every rotation ``R`` again as the improper ``-R`` (default ``False``).
     graph
         How to build ``edge_index``: a graph builder ``(pos, batch) -> edge_index`` such as
         :class:`~pyg_se3.graph.KNN` (default ``KNN(3)``) or :class:`~pyg_se3.graph.Radius`, or a fixed
@@ -184,8 +196,8 @@ def assert_equivariant(
     Raises
     ------
     AssertionError
-        When a check fails, with the check (``rotation``, ``translation`` or ``permutation``), the output, the
-        rotation index and the measured maximum relative error.
+        When a check fails, with the check (``rotation``, ``reflection``, ``translation`` or ``permutation``), the
+        output, the rotation index and the measured maximum relative error.
     ValueError
         When ``rotations`` are not proper rotation matrices, or the outputs do not match ``fiber_out``.
 
@@ -264,14 +276,20 @@ def assert_equivariant(
             expected = {name: _transform(y, flat_kinds[name], None, shift) for name, y in reference.items()}
             translation = _compare("translation", actual, expected, rtol, atol, "")
 
-        errors = []
-        for index, R in enumerate(rotations):
-            shift = shifts[index] if translate else None
-            moved = pos @ R.T if shift is None else pos @ R.T + shift
-            actual = run(fiber_in.rotate(x, R), moved, edge_index)
-            expected = {name: _transform(y, flat_kinds[name], R, shift) for name, y in reference.items()}
-            check = "rotation" if shift is None else "rotation (with translation)"
-            errors.append(_compare(check, actual, expected, rtol, atol, f" (rotation {index} of {num_rotations})"))
+        def transformed(check: str, matrices: Tensor) -> list[float]:
+            """The error of each (proper or improper) orthogonal matrix, with its translation."""
+            errors = []
+            for index, R in enumerate(matrices):
+                shift = shifts[index] if translate else None
+                moved = pos @ R.T if shift is None else pos @ R.T + shift
+                actual = run(fiber_in.rotate(x, R), moved, edge_index)
+                expected = {name: _transform(y, flat_kinds[name], R, shift) for name, y in reference.items()}
+                name = check if shift is None else f"{check} (with translation)"
+                errors.append(_compare(name, actual, expected, rtol, atol, f" (rotation {index} of {num_rotations})"))
+            return errors
+
+        errors = transformed("rotation", rotations)
+        reflection = max(transformed("reflection", -rotations)) if parity else None
 
         permutation = None
         if permute:
@@ -280,7 +298,7 @@ def assert_equivariant(
             expected = {name: y[perm] if y.dim() and y.shape[0] == num_nodes else y for name, y in reference.items()}
             permutation = _compare("permutation", actual, expected, rtol, atol, "")
 
-    return EquivarianceErrors(max(errors), tuple(errors), translation, permutation, rtol, atol)
+    return EquivarianceErrors(max(errors), tuple(errors), translation, permutation, rtol, atol, reflection)
 
 
 def _check_rotations(rotations: Tensor) -> Tensor:

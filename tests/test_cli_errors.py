@@ -313,6 +313,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--lr", "0.001"], "0.002"),
         (["--channels", "4"], "2"),
         (["--kernel", "depthwise"], "full"),
+        (["--parity"], "False"),
         (["--iterations", "2"], "1"),
         (["--batch-size", "4"], "2"),
         (["--max-batches", "2"], "1"),
@@ -362,6 +363,20 @@ def test_resume_takes_the_options_it_is_not_given_from_the_checkpoint(trained, r
         assert last["config"][key] == first[key], key
     assert last["config"]["extra"] == first["extra"]
     assert last["config"]["extra"]["model"]["graph"] == "knn" and last["config"]["lr"] == 0.002
+
+
+def test_a_model_option_the_checkpoint_predates_is_its_default_on_resume(trained, root, tmp_path, capsys, one_thread):
+    # a checkpoint written before --parity existed: the run had none, and resuming keeps it so
+    out = copy_of(trained, tmp_path)
+    state = load(out / "last.pt")
+    del state["config"]["extra"]["model"]["parity"]
+    torch.save(state, out / "last.pt")
+    resume = ["train", "--task", "dynamics", "--root", str(root), "--out", str(out), "--resume"]
+    line = cli_error(capsys, *resume, "--parity")
+    assert line.startswith(f"pyg-se3: error: --parity: the checkpoint in {out} was trained with False"), line
+    assert cli.main([*resume, "--epochs", "2"]) == 0
+    last = load(out / "last.pt")
+    assert last["epoch"] == 2 and last["config"]["extra"]["model"]["parity"] is False
 
 
 def test_reflect_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread):

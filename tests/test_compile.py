@@ -175,12 +175,13 @@ def test_compiled_iterative_model_matches_eager(graph, fresh_dynamo, one_thread)
     assert all(relative_error(a, b) < 1e-5 for a, b in zip(got_grads, want_grads, strict=True))
 
 
+@pytest.mark.parametrize("parity", [False, True])
 @pytest.mark.parametrize("k, l", [(0, 0), (2, 1), (1, 3)])
-def test_clebsch_gordan_operator_for_the_compiler(k, l):
+def test_clebsch_gordan_operator_for_the_compiler(k, l, parity):
     """What compiled code uses instead of the in-memory cache: the same coefficients, in a fresh tensor (compiled
     code may write into an operator's output), with a fake implementation of the right shape (torch's opcheck)."""
     cpu = torch.device("cpu")
-    cached = clebsch_gordan_block(k, l, torch.float64, cpu)
-    fresh = _clebsch_gordan_block_op(k, l, torch.float64, cpu)
+    cached = clebsch_gordan_block(k, l, torch.float64, cpu, parity)
+    fresh = _clebsch_gordan_block_op(k, l, torch.float64, cpu, parity)
     assert torch.equal(fresh, cached) and fresh.data_ptr() != cached.data_ptr()
-    torch.library.opcheck(_clebsch_gordan_block_op, (k, l, torch.float32, cpu))
+    torch.library.opcheck(_clebsch_gordan_block_op, (k, l, torch.float32, cpu, parity))

@@ -103,7 +103,7 @@ def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
     for (l, c_out), w in zip(kernel.fiber_out, weights, strict=True):
         total, offset = 0, 0
         for k, c_in in kernel.fiber_in:
-            n_J = num_J(k, l)
+            n_J = num_J(k, l, kernel.parity)
             phi = w[:, :, offset : offset + c_in * n_J].reshape(-1, c_out, n_J, c_in)  # K is (J, c), c fastest
             B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
             W = torch.einsum("eaJc,emJo->eaocm", phi, B)  # [E, C_out, 2l+1, C_in, 2k+1]
@@ -113,10 +113,11 @@ def reference_messages(kernel: EdgeKernel, x_j, basis, edge_attr=None):
     return kernel.fiber_out.join(out)
 
 
-def test_kernel_matches_explicit_kernels(device):
-    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double().to(device)
+@pytest.mark.parametrize("parity", [False, True])
+def test_kernel_matches_explicit_kernels(parity, device):
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, parity=parity).double().to(device)
     pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
-    basis = compute_basis(pos, edge_index, 3)
+    basis = compute_basis(pos, edge_index, 3, parity=parity)
     x_j = random_features(FIBER_IN, NUM_EDGES).to(device)
     edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64).to(device)
     torch.testing.assert_close(kernel(x_j, basis, edge_attr), reference_messages(kernel, x_j, basis, edge_attr))
@@ -130,7 +131,7 @@ def reference_depthwise_messages(kernel: DepthwiseEdgeKernel, x_j, basis, edge_a
     for (l, _), w in zip(kernel.fiber_out, weights, strict=True):
         per_channel, offset = [], 0
         for k, c_in in kernel.fiber_in:
-            n_J = num_J(k, l)
+            n_J = num_J(k, l, kernel.parity)
             phi = w[:, offset : offset + c_in * n_J].reshape(-1, n_J, c_in)  # K is (J, c), c fastest
             B = basis[(k, l)].reshape(-1, 2 * k + 1, n_J, 2 * l + 1)
             per_channel.append(torch.einsum("eJc,emJo,ecm->eco", phi, B, blocks_in[k]))
@@ -139,17 +140,18 @@ def reference_depthwise_messages(kernel: DepthwiseEdgeKernel, x_j, basis, edge_a
     return kernel.fiber_out.join(out)
 
 
-def test_depthwise_kernel_matches_its_formula(device):
-    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3).double().to(device)
+@pytest.mark.parametrize("parity", [False, True])
+def test_depthwise_kernel_matches_its_formula(parity, device):
+    kernel = DepthwiseEdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, parity=parity).double().to(device)
     pos, edge_index = (t.to(device) for t in random_graph(NUM_NODES, NUM_EDGES))
-    basis = compute_basis(pos, edge_index, 3)
+    basis = compute_basis(pos, edge_index, 3, parity=parity)
     x_j = random_features(FIBER_IN, NUM_EDGES).to(device)
     edge_attr = torch.randn(NUM_EDGES, 3, dtype=torch.float64).to(device)
     expected = reference_depthwise_messages(kernel, x_j, basis, edge_attr)
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(kernel(x_j, basis, edge_attr), expected)
     # 4 output channels from 8 input channels: far fewer radial weights than the full kernel's
-    full = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3)
+    full = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=3, parity=parity)
     assert sum(kernel.radial.out_dims) * 4 == sum(full.radial.out_dims)
 
 

@@ -30,9 +30,11 @@ def _task_model_batch(
     inverse_distance: float = 0.0,
     inverse_powers: int = 1,
     inverse_scaled: bool = False,
+    parity: bool = False,
 ):
     options = ModelOptions(
         **OPTIONS,
+        parity=parity,
         inputs=inputs,
         motion_edges=motion_edges,
         integrator=integrator,
@@ -143,6 +145,25 @@ def test_motion_edges_keep_the_prediction_equivariant(name, integrator, inverse_
         out, out_moved = task.predict(model, batch), task.predict(model, moved)
     expected = out @ R.T + shift
     assert float((out_moved - expected).norm() / (expected - moved.pos).norm()) < 1e-12
+    assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
+
+
+@pytest.mark.parametrize("parity", [True, False])
+def test_with_parity_the_nbody_prediction_is_equivariant_under_reflections(parity, root):
+    """The best N-body model's inputs (invariant velocities, |q|, pair motion, scaled inverse distances: true
+    scalars and vectors) with parity=True: a reflection (an improper rotation) and translation of the input moves
+    the prediction the same way (float64); without parity it does not."""
+    task, model, batch = _task_model_batch("nbody", "invariant", root, True, "velocity", 0.1, 2, True, parity)
+    assert model.parity is parity
+    fiber_in = task.dataset_cls.fiber
+    R, shift = -o3.rand_matrix(dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    moved = batch.clone()
+    moved.pos, moved.vel, moved.x = batch.pos @ R.T + shift, batch.vel @ R.T, fiber_in.rotate(batch.x, R)
+    with torch.no_grad():
+        out, out_moved = task.predict(model, batch), task.predict(model, moved)
+    expected = out @ R.T + shift
+    error = float((out_moved - expected).norm() / (expected - moved.pos).norm())
+    assert error < 1e-12 if parity else error > 1e-3
     assert float((out - batch.pos).norm()) > 1e-3  # the model moved the points
 
 

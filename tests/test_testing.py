@@ -138,6 +138,18 @@ def test_fails_on_a_rotation_variant_module():
         assert_equivariant(CoordinateInScalar(), FIBER_IN, FIBER_OUT, translate=False)
 
 
+def test_reflections_are_checked_with_parity():
+    # SE(3) layers couple true tensors to pseudo-tensors (the cross product r x f): reflections break them, and
+    # only the check asked for with parity=True sees it
+    assert assert_equivariant(conv(), FIBER_IN, FIBER_OUT).reflection is None
+    with pytest.raises(AssertionError, match=r"^reflection \(with translation\) equivariance failed for output 'out'"):
+        assert_equivariant(conv(), FIBER_IN, FIBER_OUT, parity=True)
+    e3 = SE3Conv(FIBER_IN, FIBER_OUT, parity=True, **SMALL).double()
+    errors = assert_equivariant(e3, FIBER_IN, FIBER_OUT, parity=True)
+    assert_small(errors)
+    assert 0 <= errors.reflection <= 1e-10
+
+
 def test_fails_on_a_permutation_breaking_module():
     with pytest.raises(AssertionError, match=r"permutation equivariance failed for output 'out'"):
         assert_equivariant(NodeIndexInScalar(), FIBER_IN, FIBER_OUT)

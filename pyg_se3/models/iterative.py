@@ -82,8 +82,9 @@ class IterativeSE3Transformer(nn.Module):
         ``T``, the number of position updates.
     layers_per_iteration
         Equivariant layers per block (``>= 1``).
-    num_heads, channels_div, radial_hidden, radial_layers, kernel, checkpoint, checkpoint_edges, norm
-        As in :class:`~pyg_se3.models.SE3Transformer`.
+    num_heads, channels_div, radial_hidden, radial_layers, kernel, parity, checkpoint, checkpoint_edges, norm
+        As in :class:`~pyg_se3.models.SE3Transformer`. With ``parity=True`` and inputs of natural parity the
+        whole iterative model (positions, velocities, hidden fibers) is equivariant under reflections too.
     graph
         A :class:`~pyg_se3.graph.GraphBuilder`: ``Radius`` (envelope on by default), ``KNN`` or ``Complete``.
         Default ``KNN(k=16)``.
@@ -141,6 +142,7 @@ class IterativeSE3Transformer(nn.Module):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        parity: bool = False,
         relative_position: bool = False,
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
@@ -183,6 +185,7 @@ class IterativeSE3Transformer(nn.Module):
             "radial_hidden": radial_hidden,
             "radial_layers": radial_layers,
             "kernel": kernel,
+            "parity": parity,
             "checkpoint": checkpoint,
             "checkpoint_edges": checkpoint_edges,
             "norm": norm,
@@ -203,6 +206,7 @@ class IterativeSE3Transformer(nn.Module):
                 [SE3Transformer(fiber_in if t == 0 else fiber_hidden, **block_args) for t in range(num_iterations)]
             )
         self.max_degree = max(block.max_degree for block in self.blocks)
+        self.parity = parity
         self._zero_displacements()
 
     def reset_parameters(self) -> None:
@@ -313,7 +317,8 @@ class IterativeSE3Transformer(nn.Module):
         if edge_attr_fn is not None:
             edge_attr = edge_attr_fn(geometry, edge_index)
             check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim, model_dtype(self))
-        basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False)  # checked by the graph
+        # pos checked by the graph builder
+        basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False, parity=self.parity)
         if detach_basis == "harmonics":
             basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
@@ -343,6 +348,7 @@ class IterativeSE3Transformer(nn.Module):
             f"{self.num_iterations}, layers_per_iteration={self.layers_per_iteration}, graph={self.graph}, "
             f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
             f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g}"
+            + (", parity=True" if self.parity else "")
             + (f", integrator='velocity', dt={self.dt:g})" if self.integrator == "velocity" else ")")
         )
 

@@ -48,6 +48,10 @@ class SE3Transformer(nn.Module):
         Width and depth of every radial network.
     kernel
         ``"full"`` or ``"depthwise"`` edge kernels in every layer (see :class:`~pyg_se3.nn.SE3Conv`).
+    parity
+        Every layer keeps only the kernel terms that respect parity (see :class:`~pyg_se3.nn.SE3Conv`): with
+        inputs of natural parity (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`) and invariant edge features
+        that are true scalars, the model is equivariant under reflections too, E(3). Default ``False`` (SE(3)).
     checkpoint
         For large graphs: run every equivariant layer over groups of target nodes with about
         ``checkpoint_edges`` incoming edges each (:class:`~pyg_se3.nn.TargetGroups`), keep only the layers'
@@ -88,6 +92,7 @@ class SE3Transformer(nn.Module):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        parity: bool = False,
         relative_position: bool = False,
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
@@ -112,6 +117,7 @@ class SE3Transformer(nn.Module):
             "radial_hidden": radial_hidden,
             "radial_layers": radial_layers,
             "kernel": kernel,
+            "parity": parity,
             "relative_position": relative_position,
         }
         layers: list[nn.Module] = []
@@ -126,6 +132,7 @@ class SE3Transformer(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.output = SE3Conv(fiber, fiber_out, self_interaction=True, **kernel_args)
         self.max_degree = max(fiber_in.max_degree, fiber_hidden.max_degree, fiber_out.max_degree)
+        self.parity = self.output.parity
 
     def reset_parameters(self) -> None:
         for module in [*self.layers, self.output]:
@@ -176,7 +183,8 @@ class SE3Transformer(nn.Module):
         check_graph_inputs(x, pos, edge_index, self.fiber_in, edge_attr, self.edge_dim, batch, dtype)
         check_edge_weight(edge_weight, edge_index.shape[1], dtype)
         if basis is None:
-            basis = compute_basis(pos, edge_index, self.max_degree, check_values=False)  # checked above
+            # values checked above
+            basis = compute_basis(pos, edge_index, self.max_degree, check_values=False, parity=self.parity)
         if edge_weight is not None or self.cutoff is not None:
             basis = self._weighted(basis, edge_weight)
         groups = (

@@ -63,6 +63,11 @@ class SE3Attention(MessagePassing):
         ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel; the default) or
         ``"depthwise"`` (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then
         channel mixing; several times faster).
+    parity
+        Keep only the kernel terms that respect parity (:mod:`pyg_se3.basis`): with features of natural parity
+        (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`: true scalars, vectors, ...) the layer is then
+        equivariant under reflections too, E(3) rather than SE(3), with fewer radial weights. The basis must be
+        computed with the same ``parity``. Default ``False``.
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the key and
         value kernel (:func:`~pyg_se3.nn.conv.add_relative_position`; the original code's ``x_ij="add"``).
@@ -98,6 +103,7 @@ class SE3Attention(MessagePassing):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        parity: bool = False,
         relative_position: bool = False,
         dropout: float = 0.0,
         **kwargs: Any,
@@ -132,6 +138,7 @@ class SE3Attention(MessagePassing):
             edge_dim=edge_dim,
             radial_hidden=radial_hidden,
             radial_layers=radial_layers,
+            parity=parity,
         )
         self.to_query = SE3Linear(fiber_in, self.key_fiber)
         self.project = SE3Linear(self.value_fiber + fiber_in, fiber_out, bias=True)
@@ -141,6 +148,11 @@ class SE3Attention(MessagePassing):
     @property
     def max_degree(self) -> int:
         return self.to_key_value.max_degree
+
+    @property
+    def parity(self) -> bool:
+        """Whether the layer keeps only the kernel terms that respect parity (E(3)-equivariant)."""
+        return self.to_key_value.parity
 
     def reset_parameters(self) -> None:
         """Re-initialise the key/value kernel, the query map and the output projection."""
@@ -292,6 +304,7 @@ class SE3Attention(MessagePassing):
             "edge_dim": (self.edge_dim, 0),
             "channels_div": (self.channels_div, 2),
             "kernel": (self._kernel_kind, "full"),
+            "parity": (self.parity, False),
             "relative_position": (self.relative_position, False),
             "dropout": (self.dropout, 0.0),
         }

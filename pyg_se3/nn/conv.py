@@ -57,6 +57,11 @@ class SE3Conv(MessagePassing):
         ``"full"`` (:class:`~pyg_se3.nn.EdgeKernel`, the SE(3)-Transformer's kernel; the default) or
         ``"depthwise"`` (:class:`~pyg_se3.nn.DepthwiseEdgeKernel`: radial weights per path and channel, then
         channel mixing; several times faster).
+    parity
+        Keep only the kernel terms that respect parity (:mod:`pyg_se3.basis`): with features of natural parity
+        (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`: true scalars, vectors, ...) the layer is then
+        equivariant under reflections too, E(3) rather than SE(3), with fewer radial weights. The basis must be
+        computed with the same ``parity``. Default ``False``.
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the
         kernel (:func:`add_relative_position`; the original SE(3)-Transformer code's ``x_ij="add"``). Default
@@ -92,6 +97,7 @@ class SE3Conv(MessagePassing):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         kernel: str = "full",
+        parity: bool = False,
         relative_position: bool = False,
         self_interaction: bool = True,
         aggr: str | Aggregation = "add",
@@ -102,7 +108,13 @@ class SE3Conv(MessagePassing):
         self.relative_position = relative_position
         self._kernel_kind = kernel
         self.kernel = make_kernel(
-            kernel, fiber_in, fiber_out, edge_dim=edge_dim, radial_hidden=radial_hidden, radial_layers=radial_layers
+            kernel,
+            fiber_in,
+            fiber_out,
+            edge_dim=edge_dim,
+            radial_hidden=radial_hidden,
+            radial_layers=radial_layers,
+            parity=parity,
         )
         common = fiber_out & fiber_in
         self.self_interaction = SE3Linear(fiber_in, common) if self_interaction and len(common) else None
@@ -111,6 +123,11 @@ class SE3Conv(MessagePassing):
     @property
     def max_degree(self) -> int:
         return self.kernel.max_degree
+
+    @property
+    def parity(self) -> bool:
+        """Whether the layer keeps only the kernel terms that respect parity (E(3)-equivariant)."""
+        return self.kernel.parity
 
     def reset_parameters(self) -> None:
         """Re-initialise the edge kernel, the self-interaction and the aggregation's parameters (if any)."""
@@ -184,6 +201,7 @@ class SE3Conv(MessagePassing):
         options = {
             "edge_dim": (self.edge_dim, 0),
             "kernel": (self._kernel_kind, "full"),
+            "parity": (self.parity, False),
             "relative_position": (self.relative_position, False),
             "self_interaction": (self.self_interaction is not None, True),
             "aggr": (self.aggr, "add"),

@@ -30,7 +30,7 @@ __all__ = [
 class _KernelBase(nn.Module):
     """What every edge kernel shares: fibers, edge features, the radial network's inputs and the flat output."""
 
-    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None) -> None:
+    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None, parity: bool) -> None:
         super().__init__()
         for name, fiber in (("fiber_in", fiber_in), ("fiber_out", fiber_out)):
             if not len(fiber):  # no input to weigh, or no output to produce: the radial network has no shape
@@ -39,16 +39,27 @@ class _KernelBase(nn.Module):
             raise ValueError(f"edge_dim: expected >= 0, got {edge_dim}")
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk: expected None or >= 1, got {chunk}")
+        if not isinstance(parity, bool):
+            raise ValueError(f"parity: expected True or False, got {parity!r}")
         self.fiber_in, self.fiber_out, self.edge_dim, self.chunk = fiber_in, fiber_out, edge_dim, chunk
+        self.parity = parity
         # K_l: the stacked basis features per output degree, sum_k C_k nJ(k, l)
-        self.fan_in = {l: sum(c * num_J(k, l) for k, c in fiber_in) for l in fiber_out.degrees}
+        self.fan_in = {l: sum(c * num_J(k, l, parity) for k, c in fiber_in) for l in fiber_out.degrees}
 
     @property
     def max_degree(self) -> int:
         return max(self.fiber_in.max_degree, self.fiber_out.max_degree)
 
-    @staticmethod
-    def _invariants(basis: Basis, edge_attr: Tensor | None) -> Tensor:
+    def _check_basis(self, basis: Basis) -> None:
+        if basis.parity != self.parity:
+            raise ValueError(
+                f"basis: computed with parity={basis.parity}, the kernel has parity={self.parity}; compute it with "
+                f"compute_basis(..., parity={self.parity})"
+            )
+
+    def _invariants(self, basis: Basis, edge_attr: Tensor | None) -> Tensor:
+        """The radial network's inputs (every entry point passes here: the basis is checked first)."""
+        self._check_basis(basis)
         return basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
@@ -59,7 +70,8 @@ class _KernelBase(nn.Module):
         return self.fiber_out.join(self.forward_blocks(x_j, basis, edge_attr))
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim})"
+        parity = ", parity=True" if self.parity else ""
+        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}{parity})"
 
 
 class EdgeKernel(_KernelBase):
@@ -90,6 +102,10 @@ class EdgeKernel(_KernelBase):
         Width and depth of the radial MLP.
     chunk
         Edges per chunk of the contraction (:func:`kernel_contraction`); ``None`` sizes chunks automatically.
+    parity
+        Keep only the terms with ``k + l + J`` even (:mod:`pyg_se3.basis`): the kernel then maps true tensors to
+        true tensors and is equivariant under reflections too (E(3)); it needs a basis computed with
+        ``parity=True``. Default ``False``: every term (SE(3)).
     """
 
     def __init__(
@@ -100,8 +116,9 @@ class EdgeKernel(_KernelBase):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         chunk: int | None = None,
+        parity: bool = False,
     ) -> None:
-        super().__init__(fiber_in, fiber_out, edge_dim, chunk)
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity)
         self.radial = RadialMLP(
             1 + edge_dim,
             [c * self.fan_in[l] for l, c in fiber_out],
@@ -162,6 +179,8 @@ class DepthwiseEdgeKernel(_KernelBase):
         Edges per chunk: each chunk's path features ``[n, 2l+1, K_l]`` are built, weighted and mixed, and rebuilt
         in the backward pass (:func:`~pyg_se3.nn.contraction.depthwise_contraction`); ``None`` sizes chunks to
         ~2 MiB on a CPU.
+    parity
+        As for :class:`EdgeKernel`.
     """
 
     def __init__(
@@ -172,8 +191,9 @@ class DepthwiseEdgeKernel(_KernelBase):
         radial_hidden: int = 32,
         radial_layers: int = 2,
         chunk: int | None = None,
+        parity: bool = False,
     ) -> None:
-        super().__init__(fiber_in, fiber_out, edge_dim, chunk)
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity)
         channels_in = sum(c for _, c in fiber_in)
         # sum_J of nJ unit-variance terms, then L: scale each weight by nJ^{-1/2} on average
         self.radial = RadialMLP(

@@ -149,7 +149,8 @@ def prepare_basis(
     """Validate a layer's inputs and return the basis to use (``basis`` itself, or computed from ``pos``),
     carrying the envelope weights ``edge_weight`` when given.
 
-    ``x`` is the pair of :func:`node_features`; ``layer`` must have ``fiber_in``, ``edge_dim`` and ``max_degree``.
+    ``x`` is the pair of :func:`node_features`; ``layer`` must have ``fiber_in``, ``edge_dim``, ``max_degree`` and
+    ``parity``.
     A layer given a ``basis`` does not read ``pos``; when both are given, ``pos`` still gets its (free) shape
     checks, but not the value check, which would synchronise with the device at every layer. ``pos`` and
     ``edge_attr`` must have the layer's dtype (see :func:`~pyg_se3.checks.check_dtype`).
@@ -167,7 +168,9 @@ def prepare_basis(
         if pos is None:
             raise ValueError("pos: expected [N, 3] positions (or pass a precomputed basis), got None")
         _check_positions(pos, num_nodes, bipartite, values=True, dtype=dtype)
-        return compute_basis(pos, edge_index, layer.max_degree, edge_weight=edge_weight, check_values=False)
+        return compute_basis(
+            pos, edge_index, layer.max_degree, edge_weight=edge_weight, check_values=False, parity=layer.parity
+        )
     if pos is not None:
         _check_positions(pos, num_nodes, bipartite, values=False, dtype=dtype)
     if basis.num_edges != edge_index.shape[1]:

@@ -308,7 +308,8 @@ _MAY_CHANGE_ON_RESUME = ("epochs", "on_nan")
 def _recorded_options(state: dict[str, Any]) -> dict[str, Any]:
     """The options of the run that wrote ``state``, by attribute name, as the command line gives them."""
     config, extra = state["config"], state["config"]["extra"]
-    recorded = {"task": extra["task"], **extra["model"]}
+    # a model option added after the checkpoint was written: its default, which is what the run used
+    recorded = {"task": extra["task"], **asdict(ModelOptions()), **extra["model"]}
     recorded |= {name: config[name] for name in (*_RECORDED_TRAIN_OPTIONS, "on_nan") if name in config}
     if "grad_clip" in config:
         recorded["grad_clip"] = config["grad_clip"] or 0.0  # no clipping: None in the checkpoint, 0 on the CLI

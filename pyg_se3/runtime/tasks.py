@@ -83,6 +83,11 @@ class ModelOptions:
         "edge kernel: full (SE(3)-Transformer) or depthwise (weights per path and channel; faster)",
         choices=["full", "depthwise"],
     )
+    parity: bool = _option(
+        False,
+        "keep only the kernel terms that respect parity: the model is equivariant under reflections too (E(3))",
+        action="store_true",
+    )
     norm: str = _option(
         "layer",
         "norm non-linearity: layer norm of channel norms (SE(3)-Transformer), rms (not centred; more robust to "
@@ -264,6 +269,7 @@ class Task:
             channels_div=options.channels_div,
             norm=options.norm,
             kernel=options.kernel,
+            parity=options.parity,
             relative_position=options.relative_position,
             **self.integration(),
         )
