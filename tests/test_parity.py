@@ -135,11 +135,13 @@ def test_parity_drops_the_radial_weights_of_the_odd_terms():
 def test_a_basis_of_the_other_parity_is_an_error_naming_it():
     pos, edge_index = random_graph(6, 15)
     x = random_features(FIBER_IN, 6)
-    for parity in (True, False):
-        layer = SE3Conv(FIBER_IN, FIBER_OUT, parity=parity).double()
+    for parity, kernel in ((True, "full"), (False, "full"), (True, "depthwise"), (False, "depthwise")):
+        layer = SE3Conv(FIBER_IN, FIBER_OUT, parity=parity, kernel=kernel).double()
         basis = compute_basis(pos, edge_index, MAX_DEGREE, parity=not parity)
         with pytest.raises(ValueError, match=f"basis: computed with parity={not parity}, the kernel has parity"):
             layer(x, None, edge_index, basis=basis)
+        with pytest.raises(ValueError, match=f"basis: computed with parity={not parity}, the kernel has parity"):
+            layer.kernel.radial_weights(basis, None)
         layer(x, None, edge_index, basis=compute_basis(pos, edge_index, MAX_DEGREE, parity=parity))
     with pytest.raises(ValueError, match="parity: expected True or False"):
         compute_basis(pos, edge_index, 1, parity=1)

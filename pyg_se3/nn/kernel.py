@@ -51,15 +51,15 @@ class _KernelBase(nn.Module):
         return max(self.fiber_in.max_degree, self.fiber_out.max_degree)
 
     def _check_basis(self, basis: Basis) -> None:
+        """A ``ValueError`` for a basis with other terms than the kernel's (every entry point calls it)."""
         if basis.parity != self.parity:
             raise ValueError(
                 f"basis: computed with parity={basis.parity}, the kernel has parity={self.parity}; compute it with "
                 f"compute_basis(..., parity={self.parity})"
             )
 
-    def _invariants(self, basis: Basis, edge_attr: Tensor | None) -> Tensor:
-        """The radial network's inputs (every entry point passes here: the basis is checked first)."""
-        self._check_basis(basis)
+    @staticmethod
+    def _invariants(basis: Basis, edge_attr: Tensor | None) -> Tensor:
         return basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
@@ -142,11 +142,13 @@ class EdgeKernel(_KernelBase):
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
         """Per output degree ``l``, the radial weights ``[E, C_out^l, K_l]`` of all edges at once (for inspection
         and tests; the forward pass never holds them)."""
+        self._check_basis(basis)
         weights = self.radial(self._invariants(basis, edge_attr))
         return [w.view(-1, c, self.fan_in[l]) for (l, c), w in zip(self.fiber_out, weights, strict=True)]
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
         """Messages as ``{l: [E, C_out^l, 2l+1]}``; ``x_j`` is ``[E, fiber_in.dim]`` (source features)."""
+        self._check_basis(basis)
         blocks_in = self.fiber_in.split(x_j)
         hidden = self.radial.trunk(self._invariants(basis, edge_attr))
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
@@ -217,6 +219,7 @@ class DepthwiseEdgeKernel(_KernelBase):
 
     def radial_weights(self, basis: Basis, edge_attr: Tensor | None) -> list[Tensor]:
         """Per output degree ``l``, the radial weights ``[E, K_l]`` (one per input channel and path)."""
+        self._check_basis(basis)
         return self.radial(self._invariants(basis, edge_attr))
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
