@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--kernel", choices=["full", "depthwise"], default="full")
+    parser.add_argument("--parity", action="store_true", help="only the kernel paths that respect parity (E(3))")
     parser.add_argument("--integrator", choices=["position", "velocity"], default="position")
     parser.add_argument("--inverse-distance", type=float, default=0.0, help="softening length (0: off)")
     parser.add_argument("--inverse-powers", type=int, default=1, help="powers 1 .. P of the inverse distances")
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         layers_per_iteration=args.layers,
         channels=args.channels,
         kernel=args.kernel,
+        parity=args.parity,
         integrator=args.integrator,
         inputs="invariant",
         motion_edges=True,
@@ -276,7 +278,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (out / "nbody_speed.json").write_text(json.dumps(record, indent=1))
     lines = [
         f"N-body epoch (3,000 training systems; 4,000 evaluated every k epochs), {parameters:,} parameters "
-        f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel, "
+        f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel"
+        f"{', parity' if args.parity else ''}, "
         f"{args.integrator} integrator{inverse_note(args)}) on {record['machine']['device']}; collating the "
         f"3,000 systems once: {collate_once_s:.2f} s",
         "",

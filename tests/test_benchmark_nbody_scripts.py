@@ -154,14 +154,15 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     nbody_speed = scripts[0]
     monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", [("a", 4, 1, 1, "pyg"), ("b", 4, 1, 2, "fixed")])
     size = ["--iterations", "1", "--channels", "4", "--inverse-distance", "0.1", "--inverse-powers", "2"]
-    size += ["--inverse-scaled", "--train-systems", "8"]
+    size += ["--inverse-scaled", "--parity", "--train-systems", "8"]
     rows = nbody_speed.main(["--root", str(root), *size, "--device", "cpu", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "nbody_speed.json").read_text())
     assert saved["machine"]["device"] == "cpu"
-    inverse = {"inverse_distance": 0.1, "inverse_powers": 2, "inverse_scaled": True}
+    inverse = {"inverse_distance": 0.1, "inverse_powers": 2, "inverse_scaled": True, "parity": True}
     options = ModelOptions(1, 1, channels=4, inputs="invariant", motion_edges=True, **inverse)
-    built = get_task("nbody", options).build_model(1.0)  # the edge inputs (and so the parameters) hold 1/r, 1/r^2
-    assert {key: saved["model"][key] for key in inverse} == inverse
+    # the edge inputs (and so the parameters) hold 1/r, 1/r^2; parity drops the odd kernel paths
+    built = get_task("nbody", options).build_model(1.0)
+    assert built.parity and {key: saved["model"][key] for key in inverse} == inverse
     assert saved["model"]["parameters"] == sum(p.numel() for p in built.parameters())
     assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
@@ -169,3 +170,4 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)
     table = (tmp_path / "nbody_speed.md").read_text()
     assert table.count("\n| ") >= 3 and "inverse distances s=0.1 powers 1..2, scaled" in table
+    assert "4 channels, full kernel, parity, position integrator" in table
