@@ -206,7 +206,7 @@ class IterativeSE3Transformer(nn.Module):
                 [SE3Transformer(fiber_in if t == 0 else fiber_hidden, **block_args) for t in range(num_iterations)]
             )
         self.max_degree = max(block.max_degree for block in self.blocks)
-        self.parity = parity
+        self.parity = self.blocks[0].parity
         self._zero_displacements()
 
     def reset_parameters(self) -> None:
