@@ -35,8 +35,10 @@ class Fiber:
 
     Notes
     -----
-    Parities follow the spherical harmonics (``l e`` for even ``l``, ``l o`` for odd ``l``); pyg_se3 is about
-    proper rotations, where parity plays no role.
+    Parities follow the spherical harmonics (``l e`` for even ``l``, ``l o`` for odd ``l``): the natural parity of
+    true scalars, vectors and tensors. Layers built with ``parity=True`` respect it, which makes them equivariant
+    under reflections too; a fiber holds no pseudo-tensors (``0o``, ``1e``, ...). Other layers are equivariant
+    under proper rotations only, where parity plays no role.
 
     Examples
     --------
