@@ -136,7 +136,7 @@ def test_equivariance_does_not_degrade_with_depth_float64():
     1.4e-9, median 1e-11).
 
     The error does grow with the iterations, like any perturbation of the input under the model's own dynamics
-    (see the README's Precision section): here from 1e-16 after the first iteration.
+    (see docs/precision.md): here from 1e-16 after the first iteration.
     """
     model, x, pos, R = deep_model_and_inputs()
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_float32_iterations_stay_equivariant_at_every_depth():
     random models and inputs of this configuration at 1e-5 to 4e-3 (hidden fiber 1e-4 to 9e-2), equal to the
     float32 rounding error itself (float32 against float64 of the same input) within a factor 0.2-7: the model is as
     equivariant as its arithmetic. The amplification comes from the norm non-linearities (SE3Norm's layer norm over
-    channel norms); see the README's Precision section.
+    channel norms); see docs/precision.md.
     """
     model, x, pos, R = deep_model_and_inputs()
     model32 = copy.deepcopy(model).float()
@@ -201,7 +201,7 @@ def step32(model, t: int, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Ten
 def test_float32_trajectory_within_1e4_with_rms_norm(seed):
     """The whole 8 x 4 trajectory in float32, with ``norm="rms"`` (channel norms scaled, not centred): the
     accumulated equivariance error of positions and hidden fiber stays within 1e-4 (and within 1e-9 in float64).
-    With the layer norm the same models reach 1e-5 to 9e-2: centring amplifies rounding (README, Precision)."""
+    With the layer norm the same models reach 1e-5 to 9e-2: centring amplifies rounding (docs/precision.md)."""
     model, x, pos, R = deep_model_and_inputs(norm="rms", seed=seed)
     for dtype, bound in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
         m = copy.deepcopy(model).to(dtype)
