@@ -11,7 +11,10 @@ average of the checkpoints' predicted positions (models trained on the same data
 configuration): how much of the error is the models' disagreement rather than what none of them predicts. With
 ``--reflections`` it adds, per checkpoint, the average of its prediction and the reflection of its prediction for
 the inverted input, ``(f(x) - f(-x)) / 2``: a model equivariant under reflections too (at twice the cost), and
-how much of the error is the model's handedness, which SE(3) equivariance leaves free. It also breaks the error
+how much of the error is the model's handedness, which SE(3) equivariance leaves free; and the share of the
+final hidden fiber, per degree, that is odd under the inversion, ``|f(x) - (-1)^l f(-x)|^2 / (4 |f(x)|^2)``: the
+pseudo-tensors (pseudo-scalars, pseudo-vectors) the model carries, which a model built with ``parity=True``
+cannot (its share is 0). It also breaks the error
 down by each system's closest pair at the input frame (``--distance-bins``): the systems with a close encounter
 ahead, which carry most of it. Writes ``--out`` (JSON).
 
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 from torch_geometric.utils import scatter
 
+from pyg_se3.fiber import Fiber
 from pyg_se3.graph import complete_edge_index
 from pyg_se3.loader import FixedSizeLoader
 from pyg_se3.runtime.tasks import from_checkpoint, mse_per_graph
@@ -65,10 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def predictions(
     path: str, root: str, splits: list[str], reflections: bool = False
-) -> tuple[dict[str, tuple[torch.Tensor, ...]], dict[str, tuple[torch.Tensor, ...]]]:
+) -> tuple[dict[str, tuple[torch.Tensor, ...]], dict[str, tuple[torch.Tensor, ...]], dict[str, dict[str, float]]]:
     """Per split of ``splits``: the positions predicted by the checkpoint at ``path``, the targets (both
     ``[N, 3]``), each particle's system ``[N]`` and the input positions ``[N, 3]``; with ``reflections``, the same
-    for the prediction averaged with its reflection (empty otherwise)."""
+    for the prediction averaged with its reflection, and the pseudo share of the final hidden fiber per degree
+    (:func:`pseudo_share`; both empty otherwise)."""
     state = read_checkpoint(path)
     extra = state["config"]["extra"]
     if extra.get("task") != "nbody":
@@ -77,16 +82,30 @@ def predictions(
     sets = task.datasets(root)
     model.eval()
     reflection = task.reflection()
-    out, averaged = {}, {}
+    out, averaged, shares = {}, {}, {}
     with torch.no_grad():
         for split in splits:
             batch = next(iter(FixedSizeLoader(sets[split], batch_size=len(sets[split]))))
-            predicted = task.predict(model, batch)
-            out[split] = predicted, batch.y, batch.batch, batch.pos
+            output = task.predict_output(model, batch)
+            out[split] = output.pos, batch.y, batch.batch, batch.pos
             if reflections:
                 inverted = reflection.reflect(batch, torch.ones(batch.num_graphs, dtype=torch.bool))
-                averaged[split] = (predicted - task.predict(model, inverted)) / 2, batch.y, batch.batch, batch.pos
-    return out, averaged
+                mirror = task.predict_output(model, inverted)
+                averaged[split] = (output.pos - mirror.pos) / 2, batch.y, batch.batch, batch.pos
+                shares[split] = pseudo_share(model.fiber_hidden, output.x, mirror.x)
+    return out, averaged, shares
+
+
+def pseudo_share(fiber: Fiber, x: torch.Tensor, x_inverted: torch.Tensor) -> dict[str, float]:
+    """Per degree ``l`` of ``fiber``: the share of ``|x|^2`` in the part of the features that is odd under the
+    inversion, given ``x`` and the features ``x_inverted`` computed from the inverted input. A type-``l`` feature
+    of natural parity satisfies ``f(-x) = (-1)^l f(x)``, a pseudo-tensor ``f(-x) = -(-1)^l f(x)``; the odd part
+    is ``(f(x) - (-1)^l f(-x)) / 2``."""
+    blocks, inverted = fiber.split(x), fiber.split(x_inverted)
+    return {
+        str(l): float((blocks[l] - (-1) ** l * inverted[l]).square().sum() / (4 * blocks[l].square().sum()))
+        for l in fiber.degrees
+    }
 
 
 def ensemble(runs: list[dict[str, tuple[torch.Tensor, ...]]], paths: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -152,9 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print("| checkpoint | split | mean | standard error | median | worst 1 % share | worst 5 % share | max |")
     print("|---|---|---|---|---|---|---|---|")
-    named, runs = {}, []
+    named, runs, shares = {}, [], {}
     for path in args.checkpoints:
-        run, averaged = predictions(path, args.root, args.splits, args.reflections)
+        run, averaged, shares[path] = predictions(path, args.root, args.splits, args.reflections)
         named[path] = run
         runs.append(run)
         if averaged:
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
             errors = mse_per_graph(predicted, target, systems)
             rows[split] = summary(errors)
             rows[split]["by_closest_pair"] = by_closest_pair(errors, closest_pair(inputs, systems), args.distance_bins)
+            if split in shares.get(name, {}):
+                rows[split]["hidden_pseudo_share"] = shares[name][split]
         record["checkpoints"][name] = rows
         for split, r in rows.items():
             print(
@@ -181,6 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
             for b in r["by_closest_pair"]:
                 mean = "-" if b["mean"] is None else f"{b['mean']:.3g}"
                 print(f"| {name} | {split} | {b['from']:g}-{b['to']:g} | {b['systems']} | {mean} | {b['share']:.2f} |")
+    if args.reflections:
+        print("\n| checkpoint | split | share of the final hidden fiber odd under the inversion, per degree |")
+        print("|---|---|---|")
+        for name, per_split in shares.items():
+            for split, share in per_split.items():
+                print(f"| {name} | {split} | {', '.join(f'{l}: {v:.3f}' for l, v in share.items())} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

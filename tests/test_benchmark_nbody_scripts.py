@@ -32,11 +32,11 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def tiny_checkpoint(root: Path, out: Path, max_batches: int, seed: int = 0) -> str:
-    """The ``best.pt`` of a one-epoch N-body run of a tiny model."""
+def tiny_checkpoint(root: Path, out: Path, max_batches: int, seed: int = 0, extra: tuple[str, ...] = ()) -> str:
+    """The ``best.pt`` of a one-epoch N-body run of a tiny model (``extra``: more options)."""
     args = ["train", "--task", "nbody", "--root", str(root), "--epochs", "1", "--max-batches", str(max_batches)]
     model = ["--iterations", "1", "--layers", "1", "--channels", "4", "--seed", str(seed), "--no-progress"]
-    assert cli.main([*args, *model, "--out", str(out)]) == 0
+    assert cli.main([*args, *model, *extra, "--out", str(out)]) == 0
     return str(out / "best.pt")
 
 
@@ -112,27 +112,53 @@ def test_the_errors_of_an_ensemble(scripts, root, tmp_path):
 @pytest.mark.slow
 def test_the_errors_averaged_with_the_reflection(scripts, root, tmp_path):
     checkpoint = tiny_checkpoint(root, tmp_path / "run", max_batches=2)
-    run, averaged = scripts[1].predictions(checkpoint, str(root), ["val"], reflections=True)
+    run, averaged, shares = scripts[1].predictions(checkpoint, str(root), ["val"], reflections=True)
     predicted, target, systems, inputs = run["val"]
     task, model = from_checkpoint(read_checkpoint(checkpoint))
     batch = next(iter(FixedSizeLoader(task.datasets(str(root))["val"], batch_size=2000)))
-    inverted = batch.clone()
-    inverted.pos, inverted.vel, inverted.y = -batch.pos, -batch.vel, -batch.y
-    inverted.x = torch.cat([batch.x[:, :1], -batch.x[:, 1:]], -1)
+    inverted = inverted_batch(batch)
     with torch.no_grad():
-        mirrored = -task.predict(model.eval(), inverted)
+        mirror = task.predict_output(model.eval(), inverted)
+        hidden = task.predict_output(model, batch).x
+    mirrored = -mirror.pos
     assert float((mirrored - predicted).abs().max()) > 1e-4  # the SE(3) model is not reflection-equivariant
     torch.testing.assert_close(averaged["val"][0], (predicted + mirrored) / 2, rtol=0, atol=1e-6)
+    # the hidden fiber's odd part under the inversion: type 0 changes sign where it is odd, type 1 keeps it
+    scalars, vectors = hidden[:, :4], hidden[:, 4:16]
+    odd = {"0": (scalars - mirror.x[:, :4]) / 2, "1": (vectors + mirror.x[:, 4:16]) / 2}
+    assert model.fiber_hidden.dim == 16
+    for degree, part in odd.items():
+        full = scalars if degree == "0" else vectors
+        assert shares["val"][degree] == pytest.approx(float(part.square().sum() / full.square().sum()), rel=1e-5)
+    assert shares["val"]["1"] > 1e-3  # the SE(3) model's vectors hold pseudo-vectors
     assert all(torch.equal(a, b) for a, b in zip(averaged["val"][1:], (target, systems, inputs), strict=True))
     record = scripts[1].main(
         [checkpoint, "--root", str(root), "--splits", "val", "--reflections", "--out", str(tmp_path / "e.json")]
     )
     rows = record["checkpoints"]
     assert set(rows) == {checkpoint, f"{checkpoint}, averaged with its reflection"}
+    assert rows[checkpoint]["val"]["hidden_pseudo_share"] == pytest.approx(shares["val"], rel=1e-12)
     # convexity: the averaged prediction's MSE is below the mean of the two predictions' MSEs (they disagree)
     mirrored_mse = float(mse_per_graph(mirrored, target, systems).mean())
     averaged_mse = rows[f"{checkpoint}, averaged with its reflection"]["val"]["mean"]
     assert averaged_mse < (rows[checkpoint]["val"]["mean"] + mirrored_mse) / 2
+
+
+def inverted_batch(batch):
+    """The N-body ``batch`` inverted through the origin: positions, velocities, targets and the type-1 input."""
+    inverted = batch.clone()
+    inverted.pos, inverted.vel, inverted.y = -batch.pos, -batch.vel, -batch.y
+    inverted.x = torch.cat([batch.x[:, :1], -batch.x[:, 1:]], -1)
+    return inverted
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
+def test_a_parity_model_has_no_pseudo_tensors(scripts, root, tmp_path):
+    checkpoint = tiny_checkpoint(root, tmp_path / "run", max_batches=2, extra=("--parity",))
+    run, averaged, shares = scripts[1].predictions(checkpoint, str(root), ["val"], reflections=True)
+    assert set(shares["val"]) == {"0", "1"} and max(shares["val"].values()) < 1e-12
+    assert float((averaged["val"][0] - run["val"][0]).abs().max()) < 1e-6  # reflection-equivariant already
 
 
 def test_an_ensemble_needs_the_same_targets(scripts):

@@ -411,12 +411,14 @@ class _RegressionTask(Task):
             return rms / (self.horizon * (iterations + 1) / 2)
         return rms / iterations
 
-    def predict(self, model: nn.Module, batch: Any) -> Tensor:
+    def predict_output(self, model: nn.Module, batch: Any):
+        """The model's whole :class:`~pyg_se3.models.IterativeOutput` (final positions and hidden fiber,
+        positions after every iteration)."""
         if self.options.integrator == "velocity":
             start, state = batch.pos, {"vel": batch.x[:, 1:]}  # x, not batch.vel: transforms rotate x
         else:
             start, state = self.initial_positions(batch), {}
-        out = model(
+        return model(
             self.features(batch),
             start,
             batch.batch,
@@ -424,7 +426,9 @@ class _RegressionTask(Task):
             detach_basis=self.options.detach_basis,
             **state,
         )
-        return out.pos
+
+    def predict(self, model: nn.Module, batch: Any) -> Tensor:
+        return self.predict_output(model, batch).pos
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:
         return mse_per_graph(self.predict(model, batch), batch.y, batch.batch, batch.num_graphs).mean()
