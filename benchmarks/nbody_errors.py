@@ -100,12 +100,14 @@ def pseudo_share(fiber: Fiber, x: torch.Tensor, x_inverted: torch.Tensor) -> dic
     """Per degree ``l`` of ``fiber``: the share of ``|x|^2`` in the part of the features that is odd under the
     inversion, given ``x`` and the features ``x_inverted`` computed from the inverted input. A type-``l`` feature
     of natural parity satisfies ``f(-x) = (-1)^l f(x)``, a pseudo-tensor ``f(-x) = -(-1)^l f(x)``; the odd part
-    is ``(f(x) - (-1)^l f(-x)) / 2``."""
+    is ``(f(x) - (-1)^l f(-x)) / 2``. A degree whose features are all zero carries nothing odd: share 0."""
     blocks, inverted = fiber.split(x), fiber.split(x_inverted)
-    return {
-        str(l): float((blocks[l] - (-1) ** l * inverted[l]).square().sum() / (4 * blocks[l].square().sum()))
-        for l in fiber.degrees
-    }
+    shares = {}
+    for l in fiber.degrees:
+        total = float(blocks[l].square().sum())
+        odd = float((blocks[l] - (-1) ** l * inverted[l]).square().sum()) / 4
+        shares[str(l)] = odd / total if total > 0 else 0.0
+    return shares
 
 
 def ensemble(runs: list[dict[str, tuple[torch.Tensor, ...]]], paths: list[str]) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyg_se3.fiber import Fiber
 from pyg_se3.loader import FixedSizeLoader
 from pyg_se3.runtime import cli
 from pyg_se3.runtime.tasks import ModelOptions, from_checkpoint, get_task, mse_per_graph
@@ -142,6 +143,15 @@ def test_the_errors_averaged_with_the_reflection(scripts, root, tmp_path):
     mirrored_mse = float(mse_per_graph(mirrored, target, systems).mean())
     averaged_mse = rows[f"{checkpoint}, averaged with its reflection"]["val"]["mean"]
     assert averaged_mse < (rows[checkpoint]["val"]["mean"] + mirrored_mse) / 2
+
+
+def test_the_pseudo_share_of_hidden_features(scripts):
+    fiber = Fiber({0: 1, 1: 2})
+    true = torch.tensor([[2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # a true scalar, a true vector, a zero vector
+    pseudo = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0]])  # a pseudo-vector
+    x, inverted = true + pseudo, true * torch.tensor([1.0, -1, -1, -1, -1, -1, -1]) + pseudo
+    assert scripts[1].pseudo_share(fiber, x, inverted) == pytest.approx({"0": 0.0, "1": 25 / 26})
+    assert scripts[1].pseudo_share(fiber, torch.zeros(1, 7), torch.zeros(1, 7)) == {"0": 0.0, "1": 0.0}
 
 
 def inverted_batch(batch):
