@@ -2,16 +2,20 @@
 nbody`` (EGNN's protocol: 3,000 training systems, 2,000 validation and 2,000 test systems evaluated), one model,
 several ways of running it, and a peer on the same systems in the same run.
 
-For each configuration (batch size, threads, evaluation every k epochs, loader) it measures, after one warm-up pass:
+For each configuration (batch size, threads, evaluation every k epochs and its batch size, loader, optimiser
+step) it measures, after one warm-up pass:
 
-- training throughput: systems per second of batching, forward, backward and AdamW steps over ``--train-systems``
-  systems;
-- evaluation throughput: systems per second of batching and forward passes without gradients, in batches of 256;
-- the time of making the training batches alone (collation), to tell overhead from arithmetic;
+- training throughput: systems per second of batching, forward, backward and optimiser steps over
+  ``--train-systems`` systems; the step is the trainer's own (``trainer``: fused AdamW, one gradient norm for the
+  finiteness check and the clipping) or AdamW's loop over the parameter tensors with a check per gradient
+  (``loop``);
+- evaluation throughput: systems per second of batching and forward passes without gradients;
+- the time of making the training batches alone (collation), to tell overhead from arithmetic
 
-and derives the wall time of one epoch: 3,000 training systems plus, every ``k`` epochs, 4,000 evaluated ones.
-The loaders are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems
-collated once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
+(each throughput the fastest of three timed passes), and derives the wall time of one epoch: 3,000 training
+systems plus, every ``k`` epochs, 4,000 evaluated ones. The loaders are PyG's ``DataLoader`` (``pyg``) and
+:class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated once, batches cut out by indexing; the
+trainer's default for such data), which give the same batches.
 
 The peer is EGNN (``egnn-pytorch``, the ``bench`` extra; `make bench-nbody` installs it) at the EGNN paper's
 N-body size (4 layers, 64 features; inputs: speeds and charges, charge products on the edges; positions updated by
@@ -31,11 +35,13 @@ timed pass ends with a synchronisation, and ``threads`` is the number of CPU thr
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import importlib.util
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,17 +52,20 @@ from torch_geometric.loader import DataLoader
 
 from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime.tasks import ModelOptions, get_task
+from pyg_se3.runtime.training import TrainConfig, Trainer
 
-#: (name, batch size, threads, evaluate every k epochs, loader)
+#: (name, batch size, threads, evaluate every k epochs, loader, optimiser step, evaluation batch size)
 CONFIGURATIONS = [
-    ("batch 16, 1 thread, evaluation every epoch", 16, 1, 1, "pyg"),
-    ("batch 100, 1 thread, evaluation every epoch", 100, 1, 1, "pyg"),
-    ("batch 100, 1 thread, evaluation every 10 epochs", 100, 1, 10, "pyg"),
-    ("batch 100, 2 threads, evaluation every 10 epochs", 100, 2, 10, "pyg"),
-    ("batch 100, 2 threads, evaluation every 10 epochs, collated once", 100, 2, 10, "fixed"),
+    ("batch 16, 1 thread, evaluation every epoch in batches of 16, loop AdamW", 16, 1, 1, "pyg", "loop", 16),
+    ("batch 16, 1 thread, evaluation every epoch in batches of 16", 16, 1, 1, "pyg", "trainer", 16),
+    ("batch 16, 1 thread, evaluation every epoch", 16, 1, 1, "pyg", "trainer", 256),
+    ("batch 100, 1 thread, evaluation every epoch", 100, 1, 1, "pyg", "trainer", 256),
+    ("batch 100, 1 thread, evaluation every 10 epochs", 100, 1, 10, "pyg", "trainer", 256),
+    ("batch 100, 2 threads, evaluation every 10 epochs", 100, 2, 10, "pyg", "trainer", 256),
+    ("batch 100, 2 threads, evaluation every 10 epochs, collated once", 100, 2, 10, "fixed", "trainer", 256),
 ]
 TRAIN, EVALUATED = 3000, 4000  # systems per epoch: the training split, and validation + test
-EVAL_BATCH = 256
+REPEATS = 3  # timed passes per throughput, after the warm-up one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,9 +118,10 @@ def peer_missing() -> str | None:
     return None
 
 
-def rate(step, batches, device: torch.device) -> float:
+def rate(step, batches, device: torch.device, repeats: int = REPEATS) -> float:
     """Systems per second of ``step`` over every batch that ``batches()`` makes (batching and the copy to
-    ``device`` included), after one warm-up pass."""
+    ``device`` included), after one warm-up pass: the fastest of ``repeats`` passes (the least disturbed by the
+    rest of the machine)."""
 
     def one_pass() -> int:
         count = 0
@@ -122,20 +132,44 @@ def rate(step, batches, device: torch.device) -> float:
         return count
 
     one_pass()
-    start = time.perf_counter()
-    count = one_pass()
-    return count / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = one_pass()
+        rates.append(count / (time.perf_counter() - start))
+    return max(rates)
 
 
-def training_step(model: nn.Module, loss):
-    """One AdamW step of ``loss(batch)``."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+class _Loss:
+    """``loss(batch)`` as a :class:`~pyg_se3.runtime.training.Task` for the trainer (the model is bound)."""
+
+    def __init__(self, loss) -> None:
+        self.loss_of_batch = loss
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return self.loss_of_batch(batch)
+
+
+def training_step(model: nn.Module, loss, kind: str, device: torch.device, out: str):
+    """One optimisation step of ``loss(batch)`` with gradient-norm clipping at 1 and a check that the loss and
+    gradients are finite: ``"trainer"``, :meth:`Trainer.step <pyg_se3.runtime.training.Trainer.step>` itself
+    (fused AdamW; one gradient norm for the check and the clipping); ``"loop"``, AdamW's loop over the parameter
+    tensors, a finiteness check per gradient and ``clip_grad_norm_``."""
+    model.train()
+    if kind == "trainer":
+        trainer = Trainer(model, _Loss(loss), [], None, TrainConfig(lr=1e-4, device=str(device), out=out))
+        return lambda batch: trainer.step(batch, 0, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
 
     def step(batch) -> None:
-        model.train()
-        optimizer.zero_grad()
-        loss(batch).backward()
-        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(batch)
+        value.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        checks = [value.detach().isfinite(), *(grad.isfinite().all() for grad in grads)]
+        if torch.stack(checks).all():
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
 
     return step
 
@@ -174,14 +208,20 @@ def measure(
     threads: int,
     eval_every: int,
     loader: str,
+    optimiser: str,
+    eval_batch: int,
     device: torch.device,
 ) -> dict:
-    """One row: throughputs and the derived epoch time of ``model`` at one configuration."""
+    """One row: throughputs and the derived epoch time of ``model`` at one configuration (the model's weights
+    are restored after it, so every configuration starts from the same ones)."""
     torch.set_num_threads(threads)
+    weights = copy.deepcopy(model.state_dict())
     train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
-    train_rate = rate(training_step(model, loss), train, device)
+    with tempfile.TemporaryDirectory() as out:
+        train_rate = rate(training_step(model, loss, optimiser, device, out), train, device)
+    model.load_state_dict(weights)
     eval_rate = rate(
-        evaluation_step(model, predict), batches(loader, sources[loader]["val"], EVAL_BATCH, False), device
+        evaluation_step(model, predict), batches(loader, sources[loader]["val"], eval_batch, False), device
     )
     epoch = TRAIN / train_rate + EVALUATED / eval_rate / eval_every
     print(f"{name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
@@ -191,6 +231,8 @@ def measure(
         "threads": threads,
         "eval_every": eval_every,
         "loader": loader,
+        "optimiser": optimiser,
+        "eval_batch_size": eval_batch,
         "train_systems_per_s": train_rate,
         "eval_systems_per_s": eval_rate,
         "collation_s_per_epoch": collation_time(train),
@@ -251,7 +293,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         egnn = EGNNPeer().to(device)
         fastest = min(rows, key=lambda row: row["epoch_s"])
         name = f"EGNN (egnn-pytorch {importlib.metadata.version('egnn-pytorch')}), " + fastest["configuration"]
-        settings = (fastest["batch_size"], fastest["threads"], fastest["eval_every"], fastest["loader"])
+        settings = [fastest[key] for key in ("batch_size", "threads", "eval_every", "loader", "optimiser")]
+        settings.append(fastest["eval_batch_size"])
         mse = lambda batch: (egnn(batch) - batch.y).square().mean()  # noqa: E731
         peer = measure(name, egnn, mse, egnn, sources, *settings, device)
         peer["parameters"] = sum(p.numel() for p in egnn.parameters())

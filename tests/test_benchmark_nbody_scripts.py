@@ -188,7 +188,8 @@ def test_an_ensemble_needs_the_same_targets(scripts):
 @pytest.mark.slow
 def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     nbody_speed = scripts[0]
-    monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", [("a", 4, 1, 1, "pyg"), ("b", 4, 1, 2, "fixed")])
+    configurations = [("a", 4, 1, 1, "pyg", "loop", 4), ("b", 4, 1, 2, "fixed", "trainer", 8)]
+    monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", configurations)
     size = ["--iterations", "1", "--channels", "4", "--inverse-distance", "0.1", "--inverse-powers", "2"]
     size += ["--inverse-scaled", "--parity", "--train-systems", "8"]
     rows = nbody_speed.main(["--root", str(root), *size, "--device", "cpu", "--out", str(tmp_path)])
@@ -201,6 +202,7 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     assert built.parity and {key: saved["model"][key] for key in inverse} == inverse
     assert saved["model"]["parameters"] == sum(p.numel() for p in built.parameters())
     assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
+    assert [(row["optimiser"], row["eval_batch_size"]) for row in rows] == [("loop", 4), ("trainer", 8)]
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
     assert rows[0]["speed_up"] == 1.0
     assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)

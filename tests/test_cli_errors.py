@@ -211,6 +211,7 @@ CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cu
         (["--warmup-epochs", "nan"], "--warmup-epochs"),
         (["--warmup-epochs", "100"], "--warmup-epochs"),
         (["--eval-every", "0"], "--eval-every"),
+        (["--eval-batch-size", "0"], "--eval-batch-size"),
         (["--device", "bogus"], "--device"),
         (["--device", CUDA], "--device"),
     ],
@@ -354,10 +355,11 @@ def test_resume_refuses_another_task(trained, tmp_path, capsys):
 def test_resume_takes_the_options_it_is_not_given_from_the_checkpoint(trained, root, tmp_path, one_thread):
     out = copy_of(trained, tmp_path)
     first = load(out / "last.pt")["config"]
-    # the same value of an option is fine; --epochs, --device, --no-progress, --root may change
+    # the same value of an option is fine; --epochs, --device, --no-progress, --root, --eval-batch-size may change
     argv = ["train", "--task", "dynamics", "--root", str(root), "--out", str(out), "--resume", "--k", "3"]
-    assert cli.main([*argv, "--epochs", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert cli.main([*argv, "--epochs", "2", "--device", "cpu", "--no-progress", "--eval-batch-size", "7"]) == 0
     last = load(out / "last.pt")
+    assert last["config"]["eval_batch_size"] == 7 and first["eval_batch_size"] is None
     assert last["epoch"] == 2 and [row["epoch"] for row in last["history"]] == [0, 1]
     for key in ("batch_size", "lr", "min_lr", "schedule", "weight_decay", "seed", "grad_clip", "max_batches"):
         assert last["config"][key] == first[key], key
@@ -421,3 +423,4 @@ def test_time_reversal_is_recorded_applied_and_kept_on_resume(root, tmp_path, on
     assert parts["config"]["extra"]["time_reversal"] is True
     assert parts["history"] == runs["reversed"]["history"]
     assert_identical(parts["model"], runs["reversed"]["model"], "model")
+    assert parts["config"]["eval_batch_size"] == 256  # nbody's default

@@ -3,6 +3,7 @@ epochs, a moving average of the weights; and exact resume with all of them."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -220,6 +221,43 @@ def test_the_train_transform_shapes_every_training_batch_and_no_evaluated_one(tm
     assert torch.equal(evaluated, plain_evaluated)  # validation and test are never transformed
 
 
+def test_a_step_is_adamw_on_the_clipped_gradient(tmp_path):
+    """One training step in float64 against the same step by hand: the loss's gradient, clipped to norm 0.1 by
+    ``clip_grad_norm_``, then the loop implementation of AdamW (the trainer runs the fused one)."""
+    t = trainer(tmp_path, grad_clip=0.1, weight_decay=0.05, weight_decay_on="weights")
+    t.model.double()
+    reference = copy.deepcopy(t.model)
+    optimizer = torch.optim.AdamW(parameter_groups(reference, 0.05, "weights"), lr=0.05, foreach=False)
+    assert t.optimizer.defaults["fused"] and not optimizer.defaults["fused"]
+    batch = next(iter(t.loader(t.train_set, shuffle=True)))
+    batch.x, batch.y = batch.x.double(), batch.y.double()
+    for _ in range(3):  # the moments too
+        loss = t.step(batch, 0, 0)
+        expected = t.task.loss(reference, batch)
+        expected.backward()
+        norm = nn.utils.clip_grad_norm_(reference.parameters(), 0.1)
+        optimizer.step()
+        optimizer.zero_grad()
+        assert norm > 0.1  # the clipping acts
+        assert loss == float(expected.detach())
+        for (name, p), q in zip(t.model.named_parameters(), reference.parameters(), strict=True):
+            assert torch.allclose(p, q, rtol=1e-13, atol=1e-15), name
+
+
+def test_evaluation_batches_have_eval_batch_size_and_the_same_metrics(tmp_path):
+    t = trainer(tmp_path / "a", eval_batch_size=12)
+    u = trainer(tmp_path / "b")  # batch_size 4 for evaluation too
+    t.model.double(), u.model.double()
+    sizes = [batch.num_graphs for batch in t.loader(t.train_set, shuffle=False)]
+    assert sizes == [12] and [b.num_graphs for b in u.loader(u.train_set, shuffle=False)] == [4, 4, 4]
+    assert [b.num_graphs for b in t.loader(t.train_set, shuffle=True)] == [4, 4, 4]  # training keeps batch_size
+    for dataset in (data(), data(6, seed=1)):
+        double = [d.clone() for d in dataset]
+        for d in double:
+            d.x, d.y = d.x.double(), d.y.double()
+        assert t.evaluate(double)["loss"] == pytest.approx(u.evaluate(double)["loss"], rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
@@ -228,6 +266,7 @@ def test_the_train_transform_shapes_every_training_batch_and_no_evaluated_one(tm
         ("weight_decay_on", "biases", "weight_decay_on: expected 'all' or 'weights'"),
         ("eval_every", 0, "eval_every: expected an integer >= 1"),
         ("eval_every", 1.5, "eval_every: expected an integer >= 1"),
+        ("eval_batch_size", 0, r"eval_batch_size: expected >= 1 or None \(batch_size\)"),
         ("loader", "fast", "loader: expected 'auto', 'pyg' or 'fixed'"),
         ("ema_decay", 1.0, r"ema_decay: expected a number in \[0, 1\)"),
         ("ema_decay", -0.5, r"ema_decay: expected a number in \[0, 1\)"),

@@ -19,8 +19,8 @@ the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, `
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
 is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
-``--no-progress``, ``--deterministic`` and ``--loader`` are how to run, not what, and are never taken from the
-checkpoint.
+``--no-progress``, ``--deterministic``, ``--loader`` and ``--eval-batch-size`` are how to run, not what, and are
+never taken from the checkpoint.
 
 Errors
 ------
@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate every N epochs and after the last (default 1); only evaluated epochs can be the best",
     )
     train.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="samples per evaluation batch (default: --batch-size; nbody 256); larger is faster for small graphs, "
+        "and may change on --resume",
+    )
+    train.add_argument(
         "--loader",
         choices=["auto", "pyg", "fixed"],
         default="auto",
@@ -183,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from --out/last.pt with its options: one left out is the checkpoint's, one that differs is "
-        "refused; only --epochs, --on-nan, --device, --root, --no-progress and --deterministic may change",
+        "refused; only --epochs, --on-nan, --eval-batch-size, --device, --root, --no-progress and --deterministic "
+        "may change",
     )
     train.add_argument(
         "--deterministic",
@@ -217,6 +224,7 @@ _POSITIVE_INTEGERS = (
     "train_samples",
     "max_batches",
     "eval_every",
+    "eval_batch_size",
 )
 #: Options that must be finite numbers, and their bound.
 _FINITE_NUMBERS = {
@@ -382,6 +390,7 @@ def _train(args: argparse.Namespace) -> dict:
         weight_decay_on=args.weight_decay_on,
         ema_decay=args.ema_decay,
         eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch_size,
         loader=args.loader,
         seed=args.seed,
         device=device,

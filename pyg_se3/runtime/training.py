@@ -105,6 +105,11 @@ class TrainConfig:
         after the first step (:class:`torch.optim.swa_utils.AveragedModel`); buffers are copied, not averaged.
         In [0, 1); 0 (default): evaluate the trained weights themselves. It averages over about
         ``1 / (1 - ema_decay)`` steps: 0.999 is about 5 epochs of 3,000 samples in batches of 16.
+    eval_batch_size
+        Samples per evaluation batch, >= 1 (``None``, the default: ``batch_size``). Evaluation keeps no
+        activations for a backward pass, so it takes larger batches than training in the same memory, and small
+        graphs evaluate several times faster in batches of hundreds; the metrics do not depend on it (up to
+        floating-point rounding).
     eval_every
         Evaluate the validation and ``eval_sets`` every this many epochs (default 1), and always after the last
         epoch; only evaluated epochs can be the best. Rows of the other epochs have no validation metrics.
@@ -136,6 +141,7 @@ class TrainConfig:
     weight_decay_on: str = "all"
     ema_decay: float = 0.0
     eval_every: int = 1
+    eval_batch_size: int | None = None
     loader: str = "auto"
     seed: int = 0
     device: str = "cpu"
@@ -161,6 +167,8 @@ class TrainConfig:
         # a negative max-norm would flip the gradient: the run would train uphill
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ValueError(f"grad_clip: expected a finite number > 0 or None (no clipping), got {self.grad_clip}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size: expected >= 1 or None (batch_size), got {self.eval_batch_size}")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"max_batches: expected >= 1 or None (all), got {self.max_batches}")
         if self.schedule not in ("epoch", "step"):
@@ -181,6 +189,10 @@ class TrainConfig:
 
 class NonFiniteLossError(RuntimeError):
     """Raised with ``on_nan="stop"`` when a batch gives a NaN/inf loss or gradient."""
+
+
+#: Devices on which the trainer's AdamW runs fused (``torch.optim.AdamW(..., fused=True)``).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 def seed_everything(seed: int) -> None:
@@ -289,7 +301,11 @@ class Trainer:
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
         groups = parameter_groups(model, config.weight_decay, config.weight_decay_on)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        # the fused kernel: one pass over all parameters instead of a Python loop over them (5x faster for the
+        # N-body model's 280 small tensors on a CPU); the devices without it get the loop
+        floating = all(p.is_floating_point() for p in model.parameters())
+        fused = torch.device(self.device).type in FUSED_ADAMW_DEVICES and floating
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
         self.average = (
             AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=False)
             if config.ema_decay
@@ -388,15 +404,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def loader(self, dataset: Iterable, shuffle: bool, epoch: int = 0) -> DataLoader | FixedSizeLoader:
-        """Batches of ``dataset``: shuffled with ``(seed, epoch)`` for training, in order for evaluation. Under
-        ``torchrun``: this process's share of each global batch (training) or its shard (evaluation)."""
+        """Batches of ``dataset``: shuffled with ``(seed, epoch)`` for training, in order (``eval_batch_size``
+        each) for evaluation. Under ``torchrun``: this process's share of each global batch (training) or its
+        shard (evaluation)."""
         seed = self.config.seed * 1_000_003
         generator = torch.Generator().manual_seed(seed + epoch)
         sampler = distributed.train_sampler(dataset, seed, epoch) if shuffle else distributed.eval_sampler(dataset)
         graphs = self._fixed_size(dataset)
+        batch_size = self.config.batch_size if shuffle else self.config.eval_batch_size or self.config.batch_size
         return (DataLoader if graphs is None else FixedSizeLoader)(
             dataset if graphs is None else graphs,
-            batch_size=self.config.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             generator=generator,
@@ -482,8 +500,12 @@ class Trainer:
         # then reach the host in one synchronisation per step (each one stalls a GPU).
         loss.backward()
         loss = loss.detach()
-        checks = [loss.isfinite(), *(p.grad.isfinite().all() for p in self.model.parameters() if p.grad is not None)]
-        value, finite = torch.stack([loss.double(), torch.stack(checks).all().double()]).tolist()
+        # One norm of all gradients, finite iff every gradient is (and none so large that its square overflows),
+        # is both the check and the clipping's norm.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        finite = loss.isfinite() & norm.isfinite()
+        value, finite = torch.stack([loss.double(), finite.double()]).tolist()
         if not distributed.all_true(bool(finite)):
             self.optimizer.zero_grad(set_to_none=True)
             message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={value:.4g})"
@@ -494,7 +516,7 @@ class Trainer:
             self.skipped_batches.append((epoch, index))
             return None
         if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.grad_clip, norm)
         self.optimizer.step()
         if self.average is not None:
             self.average.update_parameters(self.model)
