@@ -66,8 +66,24 @@ class LossPoisonTask(ToyTask):
         return loss + torch.where(batch.x == 2, torch.inf, 0.0).sum()
 
 
+class HugeGradientTask(ToyTask):
+    """A finite loss with finite gradients for samples flagged by ``x = 2``, one of them 1e30: finite in float32,
+    but its square is not, so the gradients have no norm to clip to."""
+
+    def loss(self, model, batch):
+        loss = super().loss(model, batch)
+        if (batch.x == 2).any():
+            loss = loss + 1e30 * model.bias.sum()
+        return loss
+
+
 @pytest.mark.parametrize(
-    ("task", "reported"), [(GradientPoisonTask(), "batch skipped"), (LossPoisonTask(), "(loss=inf); batch skipped")]
+    ("task", "reported"),
+    [
+        (GradientPoisonTask(), "batch skipped"),
+        (LossPoisonTask(), "(loss=inf); batch skipped"),
+        (HugeGradientTask(), "batch skipped"),
+    ],
 )
 def test_a_non_finite_gradient_or_loss_alone_is_skipped(task, reported, tmp_path, capsys):
     data = toy_data()

@@ -73,8 +73,8 @@ class TrainConfig:
     Attributes
     ----------
     epochs, batch_size, lr, weight_decay
-        The optimisation (AdamW: ``lr`` finite and > 0, ``weight_decay`` finite and >= 0; cosine decay of the
-        learning rate from ``lr`` to ``min_lr``: at time ``t`` (in epochs) it is
+        The optimisation (AdamW, fused on CPUs and CUDA GPUs: ``lr`` finite and > 0, ``weight_decay`` finite and
+        >= 0; cosine decay of the learning rate from ``lr`` to ``min_lr``: at time ``t`` (in epochs) it is
         ``min_lr + (lr - min_lr) (1 + cos(pi t / epochs)) / 2``). Under ``torchrun``, ``batch_size`` is per
         process: a step sees ``batch_size * world_size`` samples.
     min_lr
@@ -124,7 +124,9 @@ class TrainConfig:
     grad_clip
         Clip the gradient norm to this value, finite and > 0 (``None``: no clipping).
     on_nan
-        A non-finite loss or gradient: ``"skip"`` the batch (reported with its index) or ``"stop"`` the run.
+        A non-finite loss or gradient: ``"skip"`` the batch (reported with its index) or ``"stop"`` the run. The
+        check is on the norm of all gradients together: one too large for its square to be represented counts
+        as non-finite too.
     max_batches
         Stop each epoch after this many training batches, >= 1 (``None``: all); for smoke tests and quick looks.
     progress
