@@ -399,6 +399,34 @@ def test_reflect_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thre
     assert load(tmp_path / "reflect" / "last.pt")["config"]["extra"]["reflect"] is True
 
 
+def test_cli_evaluate_batches_at_the_tasks_evaluation_size(root, tmp_path, one_thread, monkeypatch, capsys):
+    """``pyg-se3 evaluate`` evaluates nbody in batches of 256 (train's ``--eval-batch-size`` default), or of
+    ``--batch-size`` when given, with the metrics the training run recorded."""
+    argv = train_args(tmp_path, "--train-samples", "16", "--max-batches", "2", "--eval-every", "1", root=root)
+    argv[2] = "nbody"
+    assert cli.main(argv) == 0
+    recorded = load(tmp_path / "out" / "best.pt")["history"][-1]
+    capsys.readouterr()
+    sizes = []
+    loader = Trainer.loader
+
+    def recording_loader(self, dataset, shuffle, epoch=0):
+        batches = list(loader(self, dataset, shuffle, epoch))
+        sizes.append([batch.num_graphs for batch in batches])
+        return batches
+
+    monkeypatch.setattr(Trainer, "loader", recording_loader)
+    checkpoint = ["evaluate", "--task", "nbody", "--root", str(root), "--checkpoint", str(tmp_path / "out" / "best.pt")]
+    for extra, size in (([], 256), (["--batch-size", "600"], 600)):
+        sizes.clear()
+        assert cli.main([*checkpoint, "--no-progress", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert [batches[0] for batches in sizes] == [size] * 3  # train, val, test
+        assert [sum(batches) for batches in sizes] == [3000, 2000, 2000]
+        assert report["val"]["mse"] == pytest.approx(recorded["val_mse"], rel=1e-5)
+        assert report["test"]["mse"] == pytest.approx(recorded["test_mse"], rel=1e-5)
+
+
 def test_time_reversal_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread):
     """``--time-reversal`` trains on reversed nbody samples (another first training loss from the same seed and
     batches), is recorded, and a resumed run keeps it and ends where an uninterrupted one does."""

@@ -96,13 +96,15 @@ TRAIN_DEFAULTS = {
 def _apply_defaults(args: argparse.Namespace) -> None:
     """Fill every option left at ``None``: the task's default, else the generic one."""
     task = TASKS[args.task]
-    generic = {**asdict(ModelOptions()), **TRAIN_DEFAULTS}
-    for name, value in {**generic, **task.model_defaults, **task.train_defaults}.items():
+    defaults = {**asdict(ModelOptions()), **TRAIN_DEFAULTS, **task.model_defaults, **task.train_defaults}
+    if args.command == "evaluate":  # evaluate's batches are evaluation batches: the task's size for them
+        defaults["batch_size"] = defaults.get("eval_batch_size") or defaults["batch_size"]
+    for name, value in defaults.items():
         if getattr(args, name, value) is None:
             setattr(args, name, value)
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, batch_size_help: str) -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--root", default="data", help="dataset folder (raw/processed files)")
     parser.add_argument(
@@ -110,7 +112,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="use only the first N training samples (default: all); energy: fresh samples per epoch (default 5000)",
     )
-    parser.add_argument("--batch-size", type=int, help="per process under torchrun (default: 16; energy 128)")
+    parser.add_argument("--batch-size", type=int, help=batch_size_help)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (torchrun: cuda means cuda:LOCAL_RANK)")
     parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyg-se3", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model; writes metrics, checkpoints and plots to --out")
-    _add_data_arguments(train)
+    _add_data_arguments(train, "per process under torchrun (default: 16; energy 128)")
     _add_model_arguments(train)
     train.add_argument("--epochs", type=int, help="default: 10; energy 100")
     train.add_argument("--lr", type=float, help="initial learning rate (default 1e-3)")
@@ -199,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. a killed run resumed with --resume ends with the weights of an uninterrupted one (slower on CUDA)",
     )
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on every split")
-    _add_data_arguments(evaluate)
+    _add_data_arguments(
+        evaluate,
+        "samples per evaluation batch, per process under torchrun (default: nbody 256; energy 128; else 16)",
+    )
     evaluate.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
     return parser
 
