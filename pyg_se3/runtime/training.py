@@ -271,7 +271,7 @@ class Trainer:
     eval_sets
         More datasets to evaluate every epoch, by name (e.g. ``{"test": test_set}``).
     train_transform
-        Applied to every training batch after it is moved to the device, before the step (e.g. a
+        Applied to every training batch before it is moved to the device and stepped on (e.g. a
         :class:`~pyg_se3.transforms.RandomReflection`, which reflects each graph of a batch on its own): augmentation
         that keeps the fast loader, unlike a dataset ``transform``. Its draws come from torch's global random
         state, which checkpoints save, so a resumed run draws what an uninterrupted one would.
@@ -471,10 +471,9 @@ class Trainer:
             if self.config.schedule == "step":
                 per_step = 1 / max(num_batches, 1)
                 self._set_learning_rate(self.learning_rate(epoch, index * per_step, per_step))
-            batch = batch.to(self.device)
-            if self.train_transform is not None:
+            if self.train_transform is not None:  # on the host, where the batch is made: no device syncs
                 batch = self.train_transform(batch)
-            loss = self.step(batch, epoch, index)
+            loss = self.step(batch.to(self.device), epoch, index)
             if loss is not None:
                 total, count = total + loss, count + 1
                 bar.set_postfix(loss=f"{loss:.4g}")
