@@ -245,7 +245,8 @@ class RandomTimeReversal(BaseTransform):
     A sample maps an input state (positions, velocities) to later positions. Where the dynamics are reversible,
     the trajectory run backwards from the target frame with the velocities reversed is as much a sample of the
     same physics, with the input positions as its target. ``reversed_samples`` holds those counterparts (for the
-    charged N-body benchmark: :meth:`~pyg_se3.datasets.NBodyCharged.time_reversed`), matched to the samples by
+    charged N-body benchmark and particle dynamics: :meth:`~pyg_se3.datasets.NBodyCharged.time_reversed`,
+    :meth:`~pyg_se3.datasets.ParticleDynamics.time_reversed`), matched to the samples by
     ``index_key``; the attributes in ``keys`` of a swapped graph are replaced by its counterpart's.
 
     Applied to a collated :class:`~torch_geometric.data.Batch` it swaps each of its graphs independently, so a

@@ -189,6 +189,51 @@ def test_particle_dynamics_samples(dynamics64):
     assert len(sizes) > 5  # simulations of many different sizes
 
 
+def test_particle_dynamics_time_reversed_blocks_run_back_to_their_inputs(dynamics64):
+    """A counterpart starts at the stored end of its block (in float64, bit for bit) with the velocities
+    reversed (the next block's start velocities, negated), and velocity Verlet takes it back to the sample's
+    input positions, to float64 rounding; everything else is the sample's."""
+    backwards = dynamics64.time_reversed()
+    assert len(backwards) == len(dynamics64)
+    chained = 0
+    for index, (sample, counterpart) in enumerate(zip(dynamics64, backwards, strict=True)):
+        assert int(sample.sample_id) == index
+        assert torch.equal(counterpart.y, sample.pos) and torch.equal(counterpart.pos, sample.y)
+        for key in ("mass", "sim_id", "block_start", "sample_id"):
+            assert torch.equal(counterpart[key], sample[key]), key
+        assert torch.equal(counterpart.x, torch.cat([sample.mass, counterpart.vel], -1))
+        if index + 1 < len(dynamics64) and int(dynamics64[index + 1].sim_id) == int(sample.sim_id):
+            assert torch.equal(counterpart.vel, -dynamics64[index + 1].vel)
+            chained += 1
+        back = dynamics64.integrate_block(counterpart)
+        scale = float(sample.pos.abs().max())
+        assert float((back - sample.pos).abs().max()) < 1e-12 * scale, index
+        # without reversing the velocities the same steps go elsewhere
+        onwards = counterpart.clone()
+        onwards.vel = -counterpart.vel
+        assert float((dynamics64.integrate_block(onwards) - sample.pos).abs().max()) > 1e-2
+    assert chained == len(dynamics64) - 20  # every block but the last of each of the 20 simulations
+
+
+def test_particle_dynamics_time_reversed_float32_and_stale_processed_files(tmp_path):
+    """Counterparts keep the dataset's dtype; a processed file of the earlier sample format (no ``sample_id``),
+    under its earlier name, is not loaded: the dataset builds its own from the raw file."""
+    small = {"num_simulations": 2, "num_steps": 20, "progress": False}
+    data = ParticleDynamics(tmp_path, split="val", **small)
+    assert data.time_reversed()[0].pos.dtype == torch.float32
+    new_path = Path(data.processed_paths[0])
+    assert new_path.name.endswith("-float32-samples2.pt")
+    stale = tmp_path / "processed" / new_path.name.replace("-samples2", "")
+    old_samples = [d.clone() for d in data]
+    for d in old_samples:
+        del d.sample_id
+    ParticleDynamics.save(old_samples, str(stale))
+    new_path.unlink()
+    rebuilt = ParticleDynamics(tmp_path, split="val", **small)
+    assert [int(d.sample_id) for d in rebuilt] == list(range(len(rebuilt)))
+    assert stale.is_file() and new_path.is_file()
+
+
 def test_particle_dynamics_float32_is_the_rounded_float64(roots, dynamics64):
     data32 = ParticleDynamics(roots[ParticleDynamics], split="val", progress=False)
     assert data32[7].y.dtype == torch.float32

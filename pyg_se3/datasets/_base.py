@@ -223,6 +223,10 @@ class GeneratedDataset(InMemoryDataset):
     name: ClassVar[str]
     #: The fiber of ``data.x`` (for :class:`~pyg_se3.transforms.RandomRotation` and the models).
     fiber: ClassVar[Fiber]
+    #: The version of what ``build_samples`` makes of the raw arrays (raised when the samples gain or change an
+    #: attribute): from 2 on it is in the processed file's name, so a root's older processed file is not loaded
+    #: as if it were current (it stays, for the code that made it) and a new one is built from the same raw file.
+    sample_format: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -285,7 +289,8 @@ class GeneratedDataset(InMemoryDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
-        return [f"{self.split}-{self.tag}-{self._dtype_name}.pt"]
+        version = f"-samples{self.sample_format}" if self.sample_format > 1 else ""
+        return [f"{self.split}-{self.tag}-{self._dtype_name}{version}.pt"]
 
     def download(self) -> None:
         target = Path(self.raw_paths[0])

@@ -110,7 +110,7 @@ class ParticleDynamics(GeneratedDataset):
     - ``x`` ``[N, 4]``: the flat fiber features of :attr:`fiber` ``= Fiber({0: 1, 1: 1})``, i.e. ``[m, vx, vy, vz]``;
     - ``y`` ``[N, 3]``: the positions at the end of the block;
     - ``sim_id`` ``[1]``: the simulation (index within the split), ``block_start`` ``[1]``: the saved step
-      the block starts at.
+      the block starts at; ``sample_id`` ``[1]``: the sample's index within the split.
 
     No edges are stored: models build their graph from ``pos`` (e.g. ``torch_cluster.radius_graph`` or a
     complete graph), as the iterative model must after every position update anyway.
@@ -167,7 +167,7 @@ class ParticleDynamics(GeneratedDataset):
     >>> len(test), ParticleDynamics.fiber, test.horizon
     (400, Fiber({0: 1, 1: 1}), 2.5)
     >>> test[0]
-    Data(x=[6, 4], y=[6, 3], pos=[6, 3], vel=[6, 3], mass=[6, 1], sim_id=[1], block_start=[1])
+    Data(x=[6, 4], y=[6, 3], pos=[6, 3], vel=[6, 3], mass=[6, 1], sim_id=[1], block_start=[1], sample_id=[1])
 
     Any other configuration is simulated, here 2 simulations of 20 saved steps (2 blocks each):
 
@@ -179,6 +179,7 @@ class ParticleDynamics(GeneratedDataset):
 
     name = "particle_dynamics"
     fiber = Fiber({0: 1, 1: 1})
+    sample_format = 2  # sample_id added
     default_num_simulations: Mapping[str, int] = {"train": 160, "val": 20, "test": 20}
 
     def __init__(
@@ -408,6 +409,7 @@ class ParticleDynamics(GeneratedDataset):
                         y=pos[b + 1].clone(),
                         sim_id=torch.tensor([sim]),
                         block_start=torch.tensor([b * block]),
+                        sample_id=torch.tensor([len(samples)]),
                     )
                 )
         return samples
@@ -425,6 +427,62 @@ class ParticleDynamics(GeneratedDataset):
     def config_horizon(config: Mapping[str, Any]) -> float:
         """:attr:`horizon` of the dataset of ``config`` (from :meth:`make_config`), without building it."""
         return config["block_size"] * config["substeps"] * config["dt"]
+
+    def time_reversed(self) -> list[Data]:
+        r"""Every sample's time-reversed counterpart: the same simulation run backwards, from the end of the
+        block to its start.
+
+        Velocity Verlet is time-reversible: started from the state :math:`(x_T, -v_T)` at the end of a block, its
+        steps retrace the trajectory with the velocities reversed and end at :math:`(x_0, -v_0)`, up to rounding
+        (the forces depend on positions only). So the counterpart of a sample starts at the end of its block
+        with the velocities reversed, and its target is the sample's input positions.
+
+        Each block is integrated again in float64 (``block_size * substeps`` steps of ``dt``, the samples of one
+        size together) from the sample's stored start; its end state, rounded to the dataset's dtype, is the
+        counterpart's input. With ``dtype=torch.float64`` that is the stored end of the block (the next saved
+        step) exactly; otherwise, where a close encounter makes the motion chaotic, the float32 rounding of the
+        start can lead elsewhere, and the counterpart is then the exact reversal of the trajectory it starts
+        from, up to float64 rounding and the rounding of its inputs.
+
+        Returns
+        -------
+        list[Data]
+            One per sample, in order, with the sample's attributes: ``pos``, ``vel`` and the velocity part of
+            ``x`` replaced by the reversed start, ``y`` by the sample's ``pos``; masses, ``sim_id``,
+            ``block_start`` and ``sample_id`` kept.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pyg_se3.datasets import ParticleDynamics
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> data = ParticleDynamics(tmp.name, split="val", num_simulations=2, num_steps=20, progress=False)
+        >>> backwards = data.time_reversed()
+        >>> torch.equal(backwards[1].y, data[1].pos), torch.equal(backwards[1].sample_id, data[1].sample_id)
+        (True, True)
+        >>> tmp.cleanup()
+        """
+        samples = [self[i] for i in range(len(self))]
+        by_size: dict[int, list[int]] = {}
+        for index, sample in enumerate(samples):
+            by_size.setdefault(sample.num_nodes, []).append(index)
+        steps = self.config["block_size"] * self.config["substeps"]
+        reversed_samples: list[Data | None] = [None] * len(samples)
+        for members in by_size.values():
+            mass = torch.stack([samples[i].mass.squeeze(-1) for i in members]).double()
+            pos = torch.stack([samples[i].pos for i in members]).double()
+            vel = torch.stack([samples[i].vel for i in members]).double()
+            forces = self.pair_potential(self.config, mass).forces
+            end = velocity_verlet(pos, vel, mass, forces, self.config["dt"], steps, save_every=steps)
+            for row, i in enumerate(members):
+                sample = samples[i]
+                new = sample.clone()
+                new.pos = end.pos[row, -1].to(sample.pos.dtype)
+                new.vel = -end.vel[row, -1].to(sample.vel.dtype)
+                new.x = torch.cat([sample.mass, new.vel], dim=-1)
+                new.y = sample.pos.clone()
+                reversed_samples[i] = new
+        return reversed_samples  # type: ignore[return-value]
 
     def integrate_block(self, data: Data, num_steps: int | None = None) -> Tensor:
         """Positions after integrating a sample's own initial state ``num_steps`` integrator steps of ``dt``

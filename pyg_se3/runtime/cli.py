@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="swap every training graph with probability 1/2 for the same simulation run backwards, from the "
         "target frame's state with the velocities reversed to the input positions: the simulations are "
-        "reversible (nbody)",
+        "reversible (nbody and dynamics)",
     )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")

@@ -295,7 +295,8 @@ class Task:
     def check_time_reversal(cls) -> None:
         """A ``ValueError`` for a task without :meth:`time_reversal` (before any data is loaded)."""
         if not hasattr(cls.dataset_cls, "time_reversed"):
-            raise ValueError(f"--time-reversal: the {cls.name!r} task has no time-reversed samples (nbody has)")
+            have = "nbody and dynamics have"
+            raise ValueError(f"--time-reversal: the {cls.name!r} task has no time-reversed samples ({have})")
 
     def time_reversal(self, train_set: Any) -> RandomTimeReversal:
         """The training batches' random swaps for time-reversed samples (``--time-reversal``): every graph of a
