@@ -381,37 +381,23 @@ def test_a_model_option_the_checkpoint_predates_is_its_default_on_resume(trained
     assert last["epoch"] == 2 and last["config"]["extra"]["model"]["parity"] is False
 
 
-def test_reflect_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread):
-    """``--reflect`` trains on inverted graphs (another first training loss from the same seed and batches), is
-    recorded, and a resumed run keeps it without being told."""
+@pytest.mark.parametrize(("flag", "key"), [("--reflect", "reflect"), ("--time-reversal", "time_reversal")])
+def test_dynamics_augmentation_is_recorded_applied_and_kept_on_resume(root, tmp_path, one_thread, flag, key):
+    """``--reflect`` (inverted graphs) and ``--time-reversal`` (blocks run backwards) on the dynamics task: another
+    first training loss from the same seed and batches, recorded, and kept by a resumed run without being told."""
     losses = {}
-    for name, extra in (("plain", []), ("reflect", ["--reflect"])):
+    for name, extra in (("plain", []), ("augmented", [flag])):
         out = tmp_path / name
         argv = train_args(tmp_path, "--train-samples", "16", "--max-batches", "4", *extra, root=root)
         argv[argv.index("--out") + 1] = str(out)  # the later --train-samples and --max-batches win
         assert cli.main(argv) == 0
         state = load(out / "last.pt")
-        assert state["config"]["extra"]["reflect"] is bool(extra)
+        assert state["config"]["extra"][key] is bool(extra)
         losses[name] = state["history"][0]["train_loss"]
-    assert losses["reflect"] != losses["plain"]
-    resume = ["train", "--task", "dynamics", "--root", str(root), "--out", str(tmp_path / "reflect"), "--resume"]
+    assert math.isfinite(losses["augmented"]) and losses["augmented"] != losses["plain"]
+    resume = ["train", "--task", "dynamics", "--root", str(root), "--out", str(tmp_path / "augmented"), "--resume"]
     assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 0
-    assert load(tmp_path / "reflect" / "last.pt")["config"]["extra"]["reflect"] is True
-
-
-def test_dynamics_time_reversal_is_recorded_and_applied(root, tmp_path, one_thread):
-    """``--time-reversal`` on the dynamics task trains on its reversed blocks: another first training loss from
-    the same seed and batches, recorded in the checkpoint."""
-    losses = {}
-    for name, extra in (("plain", []), ("reversed", ["--time-reversal"])):
-        out = tmp_path / name
-        argv = train_args(tmp_path, "--train-samples", "16", "--max-batches", "4", *extra, root=root)
-        argv[argv.index("--out") + 1] = str(out)  # the later --train-samples and --max-batches win
-        assert cli.main(argv) == 0
-        state = load(out / "last.pt")
-        assert state["config"]["extra"]["time_reversal"] is bool(extra)
-        losses[name] = state["history"][0]["train_loss"]
-    assert math.isfinite(losses["reversed"]) and losses["reversed"] != losses["plain"]
+    assert load(tmp_path / "augmented" / "last.pt")["config"]["extra"][key] is True
 
 
 def test_cli_evaluate_batches_at_the_tasks_evaluation_size(root, tmp_path, one_thread, monkeypatch, capsys):
