@@ -463,26 +463,24 @@ class ParticleDynamics(GeneratedDataset):
         >>> tmp.cleanup()
         """
         samples = [self[i] for i in range(len(self))]
-        by_size: dict[int, list[int]] = {}
-        for index, sample in enumerate(samples):
-            by_size.setdefault(sample.num_nodes, []).append(index)
-        steps = self.config["block_size"] * self.config["substeps"]
-        reversed_samples: list[Data | None] = [None] * len(samples)
-        for members in by_size.values():
-            mass = torch.stack([samples[i].mass.squeeze(-1) for i in members]).double()
-            pos = torch.stack([samples[i].pos for i in members]).double()
-            vel = torch.stack([samples[i].vel for i in members]).double()
-            forces = self.pair_potential(self.config, mass).forces
-            end = velocity_verlet(pos, vel, mass, forces, self.config["dt"], steps, save_every=steps)
-            for row, i in enumerate(members):
-                sample = samples[i]
-                new = sample.clone()
-                new.pos = end.pos[row, -1].to(sample.pos.dtype)
-                new.vel = -end.vel[row, -1].to(sample.vel.dtype)
-                new.x = torch.cat([sample.mass, new.vel], dim=-1)
-                new.y = sample.pos.clone()
-                reversed_samples[i] = new
-        return reversed_samples  # type: ignore[return-value]
+        starts = [
+            {
+                "num_steps": self.config["block_size"],
+                "mass": sample.mass.squeeze(-1).double(),
+                "pos": sample.pos.double(),
+                "vel": sample.vel.double(),
+            }
+            for sample in samples
+        ]
+        reversed_samples = []
+        for sample, (pos, vel) in zip(samples, self.simulate(self.config, starts), strict=True):
+            new = sample.clone()
+            new.pos = pos[-1].to(sample.pos.dtype)  # frames at the block's start and end
+            new.vel = -vel[-1].to(sample.vel.dtype)
+            new.x = torch.cat([sample.mass, new.vel], dim=-1)
+            new.y = sample.pos.clone()
+            reversed_samples.append(new)
+        return reversed_samples
 
     def integrate_block(self, data: Data, num_steps: int | None = None) -> Tensor:
         """Positions after integrating a sample's own initial state ``num_steps`` integrator steps of ``dt``
