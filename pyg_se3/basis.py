@@ -39,6 +39,7 @@ from torch import Tensor
 
 from pyg_se3._amp import autocast_disabled
 from pyg_se3.checks import check_edge_index, check_int, check_pos
+from pyg_se3.graph import reverse_edge_pairs
 
 __all__ = ["Basis", "clebsch_gordan_block", "compute_basis", "edge_harmonics", "edge_vectors", "num_J"]
 
@@ -174,6 +175,11 @@ class Basis:
     parity
         Whether the blocks keep only the terms that respect parity (``k + l + J`` even; see the module
         documentation). A layer runs on a basis of its own ``parity`` only.
+    reverse_pairs
+        ``[2, E / 2]`` the edges in reverse pairs (:func:`~pyg_se3.graph.reverse_edge_pairs`) when the graph is
+        symmetric, else ``None``. An :class:`~pyg_se3.nn.EdgeKernel` whose radial inputs are equal on both edges
+        of every pair then computes the radial weights once per pair (:meth:`paired_block`,
+        :meth:`unpair`). A basis cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
     """
 
     edge_index: Tensor
@@ -183,6 +189,10 @@ class Basis:
     pairs: dict[tuple[int, int], Tensor] = field(repr=False)
     edge_weight: Tensor | None = None
     parity: bool = False
+    reverse_pairs: Tensor | None = field(default=None, repr=False)
+    # paired blocks and the pair order, built on first use and shared by the layers that use this basis; each
+    # entry keeps the tensors it was built from, so that replacing a block (or the pairs) rebuilds it
+    _paired: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_edges(self) -> int:
@@ -203,7 +213,15 @@ class Basis:
             pairs = dict(zip(self.pairs, rest[: len(self.pairs)], strict=True))
             edge_weight = rest[len(self.pairs)] if self.edge_weight is not None else None
             out.append(
-                replace(self, edge_index=edge_index, rel_pos=rel_pos, dist=dist, pairs=pairs, edge_weight=edge_weight)
+                replace(
+                    self,
+                    edge_index=edge_index,
+                    rel_pos=rel_pos,
+                    dist=dist,
+                    pairs=pairs,
+                    edge_weight=edge_weight,
+                    reverse_pairs=None,
+                )
             )
         return out
 
@@ -212,7 +230,15 @@ class Basis:
         pairs = {pair: b.index_select(0, index) for pair, b in self.pairs.items()}
         edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
         rel_pos, dist = (t.index_select(0, index) for t in (self.rel_pos, self.dist))
-        return replace(self, edge_index=edge_index, rel_pos=rel_pos, dist=dist, pairs=pairs, edge_weight=edge_weight)
+        return replace(
+            self,
+            edge_index=edge_index,
+            rel_pos=rel_pos,
+            dist=dist,
+            pairs=pairs,
+            edge_weight=edge_weight,
+            reverse_pairs=None,
+        )
 
     def with_edge_weight(self, edge_weight: Tensor) -> Basis:
         """This basis carrying the envelope weights ``edge_weight [E]``. Weights come in one place: a basis that
@@ -223,6 +249,36 @@ class Basis:
                 "edge_weight (or a model cutoff), not both"
             )
         return replace(self, edge_weight=edge_weight)
+
+    def paired_block(self, pair: tuple[int, int]) -> Tensor:
+        """Block ``(k, l)`` of both edges of every reverse pair at once, ``[E / 2, 2 (2k+1), nJ 2 (2l+1)]``:
+        block-diagonal, the forward edge's ``[2k+1, 2l+1]`` block of each path ``J`` top left and its reverse's
+        bottom right. Source features of both edges side by side, ``[E / 2, C, 2 (2k+1)]``, times this block give
+        both edges' stacked features, ``(J, m)`` with ``m`` the forward edge's components, then the reverse's."""
+        if self.reverse_pairs is None:
+            raise ValueError("basis: its graph has no reverse pairs (reverse_pairs is None)")
+        block = self[pair]
+        cached = self._paired.get(pair)
+        if cached is None or cached[0] is not block or cached[1] is not self.reverse_pairs:
+            num_pairs, rows, cols = self.reverse_pairs.shape[1], block.shape[1], 2 * pair[1] + 1
+            paired = block.new_zeros(num_pairs, 2, rows, block.shape[2] // cols, 2, cols)
+            for half, edges in enumerate(self.reverse_pairs):
+                paired[:, half, :, :, half] = block.index_select(0, edges).unflatten(2, (-1, cols))
+            cached = self._paired[pair] = (block, self.reverse_pairs, paired.view(num_pairs, 2 * rows, -1))
+        return cached[2]
+
+    def unpair(self, paired: Tensor) -> Tensor:
+        """``[E / 2, ..., 2 m] -> [E, ..., m]``: per-pair results, the forward edge's ``m`` components then the
+        reverse's (as :meth:`paired_block` orders them), back in the order of ``edge_index``."""
+        pairs = self.reverse_pairs
+        if pairs is None:
+            raise ValueError("basis: its graph has no reverse pairs (reverse_pairs is None)")
+        cached = self._paired.get("order")
+        if cached is None or cached[0] is not pairs:
+            order = torch.empty(self.num_edges, dtype=torch.long, device=pairs.device)
+            order[pairs.flatten()] = torch.arange(self.num_edges, device=pairs.device)
+            cached = self._paired["order"] = (pairs, order)
+        return torch.cat(paired.chunk(2, dim=-1)).index_select(0, cached[1])
 
     def __getitem__(self, pair: tuple[int, int]) -> Tensor:
         try:
@@ -243,6 +299,7 @@ def compute_basis(
     detach: bool = False,
     check_values: bool = True,
     parity: bool = False,
+    find_reverse_pairs: bool = True,
 ) -> Basis:
     r"""Evaluate the kernel basis of every edge for all degree pairs up to ``max_degree``.
 
@@ -265,6 +322,11 @@ def compute_basis(
     parity
         Keep only the terms with ``k + l + J`` even, for layers that are equivariant under reflections too
         (``parity=True`` layers; see the module documentation). Default ``False``: all terms, SE(3).
+    find_reverse_pairs
+        Find the graph's reverse pairs (:attr:`Basis.reverse_pairs`; a sort of the edges, which reads data back
+        from the device) when ``pos`` is one point set and not under ``torch.compile``. On a symmetric graph
+        (radius, complete) the full kernels then compute their radial weights once per pair: the same messages
+        in fewer operations. ``False`` leaves ``reverse_pairs`` ``None``.
 
     Returns
     -------
@@ -309,8 +371,9 @@ def compute_basis(
     (3, 3, 6)
     """
     max_degree = check_int(max_degree, "max_degree", 0)
-    if not isinstance(parity, bool):
-        raise ValueError(f"parity: expected True or False, got {parity!r}")
+    for name, flag in (("parity", parity), ("find_reverse_pairs", find_reverse_pairs)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}: expected True or False, got {flag!r}")
     _check_geometry(pos, edge_index, check_values)
     if detach:
         pos = tuple(p.detach() for p in pos) if isinstance(pos, tuple) else pos.detach()
@@ -325,6 +388,9 @@ def compute_basis(
                 Y = sh[:, J_min * J_min : (J_max + 1) * (J_max + 1)]
                 Q = clebsch_gordan_block(k, l, sh.dtype, sh.device, parity)
                 pairs[(k, l)] = (Y @ Q).view(-1, 2 * k + 1, num_J(k, l, parity) * (2 * l + 1))
+    reverse_pairs = None
+    if find_reverse_pairs and not isinstance(pos, tuple) and not torch.compiler.is_compiling():
+        reverse_pairs = reverse_edge_pairs(edge_index, pos.shape[0])
     return Basis(
         edge_index=edge_index,
         rel_pos=rel_pos,
@@ -333,6 +399,7 @@ def compute_basis(
         pairs=pairs,
         edge_weight=edge_weight,
         parity=parity,
+        reverse_pairs=reverse_pairs,
     )
 
 

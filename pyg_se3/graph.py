@@ -53,6 +53,7 @@ __all__ = [
     "cosine_envelope",
     "envelope_weight",
     "polynomial_envelope",
+    "reverse_edge_pairs",
 ]
 
 
@@ -494,6 +495,50 @@ def _radius_torch(pos: Tensor, batch: Tensor | None, r2: float, cap: int, loop: 
         crowded += (within.sum(1) > cap).sum()
         edges.append(_edges(target, source, _nearest(squared, within, cap)))
     return _cat(edges, pos.device), crowded
+
+
+def reverse_edge_pairs(edge_index: Tensor, num_nodes: int) -> Tensor | None:
+    """The edges of a symmetric graph in reverse pairs: ``[2, E / 2]``, row 0 the edges ``(j, i)`` with ``j < i``,
+    row 1 the index of each one's reverse ``(i, j)``; ``None`` unless every edge has exactly one reverse (a
+    directed graph such as a kNN graph, a self-loop, a repeated edge).
+
+    Radius and complete graphs without self-loops are symmetric: an edge and its reverse have the same length and
+    opposite directions, so a kernel whose radial weights depend on invariants of the pair alone needs them once
+    per pair (:class:`~pyg_se3.nn.EdgeKernel`; :func:`~pyg_se3.basis.compute_basis` finds the pairs).
+
+    Parameters
+    ----------
+    edge_index
+        ``[2, E]`` integer edges ``(j, i)``, indices below ``num_nodes``.
+    num_nodes
+        Number of nodes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pyg_se3.graph import reverse_edge_pairs
+    >>> reverse_edge_pairs(torch.tensor([[1, 0, 2, 0], [0, 1, 0, 2]]), 3)
+    tensor([[1, 3],
+            [0, 2]])
+    >>> reverse_edge_pairs(torch.tensor([[1, 2], [0, 0]]), 3) is None  # no edge 0 -> 1
+    True
+    """
+    num_edges = edge_index.shape[1]
+    source, target = edge_index
+    forward = (source < target).nonzero().squeeze(1)
+    if num_edges == 0 or 2 * forward.numel() != num_edges:  # no edges, self-loops or unbalanced directions
+        return None
+    key = source * num_nodes + target
+    order = torch.argsort(key)
+    sorted_key = key[order]
+    if bool((sorted_key[1:] == sorted_key[:-1]).any()):  # a repeated edge
+        return None
+    # the reverse of each forward edge, if present; distinct and all with j > i, so they are the other half
+    wanted = target[forward] * num_nodes + source[forward]
+    found = torch.searchsorted(sorted_key, wanted).clamp_max(num_edges - 1)
+    if not torch.equal(sorted_key[found], wanted):
+        return None
+    return torch.stack([forward, order[found]])
 
 
 def _by_target_then_source(edge_index: Tensor, num_nodes: int) -> Tensor:

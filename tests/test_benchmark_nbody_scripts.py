@@ -209,3 +209,18 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     table = (tmp_path / "nbody_speed.md").read_text()
     assert table.count("\n| ") >= 3 and "inverse distances s=0.1 powers 1..2, scaled" in table
     assert "4 channels, full kernel, parity, position integrator" in table
+
+
+def test_the_reverse_pairs_benchmark_runs(root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import reverse_pairs
+
+    argv = ["--root", str(root), "--nodes", "40", "--degrees", "1", "--batches", "1", "--repeats", "1"]
+    result = reverse_pairs.main([*argv, "--rounds", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "reverse_pairs.json").read_text()) == result
+    rows = result["rows"]
+    assert [row["case"].split(",")[0] for row in rows] == ["SE3Attention", "N-body 8 x 1 model (16 channels)"]
+    assert rows[1]["edges"] == 20 * 100
+    assert all(t > 0 for row in rows for way in ("per_pair_s", "per_edge_s") for t in row[way].values())
+    table = (tmp_path / "reverse_pairs.md").read_text()
+    assert table.count("\n| ") == 3 and "1 batches of 100 systems" in table

@@ -371,6 +371,7 @@ def kernel_contraction(
     bs: Sequence[Tensor],
     degree: int,
     chunk: int | None = None,
+    paired: bool = False,
 ) -> Tensor:
     r"""Messages of one output degree through the full kernel: the radial head's weights contracted with the
     stacked basis features.
@@ -395,14 +396,20 @@ def kernel_contraction(
         Edges per chunk; by default sized so that one chunk's weights take about 2 MiB on a CPU (under
         ``torch.compile``: larger when needed to make at most ``COMPILED_MAX_CHUNKS`` chunks, since the compiler
         unrolls the loop; see :func:`_chunks`).
+    paired
+        The rows are pairs of edges that share their radial weights (an edge and its reverse, whose radial
+        inputs are equal): ``hidden`` is ``[E / 2, H]``, ``xs`` the pair's features side by side
+        ``[E / 2, C_k, 2 (2k+1)]`` and ``bs`` block-diagonal (:meth:`~pyg_se3.basis.Basis.paired_block`); the
+        weights are computed once per pair. Default ``False``.
 
     Returns
     -------
     Tensor
-        ``[E, C, 2l+1]``.
+        ``[E, C, 2l+1]``; ``[E / 2, C, 2 (2l+1)]`` when ``paired``, the first edge's components first.
     """
     chunk = _chunk_size(chunk, head.out_features, hidden)
-    return _KernelContraction.apply(chunk, 2 * degree + 1, hidden, head.weight, head.bias, *xs, *bs)
+    m = (2 if paired else 1) * (2 * degree + 1)
+    return _KernelContraction.apply(chunk, m, hidden, head.weight, head.bias, *xs, *bs)
 
 
 def depthwise_contraction(

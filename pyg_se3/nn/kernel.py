@@ -150,12 +150,46 @@ class EdgeKernel(_KernelBase):
         """Messages as ``{l: [E, C_out^l, 2l+1]}``; ``x_j`` is ``[E, fiber_in.dim]`` (source features)."""
         self._check_basis(basis)
         blocks_in = self.fiber_in.split(x_j)
-        hidden = self.radial.trunk(self._invariants(basis, edge_attr))
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
+        invariants = self._invariants(basis, edge_attr)
+        if self._shares_weights(basis, invariants, edge_attr):
+            pairs = basis.reverse_pairs
+            hidden = self.radial.trunk(invariants.index_select(0, pairs[0]))
+            # [E, C, 2k+1] -> [E / 2, C, 2 (2k+1)]: each pair's features side by side, the forward edge's first
+            xs = [torch.stack([x.index_select(0, edges) for edges in pairs], dim=2).flatten(2) for x in xs]
+            return {
+                l: basis.unpair(
+                    kernel_contraction(
+                        hidden,
+                        head,
+                        xs,
+                        [basis.paired_block((k, l)) for k in self.fiber_in.degrees],
+                        l,
+                        self.chunk,
+                        paired=True,
+                    )
+                )
+                for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
+            }
+        hidden = self.radial.trunk(invariants)
         return {
             l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
             for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
         }
+
+    @staticmethod
+    def _shares_weights(basis: Basis, invariants: Tensor, edge_attr: Tensor | None) -> bool:
+        """Whether both edges of every reverse pair get the same radial weights, computed once per pair: the graph
+        is symmetric (:attr:`Basis.reverse_pairs`) and the radial inputs of an edge and its reverse are equal.
+        The lengths are equal by construction. Edge features that autograd differentiates must not be shared on
+        equal values alone (features equal at one point, such as an antisymmetric one at zero, can have opposite
+        derivatives there): they are differentiated per edge, without sharing."""
+        pairs = basis.reverse_pairs
+        if pairs is None or torch.compiler.is_compiling():
+            return False
+        if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
+            return False
+        return torch.equal(invariants[pairs[0]], invariants[pairs[1]])
 
 
 class DepthwiseEdgeKernel(_KernelBase):

@@ -1,0 +1,195 @@
+"""Symmetric graphs: their edges in reverse pairs, and the full kernel computing its radial weights once per pair
+with the messages and gradients of the kernel that computes them per edge."""
+
+import pytest
+import torch
+from helpers import random_features
+
+import pyg_se3.basis
+from pyg_se3 import Fiber, compute_basis
+from pyg_se3.graph import KNN, Complete, Radius, reverse_edge_pairs
+from pyg_se3.models import IterativeSE3Transformer
+from pyg_se3.nn import EdgeKernel, contraction
+
+FIBER_IN, FIBER_OUT = Fiber({0: 3, 1: 4, 2: 2}), Fiber({0: 5, 1: 2, 2: 3})
+
+
+def _points(num_nodes=14, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(num_nodes, 3, generator=g, dtype=torch.float64)
+    batch = torch.tensor([0] * 6 + [1] * (num_nodes - 6))
+    return pos, batch
+
+
+@pytest.mark.parametrize("builder", [Complete(), Radius(1.5, max_num_neighbors=64)])
+def test_symmetric_graphs_come_in_reverse_pairs(builder):
+    pos, batch = _points(30)
+    edge_index = builder(pos, batch)
+    pairs = reverse_edge_pairs(edge_index, 30)
+    assert pairs.shape == (2, edge_index.shape[1] // 2)
+    assert (edge_index[0, pairs[0]] < edge_index[1, pairs[0]]).all()
+    assert torch.equal(edge_index[:, pairs[1]], edge_index[:, pairs[0]].flip(0))
+    assert sorted(pairs.flatten().tolist()) == list(range(edge_index.shape[1]))  # every edge once
+
+
+@pytest.mark.parametrize(
+    "edge_index",
+    [
+        [[1, 2], [0, 0]],  # no edge 0 -> 1 nor 0 -> 2
+        [[1, 0, 2], [0, 1, 2]],  # a self-loop
+        [[1, 0, 1, 0], [0, 1, 0, 1]],  # repeated edges
+        [[0, 1, 0, 2], [1, 0, 2, 1]],  # as many edges j < i as j > i, but 0 -> 2 has no reverse
+        [[], []],
+    ],
+)
+def test_graphs_without_reverse_pairs(edge_index):
+    assert reverse_edge_pairs(torch.tensor(edge_index, dtype=torch.long).view(2, -1), 3) is None
+
+
+def test_knn_graph_is_directed():
+    pos, batch = _points(30)
+    edge_index = KNN(k=3)(pos, batch)
+    edges = set(map(tuple, edge_index.T.tolist()))
+    assert any((i, j) not in edges for j, i in edges)  # the case the test is about
+    assert reverse_edge_pairs(edge_index, 30) is None
+    assert compute_basis(pos, edge_index, 1).reverse_pairs is None
+
+
+def test_paired_blocks_are_block_diagonal_and_unpair_restores_the_edge_order():
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    basis = compute_basis(pos, edge_index, 2)
+    forward, reverse = basis.reverse_pairs
+    for (k, l), block in basis.pairs.items():
+        a, m = 2 * k + 1, 2 * l + 1
+        paired = basis.paired_block((k, l)).view(len(forward), 2 * a, -1, 2 * m)
+        assert torch.equal(paired[:, :a, :, :m], block[forward].view(len(forward), a, -1, m))
+        assert torch.equal(paired[:, a:, :, m:], block[reverse].view(len(forward), a, -1, m))
+        assert not paired[:, :a, :, m:].any() and not paired[:, a:, :, :m].any()
+    per_pair = torch.randn(len(forward), 4, 6, dtype=torch.float64)
+    per_edge = basis.unpair(per_pair)
+    assert torch.equal(per_edge[forward], per_pair[..., :3]) and torch.equal(per_edge[reverse], per_pair[..., 3:])
+    # a replaced block is paired anew
+    basis.pairs[(1, 1)] = 2 * basis.pairs[(1, 1)]
+    assert torch.equal(basis.paired_block((1, 1))[:, :3, :3], basis.pairs[(1, 1)][forward, :, :3])
+
+
+def test_bases_without_reverse_pairs():
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    basis = compute_basis(pos, edge_index, 1)
+    assert basis.reverse_pairs is not None
+    assert compute_basis(pos, edge_index, 1, find_reverse_pairs=False).reverse_pairs is None
+    assert compute_basis((pos, pos.flip(0)), edge_index, 1).reverse_pairs is None  # bipartite
+    half = edge_index.shape[1] // 2
+    assert all(run.reverse_pairs is None for run in basis.split([half, half], [edge_index[:, :half]] * 2))
+    assert basis.index_select(torch.arange(half), edge_index[:, :half]).reverse_pairs is None
+    for call in (lambda b: b.paired_block((0, 0)), lambda b: b.unpair(pos)):
+        with pytest.raises(ValueError, match="reverse_pairs is None"):
+            call(compute_basis(pos, edge_index, 1, find_reverse_pairs=False))
+    with pytest.raises(ValueError, match="find_reverse_pairs: expected True or False"):
+        compute_basis(pos, edge_index, 1, find_reverse_pairs=1)
+
+
+def _radial_rows(kernel):
+    """A list that receives the number of rows every call of the kernel's radial trunk sees."""
+    rows = []
+    kernel.radial.trunk.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    return rows
+
+
+def _messages_and_grads(kernel, x, pos, edge_index, edge_attr, find_reverse_pairs, wrt):
+    basis = compute_basis(pos, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
+    out = kernel(x[edge_index[0]], basis, edge_attr)
+    loss = out.sin().sum()
+    # second order through the basis: the gradient with respect to the positions, differentiated again
+    (d_pos,) = torch.autograd.grad(loss, pos, create_graph=True)
+    return out, *torch.autograd.grad(loss + d_pos.square().sum(), wrt)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_kernel_computes_weights_once_per_pair_with_the_same_messages_and_gradients(native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(contraction, "NATIVE_KERNELS", False)
+    pos, batch = _points()
+    pos.requires_grad_(True)
+    edge_index = Complete()(pos, batch)
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=2).double()
+    x = random_features(FIBER_IN, pos.shape[0]).requires_grad_(True)
+    charge = torch.randn(pos.shape[0], dtype=torch.float64)
+    source, target = edge_index
+    edge_attr = torch.stack([charge[source] * charge[target], (charge[source] - charge[target]).abs()], dim=-1)
+    rows = _radial_rows(kernel)
+    wrt = [pos, x, *kernel.parameters()]
+    shared = _messages_and_grads(kernel, x, pos, edge_index, edge_attr, True, wrt)
+    per_edge = _messages_and_grads(kernel, x, pos, edge_index, edge_attr, False, wrt)
+    assert rows == [edge_index.shape[1] // 2, edge_index.shape[1]]
+    for got, want in zip(shared, per_edge, strict=True):
+        assert want.abs().max() > 1e-3
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_kernel_differentiates_edge_features_per_edge():
+    """Edge features equal on both edges of every pair at one point, with opposite derivatives there (an
+    antisymmetric feature at zero): with gradients they are not shared, and the gradient is the per-edge one;
+    without gradients they are shared."""
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=1).double()
+    x = random_features(FIBER_IN, pos.shape[0])
+    charge = torch.ones(pos.shape[0], dtype=torch.float64, requires_grad=True)
+    rows = _radial_rows(kernel)
+
+    def gradient(find_reverse_pairs):
+        edge_attr = (charge[edge_index[0]] - charge[edge_index[1]]).unsqueeze(-1)  # 0 everywhere
+        basis = compute_basis(pos, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
+        return torch.autograd.grad(kernel(x[edge_index[0]], basis, edge_attr).sin().sum(), charge)[0]
+
+    got, want = gradient(True), gradient(False)
+    assert rows == [edge_index.shape[1]] * 2
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    with torch.no_grad():
+        edge_attr = (charge[edge_index[0]] - charge[edge_index[1]]).unsqueeze(-1)
+        shared = kernel(x[edge_index[0]], compute_basis(pos, edge_index, 2), edge_attr)
+        per_edge = kernel(x[edge_index[0]], compute_basis(pos, edge_index, 2, find_reverse_pairs=False), edge_attr)
+    assert rows[2:] == [edge_index.shape[1] // 2, edge_index.shape[1]]
+    torch.testing.assert_close(shared, per_edge, atol=1e-12, rtol=1e-12)
+
+
+def test_kernel_does_not_share_unequal_edge_features():
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=1).double()
+    x = random_features(FIBER_IN, pos.shape[0])
+    edge_attr = torch.randn(edge_index.shape[1], 1, dtype=torch.float64)  # a directed edge feature
+    rows = _radial_rows(kernel)
+    with torch.no_grad():
+        got = kernel(x[edge_index[0]], compute_basis(pos, edge_index, 2), edge_attr)
+        want = kernel(x[edge_index[0]], compute_basis(pos, edge_index, 2, find_reverse_pairs=False), edge_attr)
+    assert rows == [edge_index.shape[1]] * 2
+    assert torch.equal(got, want)
+
+
+def test_iterative_model_is_the_same_with_and_without_pairs(monkeypatch):
+    """The whole iterative model (attention layers, graphs and bases rebuilt every iteration): outputs and
+    gradients with every kernel sharing its weights per pair against every kernel computing them per edge."""
+    pos, batch = _points()
+    fiber_in = Fiber({0: 1, 1: 1})
+    torch.manual_seed(0)
+    model = IterativeSE3Transformer(fiber_in, Fiber({0: 8, 1: 8}), num_iterations=3, graph=Complete()).double()
+    x = random_features(fiber_in, pos.shape[0])
+
+    def run():
+        p = pos.clone().requires_grad_(True)
+        out = model(x, p, batch=batch)
+        return out.pos, *torch.autograd.grad(out.pos.square().sum(), [p, *model.parameters()])
+
+    rows = [_radial_rows(module) for module in model.modules() if isinstance(module, EdgeKernel)]
+    shared = run()
+    assert all(r and all(n < 60 for n in r) for r in rows)  # 2 complete graphs of 6 and 8 nodes: 86 edges
+    monkeypatch.setattr(pyg_se3.basis, "reverse_edge_pairs", lambda edge_index, num_nodes: None)
+    per_edge = run()
+    assert all(max(r) == 86 for r in rows)
+    for got, want in zip(shared, per_edge, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
