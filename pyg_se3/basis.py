@@ -178,8 +178,8 @@ class Basis:
     reverse_pairs
         ``[2, E / 2]`` the edges in reverse pairs (:func:`~pyg_se3.graph.reverse_edge_pairs`) when the graph is
         symmetric, else ``None``. An :class:`~pyg_se3.nn.EdgeKernel` whose radial inputs are equal on both edges
-        of every pair then computes the radial weights once per pair (:meth:`paired_block`,
-        :meth:`unpair`). A basis cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
+        of every pair then computes the radial weights once per pair (:meth:`paired`, :meth:`unpair`). A basis
+        cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
     """
 
     edge_index: Tensor
@@ -190,8 +190,8 @@ class Basis:
     edge_weight: Tensor | None = None
     parity: bool = False
     reverse_pairs: Tensor | None = field(default=None, repr=False)
-    # paired blocks and the pair order, built on first use and shared by the layers that use this basis; each
-    # entry keeps the tensors it was built from, so that replacing a block (or the pairs) rebuilds it
+    # blocks in pair order and the order itself, built on first use and shared by the layers that use this basis;
+    # each entry keeps the tensors it was built from, so that replacing a block (or the pairs) rebuilds it
     _paired: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -250,35 +250,38 @@ class Basis:
             )
         return replace(self, edge_weight=edge_weight)
 
-    def paired_block(self, pair: tuple[int, int]) -> Tensor:
-        """Block ``(k, l)`` of both edges of every reverse pair at once, ``[E / 2, 2 (2k+1), nJ 2 (2l+1)]``:
-        block-diagonal, the forward edge's ``[2k+1, 2l+1]`` block of each path ``J`` top left and its reverse's
-        bottom right. Source features of both edges side by side, ``[E / 2, C, 2 (2k+1)]``, times this block give
-        both edges' stacked features, ``(J, m)`` with ``m`` the forward edge's components, then the reverse's."""
-        if self.reverse_pairs is None:
-            raise ValueError("basis: its graph has no reverse pairs (reverse_pairs is None)")
-        block = self[pair]
-        cached = self._paired.get(pair)
-        if cached is None or cached[0] is not block or cached[1] is not self.reverse_pairs:
-            num_pairs, rows, cols = self.reverse_pairs.shape[1], block.shape[1], 2 * pair[1] + 1
-            paired = block.new_zeros(num_pairs, 2, rows, block.shape[2] // cols, 2, cols)
-            for half, edges in enumerate(self.reverse_pairs):
-                paired[:, half, :, :, half] = block.index_select(0, edges).unflatten(2, (-1, cols))
-            cached = self._paired[pair] = (block, self.reverse_pairs, paired.view(num_pairs, 2 * rows, -1))
-        return cached[2]
+    def paired(self, pair: tuple[int, int]) -> Tensor:
+        """Block ``(k, l)`` with its edges in pair order: the first edge of every reverse pair, then the second
+        ones (the order :func:`~pyg_se3.nn.contraction.kernel_contraction` takes with ``paired=True``). Built
+        once per block and shared by the layers that use this basis."""
+        return self._in_pair_order(pair, self[pair])
+
+    def to_pair_order(self, edge_values: Tensor) -> Tensor:
+        """``[E, ...]`` values of the edges in pair order (as :meth:`paired`)."""
+        return edge_values.index_select(0, self._pair_order()[0])
 
     def unpair(self, paired: Tensor) -> Tensor:
-        """``[E / 2, ..., 2 m] -> [E, ..., m]``: per-pair results, the forward edge's ``m`` components then the
-        reverse's (as :meth:`paired_block` orders them), back in the order of ``edge_index``."""
+        """``[E, ...]`` values in pair order back in the order of ``edge_index``."""
+        return paired.index_select(0, self._pair_order()[1])
+
+    def _pair_order(self) -> tuple[Tensor, Tensor]:
+        """The edges in pair order and its inverse permutation."""
         pairs = self.reverse_pairs
         if pairs is None:
             raise ValueError("basis: its graph has no reverse pairs (reverse_pairs is None)")
         cached = self._paired.get("order")
         if cached is None or cached[0] is not pairs:
-            order = torch.empty(self.num_edges, dtype=torch.long, device=pairs.device)
-            order[pairs.flatten()] = torch.arange(self.num_edges, device=pairs.device)
-            cached = self._paired["order"] = (pairs, order)
-        return torch.cat(paired.chunk(2, dim=-1)).index_select(0, cached[1])
+            order = pairs.flatten()
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            cached = self._paired["order"] = (pairs, (order, inverse))
+        return cached[1]
+
+    def _in_pair_order(self, key: tuple[int, int], tensor: Tensor) -> Tensor:
+        cached = self._paired.get(key)
+        if cached is None or cached[0] is not tensor or cached[1] is not self.reverse_pairs:
+            cached = self._paired[key] = (tensor, self.reverse_pairs, self.to_pair_order(tensor))
+        return cached[2]
 
     def __getitem__(self, pair: tuple[int, int]) -> Tensor:
         try:

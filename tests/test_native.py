@@ -178,13 +178,18 @@ def test_native_contractions_reject_bad_operands():
         C.kernel_contraction(hidden, weight[:-1], bias, xs, bs, 3, 7)
     with pytest.raises(RuntimeError, match="chunk: expected >= 1, got 0"):
         C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 0)
+    with pytest.raises(RuntimeError, match="groups: expected >= 1, got 0"):
+        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7, 0)
+    with pytest.raises(RuntimeError, match=r"xs: expected 46 edges \(groups x those of hidden\), got 23"):
+        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7, 2)
+    flags = [True] * 3
     with pytest.raises(RuntimeError, match=r"grad: expected \[23, 2, 3\]"):
         C.kernel_contraction_backward(
-            torch.zeros(23, 3, 2).double(), hidden, weight, bias, xs, bs, 3, 7, True, True, True, [True] * 4, [True] * 4
+            torch.zeros(23, 3, 2).double(), hidden, weight, bias, xs, bs, 3, 7, 1, *flags, [True] * 4, [True] * 4
         )
     with pytest.raises(RuntimeError, match="need flags: expected one per block"):
         C.kernel_contraction_backward(
-            torch.zeros(23, 2, 3).double(), hidden, weight, bias, xs, bs, 3, 7, True, True, True, [True], [True] * 4
+            torch.zeros(23, 2, 3).double(), hidden, weight, bias, xs, bs, 3, 7, 1, *flags, [True], [True] * 4
         )
     weights, mix = torch.randn(23, fan_in).double(), torch.randn(5, sum(CHANNELS)).double()
     with pytest.raises(RuntimeError, match=r"weights, mix: expected \[E, \d+\] and \[C, \d+\]"):

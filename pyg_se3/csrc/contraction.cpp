@@ -123,30 +123,34 @@ std::vector<OptionalTensor> with_block_grads(std::vector<OptionalTensor> result,
 }
 
 // ---- the full kernel: out[e] = (hidden[e] weight^T + bias).view(C, K) @ stacked[e] ---------------------------
+// (with groups > 1, edge g E + e takes hidden row e: an edge and its reverse share their weights)
 
 struct KernelShapes {
   int64_t edges, channels, fan_in;
 };
 
+// `groups` edges share each row of hidden: xs and bs hold groups x hidden.size(0) edges, group after group, and
+// edge g * hidden.size(0) + e gets the weights of hidden row e
 KernelShapes kernel_shapes(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
-                           const Blocks& xs, const Blocks& bs, int64_t m) {
+                           const Blocks& xs, const Blocks& bs, int64_t m, int64_t groups) {
   check_dense(hidden, "hidden", hidden, 2);
   check_dense(weight, "weight", hidden, 2);
   check_dense(bias, "bias", hidden, 1);
+  TORCH_CHECK(groups >= 1, "groups: expected >= 1, got ", groups);
   const int64_t fan_in = stacked_width(xs, bs, m);
   TORCH_CHECK(weight.size(1) == hidden.size(1) && weight.size(0) % fan_in == 0 && bias.size(0) == weight.size(0),
               "weight, bias: expected [C K, ", hidden.size(1), "] and [C K] with K=", fan_in, ", got ", weight.sizes(),
               " and ", bias.sizes());
   for (const auto& x : xs)
-    TORCH_CHECK(x.size(0) == hidden.size(0), "xs: expected ", hidden.size(0), " edges (those of hidden), got ",
-                x.size(0));
+    TORCH_CHECK(x.size(0) == groups * hidden.size(0), "xs: expected ", groups * hidden.size(0),
+                " edges (groups x those of hidden), got ", x.size(0));
   return {hidden.size(0), weight.size(0) / fan_in, fan_in};
 }
 
 at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
-                              const Blocks& xs, const Blocks& bs, int64_t m, int64_t chunk) {
-  const auto s = kernel_shapes(hidden, weight, bias, xs, bs, m);
-  at::Tensor out = at::empty({s.edges, s.channels, m}, hidden.options());
+                              const Blocks& xs, const Blocks& bs, int64_t m, int64_t chunk, int64_t groups) {
+  const auto s = kernel_shapes(hidden, weight, bias, xs, bs, m, groups);
+  at::Tensor out = at::empty({groups * s.edges, s.channels, m}, hidden.options());
   struct Buffers {
     at::Tensor weights, stacked, product;
   };
@@ -157,11 +161,14 @@ at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight
   for_each_chunk(s.edges, chunk, make, [&](int64_t start, int64_t n, Buffers& buf) {
     auto weights = buf.weights.narrow(0, 0, n);
     at::addmm_out(weights, bias, hidden.narrow(0, start, n), weight.t());
-    auto stacked = stacked_features(rows(xs, start, n), rows(bs, start, n), m, buf.stacked.narrow(0, 0, n));
-    // [m, K] x [K, C] per edge: component-major, the fast order of MKL's batched matmul for m <= 5
-    auto product = buf.product.narrow(0, 0, n);
-    at::bmm_out(product, stacked, weights.view({n, s.channels, s.fan_in}).transpose(1, 2));
-    out.narrow(0, start, n).copy_(product.transpose(1, 2));
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t first = group * s.edges + start;
+      auto stacked = stacked_features(rows(xs, first, n), rows(bs, first, n), m, buf.stacked.narrow(0, 0, n));
+      // [m, K] x [K, C] per edge: component-major, the fast order of MKL's batched matmul for m <= 5
+      auto product = buf.product.narrow(0, 0, n);
+      at::bmm_out(product, stacked, weights.view({n, s.channels, s.fan_in}).transpose(1, 2));
+      out.narrow(0, first, n).copy_(product.transpose(1, 2));
+    }
   });
   return out;
 }
@@ -170,13 +177,13 @@ at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight
 std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, const at::Tensor& hidden,
                                                         const at::Tensor& weight, const at::Tensor& bias,
                                                         const Blocks& xs, const Blocks& bs, int64_t m, int64_t chunk,
-                                                        bool need_hidden, bool need_weight, bool need_bias,
-                                                        const std::vector<bool>& need_x,
+                                                        int64_t groups, bool need_hidden, bool need_weight,
+                                                        bool need_bias, const std::vector<bool>& need_x,
                                                         const std::vector<bool>& need_b) {
-  const auto s = kernel_shapes(hidden, weight, bias, xs, bs, m);
+  const auto s = kernel_shapes(hidden, weight, bias, xs, bs, m, groups);
   check_dense(grad, "grad", hidden, 3);
-  TORCH_CHECK(grad.size(0) == s.edges && grad.size(1) == s.channels && grad.size(2) == m, "grad: expected [",
-              s.edges, ", ", s.channels, ", ", m, "], got ", grad.sizes());
+  TORCH_CHECK(grad.size(0) == groups * s.edges && grad.size(1) == s.channels && grad.size(2) == m,
+              "grad: expected [", groups * s.edges, ", ", s.channels, ", ", m, "], got ", grad.sizes());
   const bool need_features = any(need_x) || any(need_b);
   at::Tensor d_hidden = need_hidden ? at::empty(hidden.sizes(), hidden.options()) : at::Tensor();
   const auto d_xs = full_size_grads(xs, need_x), d_bs = full_size_grads(bs, need_b);
@@ -184,21 +191,28 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
   struct Buffers {
     at::Tensor weights, stacked, grad, ones;
   };
+  // per group of edges its stacked features and output gradient, kept through the chunk
   auto make = [&](int64_t n) {
     return Buffers{scratch(0, {n, s.channels * s.fan_in}, hidden.options()),
-                   scratch(1, {n, m, s.fan_in}, hidden.options()), scratch(2, {n, m, s.channels}, hidden.options()),
-                   at::ones({n}, hidden.options())};
+                   scratch(1, {groups, n, m, s.fan_in}, hidden.options()),
+                   scratch(2, {groups, n, m, s.channels}, hidden.options()), at::ones({n}, hidden.options())};
   };
   for_each_chunk(s.edges, chunk, make, [&](int64_t start, int64_t n, Buffers& buf) {
     const auto hidden_rows = hidden.narrow(0, start, n);
-    const auto x_rows = rows(xs, start, n), b_rows = rows(bs, start, n);
-    auto g = buf.grad.narrow(0, 0, n);  // [n, m, C]
-    g.copy_(grad.narrow(0, start, n).transpose(1, 2));
-    auto stacked = stacked_features(x_rows, b_rows, m, buf.stacked.narrow(0, 0, n));
-    // the weights' buffer holds their gradient, then the recomputed weights
+    // the weights' buffer holds their gradient (summed over the groups), then the recomputed weights
     auto d_weights = buf.weights.narrow(0, 0, n);
     auto d_weights_3d = d_weights.view({n, s.channels, s.fan_in});
-    at::bmm_out(d_weights_3d, g.transpose(1, 2), stacked);
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t first = group * s.edges + start;
+      auto g = buf.grad.select(0, group).narrow(0, 0, n);  // [n, m, C]
+      g.copy_(grad.narrow(0, first, n).transpose(1, 2));
+      auto stacked = stacked_features(rows(xs, first, n), rows(bs, first, n), m,
+                                      buf.stacked.select(0, group).narrow(0, 0, n));
+      if (group == 0)
+        at::bmm_out(d_weights_3d, g.transpose(1, 2), stacked);
+      else
+        d_weights_3d.baddbmm_(g.transpose(1, 2), stacked);
+    }
     if (need_hidden) {
       auto d_hidden_rows = d_hidden.narrow(0, start, n);
       at::mm_out(d_hidden_rows, d_weights, weight);
@@ -207,9 +221,14 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
     if (need_bias) d_bias.part(bias).addmv_(d_weights.t(), buf.ones.narrow(0, 0, n));
     if (!need_features) return;
     auto weights = at::addmm_out(d_weights, bias, hidden_rows, weight.t());
-    // the stacked features' buffer holds their gradient
-    at::bmm_out(stacked, g, weights.view({n, s.channels, s.fan_in}));
-    stacked_feature_grads(x_rows, b_rows, stacked, optional_rows(d_xs, start, n), optional_rows(d_bs, start, n));
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t first = group * s.edges + start;
+      // the stacked features' buffer holds their gradient
+      auto d_stacked = buf.stacked.select(0, group).narrow(0, 0, n);
+      at::bmm_out(d_stacked, buf.grad.select(0, group).narrow(0, 0, n), weights.view({n, s.channels, s.fan_in}));
+      stacked_feature_grads(rows(xs, first, n), rows(bs, first, n), d_stacked, optional_rows(d_xs, first, n),
+                            optional_rows(d_bs, first, n));
+    }
   });
   return with_block_grads(
       {need_hidden ? OptionalTensor(d_hidden) : c10::nullopt, d_weight.total(weight), d_bias.total(bias)}, d_xs, d_bs);
@@ -292,11 +311,12 @@ std::vector<OptionalTensor> depthwise_contraction_backward(const at::Tensor& gra
 void bind_contractions(pybind11::module& module) {
   using pybind11::arg;
   module.def("kernel_contraction", &kernel_contraction,
-             "[E, C, m] messages of the full kernel, chunk by chunk (kernel.py's _KernelContraction.forward)",
-             arg("hidden"), arg("weight"), arg("bias"), arg("xs"), arg("bs"), arg("m"), arg("chunk"));
+             "[groups E, C, m] messages of the full kernel, chunk by chunk (kernel.py's _KernelContraction.forward)",
+             arg("hidden"), arg("weight"), arg("bias"), arg("xs"), arg("bs"), arg("m"), arg("chunk"),
+             arg("groups") = 1);
   module.def("kernel_contraction_backward", &kernel_contraction_backward,
              "[d_hidden, d_weight, d_bias, *d_xs, *d_bs] of kernel_contraction (None where not needed)", arg("grad"),
-             arg("hidden"), arg("weight"), arg("bias"), arg("xs"), arg("bs"), arg("m"), arg("chunk"),
+             arg("hidden"), arg("weight"), arg("bias"), arg("xs"), arg("bs"), arg("m"), arg("chunk"), arg("groups"),
              arg("need_hidden"), arg("need_weight"), arg("need_bias"), arg("need_x"), arg("need_b"));
   module.def("depthwise_contraction", &depthwise_contraction,
              "[E, m, C] messages of the depthwise kernel, chunk by chunk (kernel.py's _DepthwiseContraction.forward)",

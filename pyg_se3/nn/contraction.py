@@ -230,6 +230,13 @@ def _split(blocks: Sequence[_T]) -> tuple[Sequence[_T], Sequence[_T]]:
     return blocks[:num_in], blocks[num_in:]
 
 
+def _groups(blocks: Sequence[Tensor], groups: int) -> list[list[Tensor]]:
+    """Per group of edges, the rows of every block that belong to it (``groups`` consecutive runs of equal
+    length)."""
+    rows = blocks[0].shape[0] // groups if blocks else 0
+    return [[block[g * rows : (g + 1) * rows] for block in blocks] for g in range(groups)]
+
+
 class _KernelContraction(torch.autograd.Function):
     """``out[e] = (hidden[e] W^T + b).view(C, K) @ stacked[e]``, chunked over edges, weights recomputed.
 
@@ -237,26 +244,33 @@ class _KernelContraction(torch.autograd.Function):
     each chunk builds its own, uses them and drops them; the backward pass rebuilds them chunk by chunk. Only
     the inputs are saved. Within a chunk the per-edge products are taken component-major (``[m, K] x [K, C]``
     rather than ``[C, K] x [K, m]``): the same arithmetic, 4-7x faster in MKL's batched matmul for ``m <= 5``.
+    With ``groups`` > 1 the feature and basis blocks hold ``groups`` runs of ``E`` edges each, and edge
+    ``g E + e`` takes the weights of ``hidden[e]``: each chunk's weights serve all runs (an edge and its reverse).
     The backward is written with differentiable operations, so double backward (e.g. training on forces, the
     gradient of an energy with respect to positions) works too.
     """
 
     @staticmethod
-    def forward(ctx, chunk: int, m: int, hidden: Tensor, weight: Tensor, bias: Tensor, *blocks: Tensor) -> Tensor:
+    def forward(
+        ctx, chunk: int, m: int, groups: int, hidden: Tensor, weight: Tensor, bias: Tensor, *blocks: Tensor
+    ) -> Tensor:
         xs, bs = _split(blocks)
         num_edges, fan_in = hidden.shape[0], sum(_stacked_sizes(xs, bs, m))
         if _use_native(hidden):
-            out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk)
+            out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk, groups)
         else:
-            out = hidden.new_empty(num_edges, weight.shape[0] // fan_in, m)
+            out = hidden.new_empty(groups * num_edges, weight.shape[0] // fan_in, m)
             weights_buffer = _buffer(hidden, chunk, weight.shape[0])
+            runs = list(zip(_groups(xs, groups), _groups(bs, groups), _groups([out], groups), strict=True))
             for start, stop in _chunks(num_edges, chunk):
                 n = stop - start
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-                stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
-                out[start:stop] = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2)).transpose(1, 2)
+                for xs_run, bs_run, (out_run,) in runs:
+                    stacked = _stacked_features(xs_run, bs_run, start, stop, m)  # [n, m, K]
+                    product = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2))
+                    out_run[start:stop] = product.transpose(1, 2)
         ctx.save_for_backward(hidden, weight, bias, *blocks)
-        ctx.chunk, ctx.m, ctx.fan_in = chunk, m, fan_in
+        ctx.chunk, ctx.m, ctx.groups, ctx.fan_in = chunk, m, groups, fan_in
         record_autocast(ctx, hidden.device)
         return out
 
@@ -264,28 +278,51 @@ class _KernelContraction(torch.autograd.Function):
     @backward_with_forward_autocast
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, *blocks = ctx.saved_tensors
-        m, fan_in = ctx.m, ctx.fan_in
+        m, groups, fan_in = ctx.m, ctx.groups, ctx.fan_in
         xs, bs = _split(blocks)
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[2:5]
-        need_x, need_b = _split(ctx.needs_input_grad[5:])
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[3:6]
+        need_x, need_b = _split(ctx.needs_input_grad[6:])
         if _use_native(grad):
             grads = _C.kernel_contraction_backward(
-                grad, hidden, weight, bias, xs, bs, m, ctx.chunk, need_hidden, need_weight, need_bias, need_x, need_b
+                grad,
+                hidden,
+                weight,
+                bias,
+                xs,
+                bs,
+                m,
+                ctx.chunk,
+                groups,
+                need_hidden,
+                need_weight,
+                need_bias,
+                need_x,
+                need_b,
             )
-            return None, None, *grads
-        d_hidden, feature_grads = [], _FeatureGrads(xs, bs, need_x, need_b)
-        d_weight = d_bias = None
+            return None, None, None, *grads
+        runs = [
+            (xs_run, bs_run, grad_run, _FeatureGrads(xs_run, bs_run, need_x, need_b))
+            for xs_run, bs_run, (grad_run,) in zip(
+                _groups(xs, groups), _groups(bs, groups), _groups([grad], groups), strict=True
+            )
+        ]
+        d_hidden, d_weight, d_bias = [], None, None
         # per chunk, the weights' buffer holds their gradient, then the recomputed weights
         weights_buffer = _buffer(hidden, ctx.chunk, weight.shape[0])
         d_stacked_buffer = _buffer(hidden, ctx.chunk, m, fan_in)
         for start, stop in _chunks(hidden.shape[0], ctx.chunk):
             n = stop - start
-            g = grad[start:stop].transpose(1, 2).contiguous()  # [n, m, C]
-            stacked = _stacked_features(xs, bs, start, stop, m)  # [n, m, K]
+            gs = [grad_run[start:stop].transpose(1, 2).contiguous() for _, _, grad_run, _ in runs]  # [n, m, C]
             d_weights = _rows(weights_buffer, n)
-            d_weights = torch.bmm(
-                g.transpose(1, 2), stacked, out=None if d_weights is None else d_weights.view(n, -1, fan_in)
-            ).view(n, -1)
+            for i, (g, (xs_run, bs_run, _, _)) in enumerate(zip(gs, runs, strict=True)):
+                stacked = _stacked_features(xs_run, bs_run, start, stop, m)  # [n, m, K]
+                if i == 0:
+                    out = None if d_weights is None else d_weights.view(n, -1, fan_in)
+                    d_weights = torch.bmm(g.transpose(1, 2), stacked, out=out).view(n, -1)
+                elif weights_buffer is not None:  # the fast path: in place
+                    d_weights.view(n, -1, fan_in).baddbmm_(g.transpose(1, 2), stacked)
+                else:
+                    d_weights = d_weights + torch.bmm(g.transpose(1, 2), stacked).view(n, -1)
             if need_hidden:
                 d_hidden.append(d_weights @ weight)
             # parameter gradients are sums over chunks: accumulated in the parameters' dtype (under autocast the
@@ -302,9 +339,13 @@ class _KernelContraction(torch.autograd.Function):
                 d_bias = part if d_bias is None else d_bias + part
             if any(need_x) or any(need_b):
                 weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
-                feature_grads.add(torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(d_stacked_buffer, n)), start)
+                for g, (_, _, _, feature_grads) in zip(gs, runs, strict=True):
+                    d_stacked = torch.bmm(g, weights.view(n, -1, fan_in), out=_rows(d_stacked_buffer, n))
+                    feature_grads.add(d_stacked, start)
         # None (a zero gradient) for inputs that need none, and when there are no edges
-        return None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *feature_grads.result()
+        block_grads = [run[3].result() for run in runs]
+        joined = [None if parts[0] is None else torch.cat(parts) for parts in zip(*block_grads, strict=True)]
+        return None, None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *joined
 
 
 class _DepthwiseContraction(torch.autograd.Function):
@@ -385,7 +426,7 @@ def kernel_contraction(
     Parameters
     ----------
     hidden
-        ``[E, H]`` last hidden layer of the radial network.
+        ``[E, H]`` last hidden layer of the radial network (``[E / 2, H]`` when ``paired``).
     head
         The radial network's output layer for this degree (``H -> C K``).
     xs, bs
@@ -397,19 +438,19 @@ def kernel_contraction(
         ``torch.compile``: larger when needed to make at most ``COMPILED_MAX_CHUNKS`` chunks, since the compiler
         unrolls the loop; see :func:`_chunks`).
     paired
-        The rows are pairs of edges that share their radial weights (an edge and its reverse, whose radial
-        inputs are equal): ``hidden`` is ``[E / 2, H]``, ``xs`` the pair's features side by side
-        ``[E / 2, C_k, 2 (2k+1)]`` and ``bs`` block-diagonal (:meth:`~pyg_se3.basis.Basis.paired_block`); the
-        weights are computed once per pair. Default ``False``.
+        The edges come in pairs that share their radial weights (an edge and its reverse, whose radial inputs
+        are equal): ``xs`` and ``bs`` hold ``E`` edges, the first edge of every pair, then the second ones in the
+        same order (:meth:`~pyg_se3.basis.Basis.paired`), and ``hidden`` the ``E / 2`` pairs; the weights are
+        computed once per pair. Default ``False``.
 
     Returns
     -------
     Tensor
-        ``[E, C, 2l+1]``; ``[E / 2, C, 2 (2l+1)]`` when ``paired``, the first edge's components first.
+        ``[E, C, 2l+1]``, in the order of ``xs``.
     """
     chunk = _chunk_size(chunk, head.out_features, hidden)
-    m = (2 if paired else 1) * (2 * degree + 1)
-    return _KernelContraction.apply(chunk, m, hidden, head.weight, head.bias, *xs, *bs)
+    groups = 2 if paired else 1
+    return _KernelContraction.apply(chunk, 2 * degree + 1, groups, hidden, head.weight, head.bias, *xs, *bs)
 
 
 def depthwise_contraction(

@@ -153,17 +153,16 @@ class EdgeKernel(_KernelBase):
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
         if self._shares_weights(basis, invariants, edge_attr):
-            pairs = basis.reverse_pairs
-            hidden = self.radial.trunk(invariants.index_select(0, pairs[0]))
-            # [E, C, 2k+1] -> [E / 2, C, 2 (2k+1)]: each pair's features side by side, the forward edge's first
-            xs = [torch.stack([x.index_select(0, edges) for edges in pairs], dim=2).flatten(2) for x in xs]
+            # the weights once per pair: the edges in pair order (the first edge of every pair, then the second)
+            hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
+            xs = [basis.to_pair_order(x) for x in xs]
             return {
                 l: basis.unpair(
                     kernel_contraction(
                         hidden,
                         head,
                         xs,
-                        [basis.paired_block((k, l)) for k in self.fiber_in.degrees],
+                        [basis.paired((k, l)) for k in self.fiber_in.degrees],
                         l,
                         self.chunk,
                         paired=True,
