@@ -10,7 +10,8 @@ the fastest of ``--repeats`` passes after a warm-up:
   0..3 (``--degrees``): forward+backward (gradients of features and positions) and forward without gradients;
 - a training step's forward+backward and an evaluation pass of the charged N-body task's 8 x 1 model (16
   channels, velocity carried; edge features ``q_i q_j`` and the pair's motion at the input frame, as
-  ``benchmarks/nbody_speed.py`` has it) on batches of 100 five-body systems (the complete
+  ``benchmarks/nbody_speed.py`` has it) and of its best model (8 x 2, and inverse distances at the input and
+  the current positions, the latter differentiated in training) on batches of 100 five-body systems (the complete
   graph), with ``--root`` holding the dataset; skipped with ``--no-nbody``.
 
 Writes ``--out/reverse_pairs.json`` and ``reverse_pairs.md``.
@@ -84,21 +85,34 @@ def attention_passes(nodes: int, max_degree: int, pairs: bool):
     return edge_index.shape[1], train, evaluate
 
 
-def nbody_passes(root: str, num_batches: int, pairs: bool):
-    """``(forward+backward, forward)`` callables of the N-body 8 x 1 model over ``num_batches`` batches of 100
-    systems."""
+#: The N-body models: ``benchmarks/nbody_speed.py``'s (its default), and the best one (8 x 2 layers, inverse
+#: distances and their squares scaled; features of the positions that each iteration moves, so differentiated)
+NBODY_MODELS = {
+    "8 x 1 model": {"layers_per_iteration": 1},
+    "best model, 8 x 2 with inverse distances": {
+        "layers_per_iteration": 2,
+        "inverse_distance": 0.1,
+        "inverse_powers": 2,
+        "inverse_scaled": True,
+    },
+}
+
+
+def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool):
+    """``(forward+backward, forward)`` callables of an N-body model (:data:`NBODY_MODELS`) over ``num_batches``
+    batches of 100 systems."""
     from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
     from pyg_se3.runtime.tasks import ModelOptions, get_task
 
     options = ModelOptions(
         num_iterations=8,
-        layers_per_iteration=1,
         channels=16,
         integrator="velocity",
         inputs="invariant",
         motion_edges=True,
+        **NBODY_MODELS[model_name],
     )
-    task = get_task("nbody", options)  # the model of benchmarks/nbody_speed.py
+    task = get_task("nbody", options)
     systems = task.datasets(root)["train"][: 100 * num_batches]
     batches = list(FixedSizeLoader(FixedSizeGraphs(systems), batch_size=100))
     torch.manual_seed(0)
@@ -134,16 +148,17 @@ def main(argv: list[str] | None = None) -> dict:
     layer = "SE3Attention, degrees 0..{}, 32 channels, radius graph of {} points"
     cases = [(layer.format(d, args.nodes), d) for d in args.degrees]
     if not args.no_nbody:
-        cases.append((f"N-body 8 x 1 model (16 channels), {args.batches} batches of 100 systems", None))
+        systems = f"(16 channels), {args.batches} batches of 100 systems"
+        cases += [(f"N-body {name} {systems}", name) for name in NBODY_MODELS]
     rows = []
-    for name, degree in cases:
+    for name, case in cases:
         best = {}
         for _ in range(args.rounds):
             for pairs in (True, False):
-                if degree is None:
-                    edges, train, evaluate = nbody_passes(args.root, args.batches, pairs)
+                if isinstance(case, str):
+                    edges, train, evaluate = nbody_passes(args.root, case, args.batches, pairs)
                 else:
-                    edges, train, evaluate = attention_passes(args.nodes, degree, pairs)
+                    edges, train, evaluate = attention_passes(args.nodes, case, pairs)
                 times = (best_time(train, args.repeats), best_time(evaluate, args.repeats))
                 best[pairs] = tuple(min(t, b) for t, b in zip(times, best.get(pairs, times), strict=True))
         rows.append(

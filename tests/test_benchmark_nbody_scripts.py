@@ -219,8 +219,12 @@ def test_the_reverse_pairs_benchmark_runs(root, tmp_path, monkeypatch):
     result = reverse_pairs.main([*argv, "--rounds", "1", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "reverse_pairs.json").read_text()) == result
     rows = result["rows"]
-    assert [row["case"].split(",")[0] for row in rows] == ["SE3Attention", "N-body 8 x 1 model (16 channels)"]
-    assert rows[1]["edges"] == 20 * 100
+    assert [row["case"].split(" (")[0] for row in rows] == [
+        "SE3Attention, degrees 0..1, 32 channels, radius graph of 40 points",
+        "N-body 8 x 1 model",
+        "N-body best model, 8 x 2 with inverse distances",
+    ]
+    assert rows[1]["edges"] == rows[2]["edges"] == 20 * 100
     assert all(t > 0 for row in rows for way in ("per_pair_s", "per_edge_s") for t in row[way].values())
     table = (tmp_path / "reverse_pairs.md").read_text()
-    assert table.count("\n| ") == 3 and "1 batches of 100 systems" in table
+    assert table.count("\n| ") == 4 and "1 batches of 100 systems" in table

@@ -180,8 +180,10 @@ def test_native_contractions_reject_bad_operands():
         C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 0)
     with pytest.raises(RuntimeError, match="groups: expected >= 1, got 0"):
         C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7, 0)
-    with pytest.raises(RuntimeError, match=r"xs: expected 46 edges \(groups x those of hidden\), got 23"):
-        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7, 2)
+    with pytest.raises(RuntimeError, match=r"expected groups x E edges and E or groups x E rows of hidden, got 23"):
+        C.kernel_contraction(hidden, weight, bias, xs, bs, 3, 7, 2)  # 23 edges in 2 groups
+    with pytest.raises(RuntimeError, match=r"got 22 edges and 23 rows for groups=2"):
+        C.kernel_contraction(hidden, weight, bias, [x[:22] for x in xs], [b[:22] for b in bs], 3, 7, 2)
     flags = [True] * 3
     with pytest.raises(RuntimeError, match=r"grad: expected \[23, 2, 3\]"):
         C.kernel_contraction_backward(

@@ -6,6 +6,7 @@ import torch
 from helpers import random_features
 
 import pyg_se3.basis
+import pyg_se3.nn.kernel
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.graph import KNN, Complete, Radius, reverse_edge_pairs
 from pyg_se3.models import IterativeSE3Transformer
@@ -97,6 +98,18 @@ def _radial_rows(kernel):
     return rows
 
 
+def _paired_calls(monkeypatch):
+    """A list that receives the ``paired`` flag of every contraction of the full kernel."""
+    calls = []
+
+    def recorded(*args, paired=False, **kwargs):
+        calls.append(paired)
+        return contraction.kernel_contraction(*args, paired=paired, **kwargs)
+
+    monkeypatch.setattr(pyg_se3.nn.kernel, "kernel_contraction", recorded)
+    return calls
+
+
 def _messages_and_grads(kernel, x, pos, edge_index, edge_attr, find_reverse_pairs, wrt):
     basis = compute_basis(pos, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
     out = kernel(x[edge_index[0]], basis, edge_attr)
@@ -129,26 +142,31 @@ def test_kernel_computes_weights_once_per_pair_with_the_same_messages_and_gradie
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
-def test_kernel_differentiates_edge_features_per_edge():
+@pytest.mark.parametrize("native", [True, False])
+def test_kernel_shares_differentiated_edge_features_with_per_edge_gradients(native, monkeypatch):
     """Edge features equal on both edges of every pair at one point, with opposite derivatives there (an
-    antisymmetric feature at zero): with gradients they are not shared, and the gradient is the per-edge one;
-    without gradients they are shared."""
+    antisymmetric feature at zero): the weights are shared, and every edge keeps its own hidden row and gradient,
+    the per-edge kernel's (with respect to the features' inputs and the positions)."""
+    if not native:
+        monkeypatch.setattr(contraction, "NATIVE_KERNELS", False)
     pos, batch = _points()
     edge_index = Complete()(pos, batch)
-    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=1).double()
+    kernel = EdgeKernel(FIBER_IN, FIBER_OUT, edge_dim=1, chunk=7).double()
     x = random_features(FIBER_IN, pos.shape[0])
-    charge = torch.ones(pos.shape[0], dtype=torch.float64, requires_grad=True)
-    rows = _radial_rows(kernel)
+    charge = torch.ones(pos.shape[0], dtype=torch.float64)
+    rows, paired = _radial_rows(kernel), _paired_calls(monkeypatch)
 
-    def gradient(find_reverse_pairs):
-        edge_attr = (charge[edge_index[0]] - charge[edge_index[1]]).unsqueeze(-1)  # 0 everywhere
-        basis = compute_basis(pos, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
-        return torch.autograd.grad(kernel(x[edge_index[0]], basis, edge_attr).sin().sum(), charge)[0]
+    def gradients(find_reverse_pairs):
+        q, p = charge.clone().requires_grad_(True), pos.clone().requires_grad_(True)
+        edge_attr = (q[edge_index[0]] - q[edge_index[1]]).unsqueeze(-1)  # 0 everywhere
+        basis = compute_basis(p, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
+        return torch.autograd.grad(kernel(x[edge_index[0]], basis, edge_attr).sin().sum(), [q, p, *kernel.parameters()])
 
-    got, want = gradient(True), gradient(False)
-    assert rows == [edge_index.shape[1]] * 2
-    assert want.abs().max() > 1e-3
-    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    got, want = gradients(True), gradients(False)
+    assert rows == [edge_index.shape[1]] * 2 and paired == [True] * 3 + [False] * 3  # 3 output degrees
+    for g, w in zip(got, want, strict=True):
+        assert w.abs().max() > 1e-3
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
     with torch.no_grad():
         edge_attr = (charge[edge_index[0]] - charge[edge_index[1]]).unsqueeze(-1)
         shared = kernel(x[edge_index[0]], compute_basis(pos, edge_index, 2), edge_attr)

@@ -123,14 +123,15 @@ std::vector<OptionalTensor> with_block_grads(std::vector<OptionalTensor> result,
 }
 
 // ---- the full kernel: out[e] = (hidden[e] weight^T + bias).view(C, K) @ stacked[e] ---------------------------
-// (with groups > 1, edge g E + e takes hidden row e: an edge and its reverse share their weights)
+// (with groups > 1: xs and bs hold `groups` runs of E edges, and edge g E + e takes the weights of hidden row e, an
+// edge and its reverse sharing their weights; hidden has E rows, or one per edge, groups E, whose runs hold equal
+// values: the weights come from the first run, and each edge's row gets its own gradient)
 
 struct KernelShapes {
   int64_t edges, channels, fan_in;
+  bool hidden_per_edge;
 };
 
-// `groups` edges share each row of hidden: xs and bs hold groups x hidden.size(0) edges, group after group, and
-// edge g * hidden.size(0) + e gets the weights of hidden row e
 KernelShapes kernel_shapes(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
                            const Blocks& xs, const Blocks& bs, int64_t m, int64_t groups) {
   check_dense(hidden, "hidden", hidden, 2);
@@ -141,10 +142,13 @@ KernelShapes kernel_shapes(const at::Tensor& hidden, const at::Tensor& weight, c
   TORCH_CHECK(weight.size(1) == hidden.size(1) && weight.size(0) % fan_in == 0 && bias.size(0) == weight.size(0),
               "weight, bias: expected [C K, ", hidden.size(1), "] and [C K] with K=", fan_in, ", got ", weight.sizes(),
               " and ", bias.sizes());
+  const int64_t edges = xs[0].size(0) / groups;
+  TORCH_CHECK(xs[0].size(0) == groups * edges && (hidden.size(0) == edges || hidden.size(0) == xs[0].size(0)),
+              "hidden, xs: expected groups x E edges and E or groups x E rows of hidden, got ", xs[0].size(0),
+              " edges and ", hidden.size(0), " rows for groups=", groups);
   for (const auto& x : xs)
-    TORCH_CHECK(x.size(0) == groups * hidden.size(0), "xs: expected ", groups * hidden.size(0),
-                " edges (groups x those of hidden), got ", x.size(0));
-  return {hidden.size(0), weight.size(0) / fan_in, fan_in};
+    TORCH_CHECK(x.size(0) == xs[0].size(0), "xs: expected ", xs[0].size(0), " edges in every block, got ", x.size(0));
+  return {edges, weight.size(0) / fan_in, fan_in, groups > 1 && hidden.size(0) == xs[0].size(0)};
 }
 
 at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& bias,
@@ -189,13 +193,14 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
   const auto d_xs = full_size_grads(xs, need_x), d_bs = full_size_grads(bs, need_b);
   PerThreadSum d_weight(need_weight), d_bias(need_bias);
   struct Buffers {
-    at::Tensor weights, stacked, grad, ones;
+    at::Tensor weights, stacked, grad, ones, own;
   };
   // per group of edges its stacked features and output gradient, kept through the chunk
   auto make = [&](int64_t n) {
     return Buffers{scratch(0, {n, s.channels * s.fan_in}, hidden.options()),
                    scratch(1, {groups, n, m, s.fan_in}, hidden.options()),
-                   scratch(2, {groups, n, m, s.channels}, hidden.options()), at::ones({n}, hidden.options())};
+                   scratch(2, {groups, n, m, s.channels}, hidden.options()), at::ones({n}, hidden.options()),
+                   s.hidden_per_edge ? scratch(3, {n, s.channels * s.fan_in}, hidden.options()) : at::Tensor()};
   };
   for_each_chunk(s.edges, chunk, make, [&](int64_t start, int64_t n, Buffers& buf) {
     const auto hidden_rows = hidden.narrow(0, start, n);
@@ -208,12 +213,23 @@ std::vector<OptionalTensor> kernel_contraction_backward(const at::Tensor& grad, 
       g.copy_(grad.narrow(0, first, n).transpose(1, 2));
       auto stacked = stacked_features(rows(xs, first, n), rows(bs, first, n), m,
                                       buf.stacked.select(0, group).narrow(0, 0, n));
+      // with a hidden row per edge, each group's weight gradient makes its own rows' gradient, then joins the sum
+      const bool own = s.hidden_per_edge && group > 0;
       if (group == 0)
         at::bmm_out(d_weights_3d, g.transpose(1, 2), stacked);
+      else if (own) {
+        auto own_3d = buf.own.narrow(0, 0, n).view({n, s.channels, s.fan_in});
+        at::bmm_out(own_3d, g.transpose(1, 2), stacked);
+      }
       else
         d_weights_3d.baddbmm_(g.transpose(1, 2), stacked);
+      if (need_hidden && s.hidden_per_edge) {
+        auto d_hidden_rows = d_hidden.narrow(0, first, n);
+        at::mm_out(d_hidden_rows, own ? buf.own.narrow(0, 0, n) : d_weights, weight);
+      }
+      if (own) d_weights.add_(buf.own.narrow(0, 0, n));
     }
-    if (need_hidden) {
+    if (need_hidden && !s.hidden_per_edge) {
       auto d_hidden_rows = d_hidden.narrow(0, start, n);
       at::mm_out(d_hidden_rows, d_weights, weight);
     }

@@ -246,6 +246,8 @@ class _KernelContraction(torch.autograd.Function):
     rather than ``[C, K] x [K, m]``): the same arithmetic, 4-7x faster in MKL's batched matmul for ``m <= 5``.
     With ``groups`` > 1 the feature and basis blocks hold ``groups`` runs of ``E`` edges each, and edge
     ``g E + e`` takes the weights of ``hidden[e]``: each chunk's weights serve all runs (an edge and its reverse).
+    ``hidden`` then has ``E`` rows, whose gradient sums the runs', or one per edge, ``groups E``, whose runs hold
+    equal values: the weights come from the first run, and every edge's row gets its own gradient.
     The backward is written with differentiable operations, so double backward (e.g. training on forces, the
     gradient of an energy with respect to positions) works too.
     """
@@ -255,7 +257,7 @@ class _KernelContraction(torch.autograd.Function):
         ctx, chunk: int, m: int, groups: int, hidden: Tensor, weight: Tensor, bias: Tensor, *blocks: Tensor
     ) -> Tensor:
         xs, bs = _split(blocks)
-        num_edges, fan_in = hidden.shape[0], sum(_stacked_sizes(xs, bs, m))
+        num_edges, fan_in = xs[0].shape[0] // groups, sum(_stacked_sizes(xs, bs, m))
         if _use_native(hidden):
             out = _C.kernel_contraction(hidden, weight, bias, xs, bs, m, chunk, groups)
         else:
@@ -306,25 +308,29 @@ class _KernelContraction(torch.autograd.Function):
                 _groups(xs, groups), _groups(bs, groups), _groups([grad], groups), strict=True
             )
         ]
-        d_hidden, d_weight, d_bias = [], None, None
+        num_edges = xs[0].shape[0] // groups
+        per_edge = groups > 1 and hidden.shape[0] > num_edges  # a hidden row per edge, each its own gradient
+        d_hidden: list[list[Tensor]] = [[] for _ in range(groups if per_edge else 1)]
+        d_weight = d_bias = None
         # per chunk, the weights' buffer holds their gradient, then the recomputed weights
         weights_buffer = _buffer(hidden, ctx.chunk, weight.shape[0])
         d_stacked_buffer = _buffer(hidden, ctx.chunk, m, fan_in)
-        for start, stop in _chunks(hidden.shape[0], ctx.chunk):
+        for start, stop in _chunks(num_edges, ctx.chunk):
             n = stop - start
             gs = [grad_run[start:stop].transpose(1, 2).contiguous() for _, _, grad_run, _ in runs]  # [n, m, C]
             d_weights = _rows(weights_buffer, n)
             for i, (g, (xs_run, bs_run, _, _)) in enumerate(zip(gs, runs, strict=True)):
                 stacked = _stacked_features(xs_run, bs_run, start, stop, m)  # [n, m, K]
+                out = None if d_weights is None or i > 0 else d_weights.view(n, -1, fan_in)
+                part = torch.bmm(g.transpose(1, 2), stacked, out=out).view(n, -1)
+                if per_edge and need_hidden:
+                    d_hidden[i].append(part @ weight)
                 if i == 0:
-                    out = None if d_weights is None else d_weights.view(n, -1, fan_in)
-                    d_weights = torch.bmm(g.transpose(1, 2), stacked, out=out).view(n, -1)
-                elif weights_buffer is not None:  # the fast path: in place
-                    d_weights.view(n, -1, fan_in).baddbmm_(g.transpose(1, 2), stacked)
-                else:
-                    d_weights = d_weights + torch.bmm(g.transpose(1, 2), stacked).view(n, -1)
-            if need_hidden:
-                d_hidden.append(d_weights @ weight)
+                    d_weights = part
+                else:  # summed over the groups; in place on the fast path
+                    d_weights = d_weights.add_(part) if weights_buffer is not None else d_weights + part
+            if need_hidden and not per_edge:
+                d_hidden[0].append(d_weights @ weight)
             # parameter gradients are sums over chunks: accumulated in the parameters' dtype (under autocast the
             # products are in 16 bits; without it, .to() is a no-op)
             if need_weight:
@@ -345,7 +351,8 @@ class _KernelContraction(torch.autograd.Function):
         # None (a zero gradient) for inputs that need none, and when there are no edges
         block_grads = [run[3].result() for run in runs]
         joined = [None if parts[0] is None else torch.cat(parts) for parts in zip(*block_grads, strict=True)]
-        return None, None, None, torch.cat(d_hidden) if d_hidden else None, d_weight, d_bias, *joined
+        d_hidden_all = torch.cat([torch.cat(parts) for parts in d_hidden]) if d_hidden[0] else None
+        return None, None, None, d_hidden_all, d_weight, d_bias, *joined
 
 
 class _DepthwiseContraction(torch.autograd.Function):
@@ -426,7 +433,9 @@ def kernel_contraction(
     Parameters
     ----------
     hidden
-        ``[E, H]`` last hidden layer of the radial network (``[E / 2, H]`` when ``paired``).
+        ``[E, H]`` last hidden layer of the radial network; when ``paired``, ``[E / 2, H]`` (one row per pair),
+        or ``[E, H]`` in the order of ``xs`` with equal rows for the two edges of a pair (the weights come from
+        the first edges' rows; every row gets its own gradient).
     head
         The radial network's output layer for this degree (``H -> C K``).
     xs, bs

@@ -152,9 +152,14 @@ class EdgeKernel(_KernelBase):
         blocks_in = self.fiber_in.split(x_j)
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
-        if self._shares_weights(basis, invariants, edge_attr):
-            # the weights once per pair: the edges in pair order (the first edge of every pair, then the second)
-            hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
+        if self._shares_weights(basis, invariants):
+            # the weights once per pair: the edges in pair order (the first edge of every pair, then the second).
+            # Differentiated edge features keep a hidden row per edge, for per-edge gradients (equal values can
+            # have different derivatives: an antisymmetric feature at zero); the lengths are equal by construction.
+            if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
+                hidden = self.radial.trunk(basis.to_pair_order(invariants))
+            else:
+                hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
             xs = [basis.to_pair_order(x) for x in xs]
             return {
                 l: basis.unpair(
@@ -177,16 +182,11 @@ class EdgeKernel(_KernelBase):
         }
 
     @staticmethod
-    def _shares_weights(basis: Basis, invariants: Tensor, edge_attr: Tensor | None) -> bool:
+    def _shares_weights(basis: Basis, invariants: Tensor) -> bool:
         """Whether both edges of every reverse pair get the same radial weights, computed once per pair: the graph
-        is symmetric (:attr:`Basis.reverse_pairs`) and the radial inputs of an edge and its reverse are equal.
-        The lengths are equal by construction. Edge features that autograd differentiates must not be shared on
-        equal values alone (features equal at one point, such as an antisymmetric one at zero, can have opposite
-        derivatives there): they are differentiated per edge, without sharing."""
+        is symmetric (:attr:`Basis.reverse_pairs`) and the radial inputs of an edge and its reverse are equal."""
         pairs = basis.reverse_pairs
         if pairs is None or torch.compiler.is_compiling():
-            return False
-        if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
             return False
         return torch.equal(invariants[pairs[0]], invariants[pairs[1]])
 
