@@ -90,7 +90,9 @@ class EdgeKernel(_KernelBase):
     recomputes each chunk's weights (:func:`kernel_contraction`): the ``[E, C_out, K_l]`` weights of all edges,
     by far the largest tensor of the layer, never exist at once, and each chunk's weights are still in cache
     when the batched matmul reads them. The heads are initialised scaled by ``K_l^{-1/2}``, so a kernel roughly
-    preserves the scale of its input features.
+    preserves the scale of its input features. On a symmetric graph (:attr:`Basis.reverse_pairs
+    <pyg_se3.basis.Basis.reverse_pairs>`) whose radial inputs are equal on an edge and its reverse, the weights
+    are computed once per pair: the same messages and gradients in fewer operations.
 
     Parameters
     ----------
@@ -153,33 +155,30 @@ class EdgeKernel(_KernelBase):
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
         if self._shares_weights(basis, invariants):
-            # the weights once per pair: the edges in pair order (the first edge of every pair, then the second).
-            # Differentiated edge features keep a hidden row per edge, for per-edge gradients (equal values can
-            # have different derivatives: an antisymmetric feature at zero); the lengths are equal by construction.
-            if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
-                hidden = self.radial.trunk(basis.to_pair_order(invariants))
-            else:
-                hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
-            xs = [basis.to_pair_order(x) for x in xs]
-            return {
-                l: basis.unpair(
-                    kernel_contraction(
-                        hidden,
-                        head,
-                        xs,
-                        [basis.paired((k, l)) for k in self.fiber_in.degrees],
-                        l,
-                        self.chunk,
-                        paired=True,
-                    )
-                )
-                for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
-            }
+            return self._paired_blocks(xs, basis, invariants, edge_attr)
         hidden = self.radial.trunk(invariants)
         return {
             l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
             for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
         }
+
+    def _paired_blocks(
+        self, xs: list[Tensor], basis: Basis, invariants: Tensor, edge_attr: Tensor | None
+    ) -> dict[int, Tensor]:
+        """:meth:`forward_blocks` with the weights computed once per reverse pair, the edges in pair order (the
+        first edge of every pair, then the second). Differentiated edge features keep a hidden row per edge, for
+        per-edge gradients (equal values can have different derivatives: an antisymmetric feature at zero); the
+        lengths are equal by construction, and share theirs."""
+        if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
+            hidden = self.radial.trunk(basis.to_pair_order(invariants))
+        else:
+            hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
+        xs = [basis.to_pair_order(x) for x in xs]
+        out = {}
+        for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True):
+            bs = [basis.paired((k, l)) for k in self.fiber_in.degrees]
+            out[l] = basis.unpair(kernel_contraction(hidden, head, xs, bs, l, self.chunk, paired=True))
+        return out
 
     @staticmethod
     def _shares_weights(basis: Basis, invariants: Tensor) -> bool:
