@@ -27,10 +27,10 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
+from flops import best_time
 
 import pyg_se3.models.iterative
 from pyg_se3 import Fiber, compute_basis
@@ -50,17 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-nbody", action="store_true", help="time the attention layer only")
     parser.add_argument("--out", default="benchmarks/results/reverse_pairs")
     return parser.parse_args(argv)
-
-
-def best_time(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` runs after one warm-up (the least disturbed by other processes)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def attention_passes(nodes: int, max_degree: int, pairs: bool):

@@ -212,17 +212,7 @@ class Basis:
         for edge_index, (rel_pos, dist, *rest) in zip(edge_indices, runs, strict=True):
             pairs = dict(zip(self.pairs, rest[: len(self.pairs)], strict=True))
             edge_weight = rest[len(self.pairs)] if self.edge_weight is not None else None
-            out.append(
-                replace(
-                    self,
-                    edge_index=edge_index,
-                    rel_pos=rel_pos,
-                    dist=dist,
-                    pairs=pairs,
-                    edge_weight=edge_weight,
-                    reverse_pairs=None,
-                )
-            )
+            out.append(self._other_edges(edge_index, rel_pos, dist, pairs, edge_weight))
         return out
 
     def index_select(self, index: Tensor, edge_index: Tensor) -> Basis:
@@ -230,6 +220,17 @@ class Basis:
         pairs = {pair: b.index_select(0, index) for pair, b in self.pairs.items()}
         edge_weight = None if self.edge_weight is None else self.edge_weight.index_select(0, index)
         rel_pos, dist = (t.index_select(0, index) for t in (self.rel_pos, self.dist))
+        return self._other_edges(edge_index, rel_pos, dist, pairs, edge_weight)
+
+    def _other_edges(
+        self,
+        edge_index: Tensor,
+        rel_pos: Tensor,
+        dist: Tensor,
+        pairs: dict[tuple[int, int], Tensor],
+        edge_weight: Tensor | None,
+    ) -> Basis:
+        """This basis with the values of other edges (a run, a selection): without reverse pairs."""
         return replace(
             self,
             edge_index=edge_index,
