@@ -146,7 +146,8 @@ def test_kernel_computes_weights_once_per_pair_with_the_same_messages_and_gradie
 def test_kernel_shares_differentiated_edge_features_with_per_edge_gradients(native, monkeypatch):
     """Edge features equal on both edges of every pair at one point, with opposite derivatives there (an
     antisymmetric feature at zero): the weights are shared, and every edge keeps its own hidden row and gradient,
-    the per-edge kernel's (with respect to the features' inputs and the positions)."""
+    the per-edge kernel's (with respect to the features' inputs, the positions and the parameters; first and
+    second order)."""
     if not native:
         monkeypatch.setattr(contraction, "NATIVE_KERNELS", False)
     pos, batch = _points()
@@ -160,11 +161,14 @@ def test_kernel_shares_differentiated_edge_features_with_per_edge_gradients(nati
         q, p = charge.clone().requires_grad_(True), pos.clone().requires_grad_(True)
         edge_attr = (q[edge_index[0]] - q[edge_index[1]]).unsqueeze(-1)  # 0 everywhere
         basis = compute_basis(p, edge_index, 2, find_reverse_pairs=find_reverse_pairs)
-        return torch.autograd.grad(kernel(x[edge_index[0]], basis, edge_attr).sin().sum(), [q, p, *kernel.parameters()])
+        loss = kernel(x[edge_index[0]], basis, edge_attr).sin().sum()
+        # second order too: the gradient with respect to the features' inputs, differentiated again
+        (d_q,) = torch.autograd.grad(loss, q, create_graph=True)
+        return d_q, *torch.autograd.grad(loss + d_q.square().sum(), [q, p, *kernel.parameters()])
 
     got, want = gradients(True), gradients(False)
     assert rows == [edge_index.shape[1]] * 2 and paired == [True] * 3 + [False] * 3  # 3 output degrees
-    for g, w in zip(got, want, strict=True):
+    for g, w in zip(got, want, strict=True):  # d_q, then the second-order gradients
         assert w.abs().max() > 1e-3
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
     with torch.no_grad():
