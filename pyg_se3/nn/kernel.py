@@ -154,8 +154,9 @@ class EdgeKernel(_KernelBase):
         blocks_in = self.fiber_in.split(x_j)
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
-        if self._shares_weights(basis, invariants):
-            return self._paired_blocks(xs, basis, invariants, edge_attr)
+        in_pairs = self._shared_invariants(basis, invariants)
+        if in_pairs is not None:
+            return self._paired_blocks(xs, basis, in_pairs, edge_attr)
         hidden = self.radial.trunk(invariants)
         return {
             l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
@@ -163,16 +164,17 @@ class EdgeKernel(_KernelBase):
         }
 
     def _paired_blocks(
-        self, xs: list[Tensor], basis: Basis, invariants: Tensor, edge_attr: Tensor | None
+        self, xs: list[Tensor], basis: Basis, in_pairs: Tensor, edge_attr: Tensor | None
     ) -> dict[int, Tensor]:
         """:meth:`forward_blocks` with the weights computed once per reverse pair, the edges in pair order (the
-        first edge of every pair, then the second). Differentiated edge features keep a hidden row per edge, for
-        per-edge gradients (equal values can have different derivatives: an antisymmetric feature at zero); the
-        lengths are equal by construction, and share theirs."""
+        first edge of every pair, then the second; ``in_pairs`` are the radial inputs in that order).
+        Differentiated edge features keep a hidden row per edge, for per-edge gradients (equal values can have
+        different derivatives: an antisymmetric feature at zero); the lengths are equal by construction, and
+        share theirs."""
         if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
-            hidden = self.radial.trunk(basis.to_pair_order(invariants))
+            hidden = self.radial.trunk(in_pairs)
         else:
-            hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
+            hidden = self.radial.trunk(in_pairs[: in_pairs.shape[0] // 2])
         xs = [basis.to_pair_order(x) for x in xs]
         out = {}
         for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True):
@@ -181,13 +183,15 @@ class EdgeKernel(_KernelBase):
         return out
 
     @staticmethod
-    def _shares_weights(basis: Basis, invariants: Tensor) -> bool:
-        """Whether both edges of every reverse pair get the same radial weights, computed once per pair: the graph
-        is symmetric (:attr:`Basis.reverse_pairs`) and the radial inputs of an edge and its reverse are equal."""
-        pairs = basis.reverse_pairs
-        if pairs is None or torch.compiler.is_compiling():
-            return False
-        return torch.equal(invariants[pairs[0]], invariants[pairs[1]])
+    def _shared_invariants(basis: Basis, invariants: Tensor) -> Tensor | None:
+        """The radial inputs in pair order when both edges of every reverse pair get the same radial weights,
+        computed once per pair (the graph is symmetric, :attr:`Basis.reverse_pairs`, and the radial inputs of an
+        edge and its reverse are equal); else ``None``."""
+        if basis.reverse_pairs is None or torch.compiler.is_compiling():
+            return None
+        in_pairs = basis.to_pair_order(invariants)
+        first, second = in_pairs.chunk(2)
+        return in_pairs if torch.equal(first, second) else None
 
 
 class DepthwiseEdgeKernel(_KernelBase):
