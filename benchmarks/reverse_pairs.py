@@ -14,15 +14,17 @@ the fastest of ``--repeats`` passes after a warm-up:
   the current positions, the latter differentiated in training) on batches of 100 five-body systems (the complete
   graph), with ``--root`` holding the dataset; skipped with ``--no-nbody``.
 
+With ``--device cuda`` everything runs on the GPU and every pass is timed to a synchronisation; finding the pairs
+and comparing the edge features then each read a value back from the device, which the per-edge way does not.
 Writes ``--out/reverse_pairs.json`` and ``reverse_pairs.md``.
 
     python benchmarks/reverse_pairs.py --threads 1 --root data
+    python benchmarks/reverse_pairs.py --device cuda --root data --out benchmarks/results/reverse_pairs/gpu
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -32,7 +34,6 @@ from pathlib import Path
 import torch
 from flops import best_time
 
-import pyg_se3.models.iterative
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.graph import Radius
 from pyg_se3.nn import SE3Attention
@@ -41,6 +42,7 @@ from pyg_se3.nn import SE3Attention
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (timed to a synchronisation)")
     parser.add_argument("--nodes", type=int, default=512, help="points of the radius graph")
     parser.add_argument("--degrees", type=int, nargs="+", default=[1, 3], help="largest degrees of the layers")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (the fastest counts)")
@@ -52,15 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def attention_passes(nodes: int, max_degree: int, pairs: bool):
+def attention_passes(nodes: int, max_degree: int, pairs: bool, device: torch.device):
     """``(forward+backward, forward)`` callables of one attention layer on a radius graph (~5 neighbours)."""
     g = torch.Generator().manual_seed(0)
-    pos = torch.rand(nodes, 3, generator=g) * (nodes / 2) ** (1 / 3)
+    pos = (torch.rand(nodes, 3, generator=g) * (nodes / 2) ** (1 / 3)).to(device)
     edge_index = Radius(0.9, max_num_neighbors=64)(pos)
     fiber = Fiber.create(max_degree + 1, 32)
     torch.manual_seed(0)
-    layer = SE3Attention(fiber, fiber, num_heads=8)
-    x = torch.randn(nodes, fiber.dim, generator=g)
+    layer = SE3Attention(fiber, fiber, num_heads=8).to(device)
+    x = torch.randn(nodes, fiber.dim, generator=g).to(device)
 
     def train():
         p, h = pos.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -87,7 +89,7 @@ NBODY_MODELS = {
 }
 
 
-def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool):
+def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool, device: torch.device):
     """``(forward+backward, forward)`` callables of an N-body model (:data:`NBODY_MODELS`) over ``num_batches``
     batches of 100 systems."""
     from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
@@ -103,21 +105,11 @@ def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool):
     )
     task = get_task("nbody", options)
     systems = task.datasets(root)["train"][: 100 * num_batches]
-    batches = list(FixedSizeLoader(FixedSizeGraphs(systems), batch_size=100))
+    batches = [batch.to(device) for batch in FixedSizeLoader(FixedSizeGraphs(systems), batch_size=100)]
     torch.manual_seed(0)
-    model = task.build_model(1.0)
-    # the model computes its bases itself: without pairs, its compute_basis is told not to find them
-    compute = compute_basis if pairs else functools.partial(compute_basis, find_reverse_pairs=False)
-
-    def with_basis(fn):
-        def run():
-            saved, pyg_se3.models.iterative.compute_basis = pyg_se3.models.iterative.compute_basis, compute
-            try:
-                fn()
-            finally:
-                pyg_se3.models.iterative.compute_basis = saved
-
-        return run
+    model = task.build_model(1.0).to(device)
+    for block in model.blocks:  # the task builds the default model; its blocks' option, set afterwards
+        block.find_reverse_pairs = pairs
 
     def train():
         for batch in batches:
@@ -128,12 +120,25 @@ def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool):
         for batch in batches:
             task.loss(model, batch)
 
-    return 20 * len(systems), with_basis(train), with_basis(evaluate)
+    return 20 * len(systems), train, evaluate
+
+
+def synchronised(fn, device: torch.device):
+    """``fn`` followed by a wait for the device's queued work (a GPU pass is timed to its end)."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     layer = "SE3Attention, degrees 0..{}, 32 channels, radius graph of {} points"
     cases = [(layer.format(d, args.nodes), d) for d in args.degrees]
     if not args.no_nbody:
@@ -145,10 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.rounds):
             for pairs in (True, False):
                 if isinstance(case, str):
-                    edges, train, evaluate = nbody_passes(args.root, case, args.batches, pairs)
+                    edges, train, evaluate = nbody_passes(args.root, case, args.batches, pairs, device)
                 else:
-                    edges, train, evaluate = attention_passes(args.nodes, case, pairs)
-                times = (best_time(train, args.repeats), best_time(evaluate, args.repeats))
+                    edges, train, evaluate = attention_passes(args.nodes, case, pairs, device)
+                times = tuple(best_time(synchronised(fn, device), args.repeats) for fn in (train, evaluate))
                 best[pairs] = tuple(min(t, b) for t, b in zip(times, best.get(pairs, times), strict=True))
         rows.append(
             {
@@ -161,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(name, rows[-1]["per_pair_s"], rows[-1]["per_edge_s"], flush=True)
     result = {
         "command": "python benchmarks/reverse_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "torch": torch.__version__,
         "rows": rows,
     }

@@ -178,7 +178,8 @@ class Basis:
     reverse_pairs
         ``[2, E / 2]`` the edges in reverse pairs (:func:`~pyg_se3.graph.reverse_edge_pairs`) when the graph is
         symmetric, else ``None``. An :class:`~pyg_se3.nn.EdgeKernel` whose radial inputs are equal on both edges
-        of every pair then computes the radial weights once per pair (:meth:`paired`, :meth:`unpair`). A basis
+        of every pair (:meth:`pairs_agree`) then computes the radial weights once per pair (:meth:`paired`,
+        :meth:`unpair`). A basis
         cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
     """
 
@@ -264,6 +265,24 @@ class Basis:
     def unpair(self, paired: Tensor) -> Tensor:
         """``[E, ...]`` values in pair order back in the order of ``edge_index``."""
         return paired.index_select(0, self._pair_order()[1])
+
+    def pairs_agree(self, edge_attr: Tensor | None = None) -> bool:
+        """Whether both edges of every reverse pair have the same radial inputs: the same length (``dist``) and
+        the same ``edge_attr [E, D]`` row (where given). Compared once and kept for this basis and these edge
+        features, which every layer using the basis shares (each comparison reads a flag back from the device),
+        and compared again once either is replaced or changed in place. ``False`` without reverse pairs."""
+        if self.reverse_pairs is None:
+            return False
+        key = tuple((t, _version(t)) for t in (self.reverse_pairs, self.dist, edge_attr) if t is not None)
+        cached = self._paired.get("agree")
+        if cached is not None and _same_versions(cached[0], key):
+            return cached[1]
+        radial_inputs = self.dist if edge_attr is None else torch.cat([self.dist, edge_attr], dim=-1)
+        first, second = self.to_pair_order(radial_inputs.detach()).chunk(2)
+        agree = torch.equal(first, second)
+        if all(version is not None for _, version in key):  # inference tensors have no version: compared each time
+            self._paired["agree"] = (key, agree)
+        return agree
 
     def _pair_order(self) -> tuple[Tensor, Tensor]:
         """The edges in pair order and its inverse permutation."""
@@ -405,6 +424,17 @@ def compute_basis(
         parity=parity,
         reverse_pairs=reverse_pairs,
     )
+
+
+def _version(tensor: Tensor) -> int | None:
+    """``tensor``'s version counter (how often it was changed in place), ``None`` for an inference tensor, which
+    has none."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _same_versions(key: tuple, other: tuple) -> bool:
+    """Whether two ``((tensor, version), ...)`` keys name the same tensors at the same versions."""
+    return len(key) == len(other) and all(a is b and u == v for (a, u), (b, v) in zip(key, other, strict=True))
 
 
 def _check_geometry(pos: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, values: bool) -> None:

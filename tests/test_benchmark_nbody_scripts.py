@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pyg_se3.nn.kernel
 from pyg_se3.fiber import Fiber
 from pyg_se3.loader import FixedSizeLoader
 from pyg_se3.runtime import cli
@@ -228,3 +229,16 @@ def test_the_reverse_pairs_benchmark_runs(root, tmp_path, monkeypatch):
     assert all(t > 0 for row in rows for way in ("per_pair_s", "per_edge_s") for t in row[way].values())
     table = (tmp_path / "reverse_pairs.md").read_text()
     assert table.count("\n| ") == 4 and "1 batches of 100 systems" in table
+    # the two ways of the N-body rows: every contraction paired, none
+    flags = []
+    kernel_contraction = pyg_se3.nn.kernel.kernel_contraction
+
+    def recorded(*args, paired=False, **kwargs):
+        flags.append(paired)
+        return kernel_contraction(*args, paired=paired, **kwargs)
+
+    monkeypatch.setattr(pyg_se3.nn.kernel, "kernel_contraction", recorded)
+    for pairs in (True, False):
+        flags.clear()
+        reverse_pairs.nbody_passes(str(root), "8 x 1 model", 1, pairs, torch.device("cpu"))[2]()
+        assert len(flags) == 8 * 2 and set(flags) == {pairs}  # 8 iterations, 2 output degrees

@@ -9,10 +9,11 @@ import pyg_se3.basis
 import pyg_se3.nn.kernel
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.graph import KNN, Complete, Radius, reverse_edge_pairs
-from pyg_se3.models import IterativeSE3Transformer
+from pyg_se3.models import IterativeSE3Transformer, SE3Transformer
 from pyg_se3.nn import EdgeKernel, contraction
 
 FIBER_IN, FIBER_OUT = Fiber({0: 3, 1: 4, 2: 2}), Fiber({0: 5, 1: 2, 2: 3})
+HIDDEN = Fiber({0: 4, 1: 4})
 
 
 def _points(num_nodes=14, seed=0):
@@ -193,25 +194,108 @@ def test_kernel_does_not_share_unequal_edge_features():
     assert torch.equal(got, want)
 
 
-def test_iterative_model_is_the_same_with_and_without_pairs(monkeypatch):
+def test_iterative_model_is_the_same_with_and_without_pairs():
     """The whole iterative model (attention layers, graphs and bases rebuilt every iteration): outputs and
-    gradients with every kernel sharing its weights per pair against every kernel computing them per edge."""
+    gradients with every kernel sharing its weights per pair against the same weights in a model that computes
+    them per edge (``find_reverse_pairs=False``)."""
     pos, batch = _points()
-    fiber_in = Fiber({0: 1, 1: 1})
+    fiber_in, fiber_hidden = Fiber({0: 1, 1: 1}), Fiber({0: 8, 1: 8})
     torch.manual_seed(0)
-    model = IterativeSE3Transformer(fiber_in, Fiber({0: 8, 1: 8}), num_iterations=3, graph=Complete()).double()
+    shared_model = IterativeSE3Transformer(fiber_in, fiber_hidden, num_iterations=3, graph=Complete()).double()
+    per_edge_model = IterativeSE3Transformer(
+        fiber_in, fiber_hidden, num_iterations=3, graph=Complete(), find_reverse_pairs=False
+    ).double()
+    per_edge_model.load_state_dict(shared_model.state_dict())
     x = random_features(fiber_in, pos.shape[0])
 
-    def run():
+    def run(model):
+        rows = [_radial_rows(module) for module in model.modules() if isinstance(module, EdgeKernel)]
         p = pos.clone().requires_grad_(True)
         out = model(x, p, batch=batch)
-        return out.pos, *torch.autograd.grad(out.pos.square().sum(), [p, *model.parameters()])
+        return rows, (out.pos, *torch.autograd.grad(out.pos.square().sum(), [p, *model.parameters()]))
 
-    rows = [_radial_rows(module) for module in model.modules() if isinstance(module, EdgeKernel)]
-    shared = run()
+    rows, shared = run(shared_model)
     assert all(r and all(n < 60 for n in r) for r in rows)  # 2 complete graphs of 6 and 8 nodes: 86 edges
-    monkeypatch.setattr(pyg_se3.basis, "reverse_edge_pairs", lambda edge_index, num_nodes: None)
-    per_edge = run()
-    assert all(max(r) == 86 for r in rows)
+    rows, per_edge = run(per_edge_model)
+    assert all(r and all(n == 86 for n in r) for r in rows)
     for got, want in zip(shared, per_edge, strict=True):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    assert "find_reverse_pairs=False" in repr(per_edge_model) and "find_reverse_pairs" not in repr(shared_model)
+
+
+def test_transformer_finds_pairs_unless_told_not_to():
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    fiber = Fiber({0: 2, 1: 2})
+    torch.manual_seed(0)
+    models = [
+        SE3Transformer(fiber, HIDDEN, fiber, num_layers=2, num_heads=2, find_reverse_pairs=find).double()
+        for find in (True, False)
+    ]
+    models[1].load_state_dict(models[0].state_dict())
+    x = random_features(fiber, pos.shape[0])
+    rows = [[_radial_rows(m) for m in model.modules() if isinstance(m, EdgeKernel)] for model in models]
+    got, want = (model(x, pos, edge_index) for model in models)
+    half = edge_index.shape[1] // 2
+    assert all(r == [half] for r in rows[0]) and all(r == [2 * half] for r in rows[1])
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    with pytest.raises(ValueError, match="find_reverse_pairs: expected True or False"):
+        SE3Transformer(fiber, HIDDEN, fiber, num_layers=1, num_heads=2, find_reverse_pairs="no")
+    with pytest.raises(ValueError, match="find_reverse_pairs: expected True or False"):
+        IterativeSE3Transformer(fiber, HIDDEN, num_heads=2, find_reverse_pairs=1)
+
+
+def _counted_equal(monkeypatch):
+    """A list that receives one entry per ``torch.equal`` call made by :meth:`Basis.pairs_agree`."""
+    calls = []
+
+    def counted(a, b):
+        calls.append(a.shape)
+        return torch.equal(a, b)
+
+    monkeypatch.setattr(pyg_se3.basis, "torch", _TorchWith(equal=counted))
+    return calls
+
+
+class _TorchWith:
+    """``torch`` with some functions replaced."""
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
+
+    def __getattr__(self, name):
+        return self.replaced.get(name, getattr(torch, name))
+
+
+def test_pairs_agree_is_compared_once_per_basis_and_edge_features(monkeypatch):
+    """Every layer of a forward pass shares one comparison of the radial inputs of both edges of every pair; a
+    new or changed edge feature tensor is compared anew (a stale answer would pair directed features)."""
+    pos, batch = _points()
+    edge_index = Complete()(pos, batch)
+    source, target = edge_index
+    charge = torch.randn(pos.shape[0], dtype=torch.float64)
+    edge_attr = (charge[source] * charge[target]).unsqueeze(-1)
+    fiber = Fiber({0: 2, 1: 2})
+    model = SE3Transformer(fiber, HIDDEN, fiber, num_layers=3, num_heads=2, edge_dim=1).double()
+    kernels = [m for m in model.modules() if isinstance(m, EdgeKernel)]
+    assert len(kernels) >= 4
+    x = random_features(fiber, pos.shape[0])
+    basis = compute_basis(pos, edge_index, 1)
+    compared = _counted_equal(monkeypatch)
+    rows = [_radial_rows(m) for m in kernels]
+    with torch.no_grad():
+        model(x, pos, edge_index, edge_attr, basis=basis)
+        assert len(compared) == 1 and all(r == [edge_index.shape[1] // 2] for r in rows)
+        model(x, pos, edge_index, edge_attr, basis=basis)  # the same basis and features: kept
+        assert len(compared) == 1
+        edge_attr[0] += 1.0  # in place: edge 0 and its reverse now differ
+        got = model(x, pos, edge_index, edge_attr, basis=basis)
+        assert len(compared) == 2 and all(r[-1] == edge_index.shape[1] for r in rows)
+        want = model(x, pos, edge_index, edge_attr, basis=compute_basis(pos, edge_index, 1, find_reverse_pairs=False))
+        assert torch.equal(got, want)
+        assert basis.pairs_agree(None) and len(compared) == 3  # lengths alone: another key
+    with torch.inference_mode():  # inference tensors have no version counter: compared every time
+        features = (charge[source] * charge[target]).unsqueeze(-1)
+        assert basis.pairs_agree(features) and basis.pairs_agree(features) and len(compared) == 5
+    assert not compute_basis(pos, edge_index, 1, find_reverse_pairs=False).pairs_agree(edge_attr)

@@ -122,6 +122,10 @@ class IterativeSE3Transformer(nn.Module):
         shifts the output by the boost times ``T dt`` when the blocks' inputs do not see it.
     dt
         The time step of ``integrator="velocity"`` (``> 0``; default 1). Ignored by ``integrator="position"``.
+    find_reverse_pairs
+        As in :class:`~pyg_se3.models.SE3Transformer`: on a symmetric graph (``Radius``, ``Complete``) the full
+        kernels compute their radial weights once per pair of an edge and its reverse, which costs a few host-device
+        synchronisations per iteration on a GPU; ``False`` computes them per edge and makes none. Default ``True``.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class IterativeSE3Transformer(nn.Module):
         checkpoint_edges: int = 2**15,
         integrator: str = "position",
         dt: float = 1.0,
+        find_reverse_pairs: bool = True,
     ) -> None:
         super().__init__()
         if integrator not in ("position", "velocity"):
@@ -190,6 +195,7 @@ class IterativeSE3Transformer(nn.Module):
             "checkpoint_edges": checkpoint_edges,
             "norm": norm,
             "relative_position": relative_position,
+            "find_reverse_pairs": find_reverse_pairs,
         }
         if share_weights:
             lost = [d for d in fiber_in.degrees if d not in fiber_hidden]
@@ -318,7 +324,14 @@ class IterativeSE3Transformer(nn.Module):
             edge_attr = edge_attr_fn(geometry, edge_index)
             check_edge_attr(edge_attr, edge_index.shape[1], self.edge_dim, model_dtype(self))
         # pos checked by the graph builder
-        basis = compute_basis(geometry, edge_index, block.max_degree, check_values=False, parity=self.parity)
+        basis = compute_basis(
+            geometry,
+            edge_index,
+            block.max_degree,
+            check_values=False,
+            parity=self.parity,
+            find_reverse_pairs=block.find_reverse_pairs,
+        )
         if detach_basis == "harmonics":
             basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
@@ -349,6 +362,7 @@ class IterativeSE3Transformer(nn.Module):
             f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
             f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g}"
             + (", parity=True" if self.parity else "")
+            + ("" if self.blocks[0].find_reverse_pairs else ", find_reverse_pairs=False")
             + (f", integrator='velocity', dt={self.dt:g})" if self.integrator == "velocity" else ")")
         )
 

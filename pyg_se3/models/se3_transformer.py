@@ -76,7 +76,16 @@ class SE3Transformer(nn.Module):
     envelope
         The envelope ``u`` used with ``cutoff``: ``"cosine"`` (default) or ``"polynomial"``
         (:func:`~pyg_se3.graph.envelope_weight`).
+    find_reverse_pairs
+        Find the graph's reverse pairs when the basis is computed here (:func:`~pyg_se3.basis.compute_basis`'s
+        option of that name): on a symmetric graph (radius, complete) the full kernels then compute their radial
+        weights once per pair, the same outputs in fewer operations. Finding the pairs, and checking once per
+        basis that both edges of every pair have the same radial inputs, reads data back from the device;
+        ``False`` (every edge its own weights) avoids those host-device synchronisations, e.g. to capture the
+        forward pass in a CUDA graph. Default ``True``.
     """
+
+    find_reverse_pairs: bool = True  # what models pickled before the option existed load with
 
     def __init__(
         self,
@@ -99,8 +108,12 @@ class SE3Transformer(nn.Module):
         pooling: str | None = None,
         cutoff: float | None = None,
         envelope: str = "cosine",
+        find_reverse_pairs: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(find_reverse_pairs, bool):
+            raise ValueError(f"find_reverse_pairs: expected True or False, got {find_reverse_pairs!r}")
+        self.find_reverse_pairs = find_reverse_pairs
         self.cutoff = None if cutoff is None else check_radius(cutoff, "cutoff")
         self.envelope = check_envelope(envelope, allow_none=False)
         if num_layers < 0:
@@ -184,7 +197,14 @@ class SE3Transformer(nn.Module):
         check_edge_weight(edge_weight, edge_index.shape[1], dtype)
         if basis is None:
             # values checked above
-            basis = compute_basis(pos, edge_index, self.max_degree, check_values=False, parity=self.parity)
+            basis = compute_basis(
+                pos,
+                edge_index,
+                self.max_degree,
+                check_values=False,
+                parity=self.parity,
+                find_reverse_pairs=self.find_reverse_pairs,
+            )
         if edge_weight is not None or self.cutoff is not None:
             basis = self._weighted(basis, edge_weight)
         groups = (

@@ -154,7 +154,7 @@ class EdgeKernel(_KernelBase):
         blocks_in = self.fiber_in.split(x_j)
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
-        in_pairs = self._shared_invariants(basis, invariants)
+        in_pairs = self._shared_invariants(basis, invariants, edge_attr)
         if in_pairs is not None:
             return self._paired_blocks(xs, basis, in_pairs, edge_attr)
         hidden = self.radial.trunk(invariants)
@@ -183,15 +183,13 @@ class EdgeKernel(_KernelBase):
         return out
 
     @staticmethod
-    def _shared_invariants(basis: Basis, invariants: Tensor) -> Tensor | None:
+    def _shared_invariants(basis: Basis, invariants: Tensor, edge_attr: Tensor | None) -> Tensor | None:
         """The radial inputs in pair order when both edges of every reverse pair get the same radial weights,
         computed once per pair (the graph is symmetric, :attr:`Basis.reverse_pairs`, and the radial inputs of an
         edge and its reverse are equal); else ``None``."""
-        if basis.reverse_pairs is None or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not basis.pairs_agree(edge_attr):
             return None
-        in_pairs = basis.to_pair_order(invariants)
-        first, second = in_pairs.chunk(2)
-        return in_pairs if torch.equal(first, second) else None
+        return basis.to_pair_order(invariants)
 
 
 class DepthwiseEdgeKernel(_KernelBase):
