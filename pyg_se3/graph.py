@@ -163,6 +163,9 @@ class GraphBuilder(ABC):
     envelope: str | None = None
     cutoff: float | None = None
     engine: str = "auto"  # see Radius and KNN; also what builders pickled before engines existed load with
+    #: Whether the edges depend on the positions (``False`` for :class:`Complete`: the iterative model then builds
+    #: the graph, and finds its reverse pairs, once per forward pass instead of once per iteration).
+    depends_on_positions: bool = True
 
     @abstractmethod
     def build(self, pos: Tensor, batch: Tensor | None) -> Tensor: ...
@@ -341,6 +344,8 @@ class Complete(GraphBuilder):
     tensor([[1, 0, 3, 2],
             [0, 1, 2, 3]])
     """
+
+    depends_on_positions = False
 
     def __init__(self, loop: bool = False) -> None:
         self.loop = loop

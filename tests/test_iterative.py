@@ -9,6 +9,7 @@ from helpers import relative_error, unzero_displacements
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+import pyg_se3.basis
 from pyg_se3 import Fiber
 from pyg_se3.graph import KNN, Complete, Radius
 from pyg_se3.models import IterativeSE3Transformer
@@ -22,7 +23,11 @@ GRAPHS = {"radius": lambda: Radius(1.6, max_num_neighbors=32), "knn": lambda: KN
 def make_model(graph="complete", share_weights=False, **kwargs):
     kwargs = {"num_iterations": 3, "layers_per_iteration": 2, "num_heads": 2, **kwargs}
     model = IterativeSE3Transformer(
-        FIBER_IN, FIBER_HIDDEN, graph=GRAPHS[graph](), share_weights=share_weights, **kwargs
+        FIBER_IN,
+        FIBER_HIDDEN,
+        graph=GRAPHS[graph]() if isinstance(graph, str) else graph,
+        share_weights=share_weights,
+        **kwargs,
     )
     return unzero_displacements(model.double())
 
@@ -197,6 +202,56 @@ def test_edge_attr_fn_is_recomputed_each_iteration():
         model(x, pos)
     with pytest.raises(ValueError, match=r"edge_attr: expected shape"):
         model(x, pos, edge_attr_fn=lambda p, e: torch.zeros(e.shape[1], 2, dtype=p.dtype))
+
+
+class _CountedComplete(Complete):
+    """A complete graph that records its builds."""
+
+    def __init__(self):
+        super().__init__()
+        self.builds = 0
+
+    def build(self, pos, batch):
+        self.builds += 1
+        return super().build(pos, batch)
+
+
+class _RebuiltComplete(_CountedComplete):
+    """The same graph, declared to depend on the positions: rebuilt at every iteration."""
+
+    depends_on_positions = True
+
+
+def test_complete_graph_is_built_once_per_forward(monkeypatch):
+    """The complete graph does not move with the points: it is built, and its reverse pairs found, once per
+    forward pass, with the outputs and gradients (bit for bit) of rebuilding it at every iteration; the positions
+    are still checked at every iteration."""
+    found = []
+    reverse_edge_pairs = pyg_se3.basis.reverse_edge_pairs
+    monkeypatch.setattr(pyg_se3.basis, "reverse_edge_pairs", lambda *a: found.append(1) or reverse_edge_pairs(*a))
+    x, pos = point_cloud()
+    batch = torch.arange(pos.shape[0]) * 2 // pos.shape[0]  # two graphs
+    once, rebuilt = _CountedComplete(), _RebuiltComplete()
+    models = [make_model(once, edge_dim=1), make_model(rebuilt, edge_dim=1)]
+    models[1].load_state_dict(models[0].state_dict())
+
+    def run(model):
+        p = pos.clone().requires_grad_(True)
+        out = model(x, p, batch, edge_attr_fn=lambda q, e: (q[e[0]] - q[e[1]]).norm(dim=-1, keepdim=True))
+        return out, torch.autograd.grad(out.pos.sin().sum() + out.x.sum(), [p, *model.parameters()])
+
+    found.clear()
+    (out, grads), (want, want_grads) = run(models[0]), run(models[1])
+    assert (once.builds, rebuilt.builds, len(found)) == (1, 3, 1 + 3)
+    assert all(torch.equal(e, f) for e, f in zip(out.edge_indices, want.edge_indices, strict=True))
+    assert torch.equal(out.pos, want.pos) and not torch.equal(out.pos, pos)
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads, strict=True))
+    with torch.no_grad():  # an iteration that throws the points to NaN: the next one refuses them
+        for p in models[0].blocks[0].parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match="pos: contains NaN or inf"):
+        models[0](x, pos, batch, edge_attr_fn=lambda q, e: (q[e[0]] - q[e[1]]).norm(dim=-1, keepdim=True))
+    assert once.builds == 2
 
 
 def test_batch_from_dataloader_matches_graphs_alone(device):

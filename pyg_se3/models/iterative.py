@@ -10,7 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from pyg_se3.basis import compute_basis
-from pyg_se3.checks import check_edge_attr, check_graph_inputs, check_vectors, model_dtype, no_value_checks
+from pyg_se3.checks import (
+    check_edge_attr,
+    check_graph_inputs,
+    check_pos,
+    check_vectors,
+    model_dtype,
+    no_value_checks,
+)
 from pyg_se3.fiber import Fiber
 from pyg_se3.graph import KNN, GraphBuilder
 from pyg_se3.models.se3_transformer import SE3Transformer
@@ -37,7 +44,8 @@ class IterativeOutput:
         Positions before the first and after every iteration (``num_iterations + 1`` tensors;
         ``trajectory[0]`` is the input).
     edge_indices
-        The graph each iteration ran on (rebuilt from that iteration's input positions).
+        The graph each iteration ran on (rebuilt from that iteration's input positions; one tensor for all
+        iterations of a :class:`~pyg_se3.graph.Complete` graph).
     num_iterations
         How many iterations ran (fewer than requested when ``tol`` stopped early).
     vel
@@ -65,12 +73,13 @@ class IterativeSE3Transformer(nn.Module):
     at zero, so an untrained model leaves the points where they are (and still learns: the gradients of zeroed
     weights are not zero); with ``displacement="hidden"`` (the original code's choice) the block outputs
     ``fiber_hidden`` only and the points move by its first type-1 channel.
-    The **whole** hidden fiber is carried to the next
-    iteration (no bottleneck to type-1). The neighbour graph is rebuilt from the updated positions (indices
-    carry no gradient), and the basis is recomputed from them **inside the autograd graph**, so gradients reach
-    block ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that
-    path (the original SE(3)-Transformer's behaviour) to compare, and ``detach_basis="harmonics"`` cuts only the
-    angular part (the original code's ablation: distances, edge features and relative positions keep theirs).
+    The **whole** hidden fiber is carried to the next iteration (no bottleneck to type-1). The neighbour graph is
+    rebuilt from the updated positions (indices carry no gradient; a :class:`~pyg_se3.graph.Complete` graph, which
+    does not depend on them, is built once per forward pass, and the positions are still checked at every
+    iteration), and the basis is recomputed from them **inside the autograd graph**, so gradients reach block
+    ``t``'s parameters through the geometry seen by blocks ``t+1 .. T``; ``detach_basis=True`` cuts that path (the
+    original SE(3)-Transformer's behaviour) to compare, and ``detach_basis="harmonics"`` cuts only the angular part
+    (the original code's ablation: distances, edge features and relative positions keep theirs).
 
     Parameters
     ----------
@@ -280,10 +289,14 @@ class IterativeSE3Transformer(nn.Module):
         check_graph_inputs(x, pos, empty, self.fiber_in, batch=batch, dtype=model_dtype(self), values=False)
         h = self.embed_input(x)
         out = IterativeOutput(pos=pos, x=h, trajectory=[pos])
+        # a graph that does not depend on the positions (Complete) is built once, with its reverse pairs
+        reuse = not self.graph.depends_on_positions and not torch.compiler.is_compiling()
+        graph = None
         for t in range(num_steps):
-            h, update, edge_index = self._step(
-                self.blocks[0 if self.share_weights else t], h, pos, batch, edge_attr_fn, detach_basis
+            h, update, ran_on = self._step(
+                self.blocks[0 if self.share_weights else t], h, pos, batch, edge_attr_fn, detach_basis, graph
             )
+            edge_index, graph = ran_on[0], ran_on if reuse else None
             if self.integrator == "velocity":
                 vel = vel + update
                 pos = pos + self.dt * vel
@@ -316,8 +329,14 @@ class IterativeSE3Transformer(nn.Module):
             return x
         return self.fiber_hidden.embed(self.embed(x), self.embed.fiber_out)
 
-    def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis):
-        edge_index = self.graph(pos, batch)
+    def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis, graph):
+        """One iteration; ``graph`` is ``(edge_index, reverse_pairs)`` to reuse, or ``None`` to build them from
+        ``pos``. Returns the new features, the update and the graph it ran on."""
+        if graph is None:
+            edge_index = self.graph(pos, batch)
+        else:
+            check_pos(pos)  # as the graph builder checks the positions at every iteration
+            edge_index = graph[0]
         geometry = pos.detach() if detach_basis in (True, "geometry") else pos
         edge_attr = None
         if edge_attr_fn is not None:
@@ -330,8 +349,10 @@ class IterativeSE3Transformer(nn.Module):
             block.max_degree,
             check_values=False,
             parity=self.parity,
-            find_reverse_pairs=block.find_reverse_pairs,
+            find_reverse_pairs=block.find_reverse_pairs and graph is None,
         )
+        if graph is not None:
+            basis.reverse_pairs = graph[1]
         if detach_basis == "harmonics":
             basis.pairs = {pair: b.detach() for pair, b in basis.pairs.items()}
         basis.edge_weight = self.graph.edge_weight(basis.dist.squeeze(-1))
@@ -342,7 +363,7 @@ class IterativeSE3Transformer(nn.Module):
         else:
             h, first = out, self.fiber_hidden.offsets()[1].start
             displacement = h[:, first : first + 3]
-        return h, self.displacement_scale * displacement, edge_index
+        return h, self.displacement_scale * displacement, (edge_index, basis.reverse_pairs)
 
     def _num_steps(self, tol: float | None, max_iterations: int | None) -> int:
         if not self.share_weights and (tol is not None or max_iterations is not None):
