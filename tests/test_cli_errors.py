@@ -226,7 +226,7 @@ def test_cli_refuses_a_bad_option_before_loading_data(tmp_path, capsys, extra, o
 def test_cli_refuses_reflections_for_a_task_without_them(tmp_path, capsys):
     argv = train_args(tmp_path, "--reflect")
     line = cli_error(capsys, *argv[:2], "energy", *argv[3:])
-    expected = "--reflect: the 'energy' task has no reflection augmentation (nbody and dynamics have)"
+    expected = "--reflect: the 'energy' task has no reflection augmentation (dynamics and nbody have)"
     assert line == f"pyg-se3: error: {expected}"
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
 
@@ -234,7 +234,7 @@ def test_cli_refuses_reflections_for_a_task_without_them(tmp_path, capsys):
 def test_cli_refuses_time_reversal_for_a_task_without_it(tmp_path, capsys):
     argv = train_args(tmp_path, "--time-reversal")
     line = cli_error(capsys, *argv[:2], "energy", *argv[3:])
-    expected = "--time-reversal: the 'energy' task has no time-reversed samples (nbody and dynamics have)"
+    expected = "--time-reversal: the 'energy' task has no time-reversed samples (dynamics and nbody have)"
     assert line == f"pyg-se3: error: {expected}"
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ layers in that one iteration it is the single-pass SE(3)-Transformer with the sa
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -289,13 +289,14 @@ class Task:
     def reflection(self) -> RandomReflection:
         """The training batches' random reflections (``--reflect``), for tasks whose physics is symmetric
         under them; a ``ValueError`` for the others."""
-        raise ValueError(f"--reflect: the {self.name!r} task has no reflection augmentation (nbody and dynamics have)")
+        have = _tasks_with(lambda task: task.reflection is not Task.reflection)
+        raise ValueError(f"--reflect: the {self.name!r} task has no reflection augmentation ({have})")
 
     @classmethod
     def check_time_reversal(cls) -> None:
         """A ``ValueError`` for a task without :meth:`time_reversal` (before any data is loaded)."""
         if not hasattr(cls.dataset_cls, "time_reversed"):
-            have = "nbody and dynamics have"
+            have = _tasks_with(lambda task: hasattr(task.dataset_cls, "time_reversed"))
             raise ValueError(f"--time-reversal: the {cls.name!r} task has no time-reversed samples ({have})")
 
     def time_reversal(self, train_set: Any) -> RandomTimeReversal:
@@ -628,6 +629,12 @@ class _EdgeLookup:
 
 
 TASKS = {"dynamics": DynamicsTask, "energy": EnergyTask, "nbody": NBodyTask}
+
+
+def _tasks_with(has: Callable[[type[Task]], bool]) -> str:
+    """``"a and b have"``: the names of the tasks (of :data:`TASKS`) whose class ``has`` what an error is about."""
+    names = [name for name, task in TASKS.items() if has(task)]
+    return " and ".join(names) + (" has" if len(names) == 1 else " have")
 
 
 def get_task(name: str, options: ModelOptions, data: Mapping[str, Any] | None = None) -> Task:
