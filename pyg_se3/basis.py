@@ -179,8 +179,7 @@ class Basis:
         ``[2, E / 2]`` the edges in reverse pairs (:func:`~pyg_se3.graph.reverse_edge_pairs`) when the graph is
         symmetric, else ``None``. An :class:`~pyg_se3.nn.EdgeKernel` whose radial inputs are equal on both edges
         of every pair (:meth:`pairs_agree`) then computes the radial weights once per pair (:meth:`paired`,
-        :meth:`unpair`). A basis
-        cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
+        :meth:`unpair`). A basis cut into runs or reindexed (:meth:`split`, :meth:`index_select`) has none.
     """
 
     edge_index: Tensor

@@ -329,7 +329,7 @@ class IterativeSE3Transformer(nn.Module):
             return x
         return self.fiber_hidden.embed(self.embed(x), self.embed.fiber_out)
 
-    def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis, graph):
+    def _step(self, block, h, pos, batch, edge_attr_fn, detach_basis, graph=None):
         """One iteration; ``graph`` is ``(edge_index, reverse_pairs)`` to reuse, or ``None`` to build them from
         ``pos``. Returns the new features, the update and the graph it ran on."""
         if graph is None:
