@@ -265,6 +265,11 @@ class Basis:
         """``[E, ...]`` values in pair order back in the order of ``edge_index``."""
         return paired.index_select(0, self._pair_order()[1])
 
+    def radial_inputs(self, edge_attr: Tensor | None = None) -> Tensor:
+        """``[E, 1 + D]`` what the radial networks see of every edge: its length (``dist``), then its invariant
+        features ``edge_attr [E, D]`` where given."""
+        return self.dist if edge_attr is None else torch.cat([self.dist, edge_attr], dim=-1)
+
     def pairs_agree(self, edge_attr: Tensor | None = None) -> bool:
         """Whether both edges of every reverse pair have the same radial inputs: the same length (``dist``) and
         the same ``edge_attr [E, D]`` row (where given). Compared once and kept for this basis and these edge
@@ -276,8 +281,7 @@ class Basis:
         cached = self._paired.get("agree")
         if cached is not None and _same_versions(cached[0], key):
             return cached[1]
-        radial_inputs = self.dist if edge_attr is None else torch.cat([self.dist, edge_attr], dim=-1)
-        first, second = self.to_pair_order(radial_inputs.detach()).chunk(2)
+        first, second = self.to_pair_order(self.radial_inputs(edge_attr).detach()).chunk(2)
         agree = torch.equal(first, second)
         if all(version is not None for _, version in key):  # inference tensors have no version: compared each time
             self._paired["agree"] = (key, agree)

@@ -282,6 +282,9 @@ def test_pairs_agree_is_compared_once_per_basis_and_edge_features(monkeypatch):
     assert len(kernels) >= 4
     x = random_features(fiber, pos.shape[0])
     basis = compute_basis(pos, edge_index, 1)
+    assert basis.radial_inputs() is basis.dist
+    assert torch.equal(basis.radial_inputs(edge_attr)[:, 0], basis.dist[:, 0])
+    assert torch.equal(basis.radial_inputs(edge_attr)[:, 1:], edge_attr)
     compared = _counted_equal(monkeypatch)
     rows = [_radial_rows(m) for m in kernels]
     with torch.no_grad():

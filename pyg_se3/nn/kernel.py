@@ -60,7 +60,8 @@ class _KernelBase(nn.Module):
 
     @staticmethod
     def _invariants(basis: Basis, edge_attr: Tensor | None) -> Tensor:
-        return basis.dist if edge_attr is None else torch.cat([basis.dist, edge_attr], dim=-1)
+        """What the radial network sees of every edge (:meth:`~pyg_se3.basis.Basis.radial_inputs`)."""
+        return basis.radial_inputs(edge_attr)
 
     def forward_blocks(self, x_j: Tensor, basis: Basis, edge_attr: Tensor | None = None) -> dict[int, Tensor]:
         raise NotImplementedError
@@ -154,9 +155,9 @@ class EdgeKernel(_KernelBase):
         blocks_in = self.fiber_in.split(x_j)
         xs = [blocks_in[k] for k in self.fiber_in.degrees]
         invariants = self._invariants(basis, edge_attr)
-        in_pairs = self._shared_invariants(basis, invariants, edge_attr)
-        if in_pairs is not None:
-            return self._paired_blocks(xs, basis, in_pairs, edge_attr)
+        # both edges of every reverse pair with the same radial inputs: their weights once per pair
+        if not torch.compiler.is_compiling() and basis.pairs_agree(edge_attr):
+            return self._paired_blocks(xs, basis, invariants, edge_attr)
         hidden = self.radial.trunk(invariants)
         return {
             l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
@@ -164,32 +165,23 @@ class EdgeKernel(_KernelBase):
         }
 
     def _paired_blocks(
-        self, xs: list[Tensor], basis: Basis, in_pairs: Tensor, edge_attr: Tensor | None
+        self, xs: list[Tensor], basis: Basis, invariants: Tensor, edge_attr: Tensor | None
     ) -> dict[int, Tensor]:
         """:meth:`forward_blocks` with the weights computed once per reverse pair, the edges in pair order (the
-        first edge of every pair, then the second; ``in_pairs`` are the radial inputs in that order).
+        first edge of every pair, then the second; ``invariants`` are the radial inputs, equal on both edges).
         Differentiated edge features keep a hidden row per edge, for per-edge gradients (equal values can have
         different derivatives: an antisymmetric feature at zero); the lengths are equal by construction, and
         share theirs."""
         if edge_attr is not None and edge_attr.requires_grad and torch.is_grad_enabled():
-            hidden = self.radial.trunk(in_pairs)
-        else:
-            hidden = self.radial.trunk(in_pairs[: in_pairs.shape[0] // 2])
+            hidden = self.radial.trunk(basis.to_pair_order(invariants))
+        else:  # the first edge of every pair
+            hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
         xs = [basis.to_pair_order(x) for x in xs]
         out = {}
         for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True):
             bs = [basis.paired((k, l)) for k in self.fiber_in.degrees]
             out[l] = basis.unpair(kernel_contraction(hidden, head, xs, bs, l, self.chunk, paired=True))
         return out
-
-    @staticmethod
-    def _shared_invariants(basis: Basis, invariants: Tensor, edge_attr: Tensor | None) -> Tensor | None:
-        """The radial inputs in pair order when both edges of every reverse pair get the same radial weights,
-        computed once per pair (the graph is symmetric, :attr:`Basis.reverse_pairs`, and the radial inputs of an
-        edge and its reverse are equal); else ``None``."""
-        if torch.compiler.is_compiling() or not basis.pairs_agree(edge_attr):
-            return None
-        return basis.to_pair_order(invariants)
 
 
 class DepthwiseEdgeKernel(_KernelBase):
