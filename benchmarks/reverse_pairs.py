@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from flops import best_time
+from gpu import synchronize
 
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.graph import Radius
@@ -125,12 +126,10 @@ def nbody_passes(root: str, model_name: str, num_batches: int, pairs: bool, devi
 
 def synchronised(fn, device: torch.device):
     """``fn`` followed by a wait for the device's queued work (a GPU pass is timed to its end)."""
-    if device.type != "cuda":
-        return fn
 
     def run():
         fn()
-        torch.cuda.synchronize(device)
+        synchronize(device)
 
     return run
 
