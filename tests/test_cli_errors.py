@@ -239,6 +239,32 @@ def test_cli_refuses_time_reversal_for_a_task_without_it(tmp_path, capsys):
     assert not (tmp_path / "no-data").exists() and not (tmp_path / "out").exists()
 
 
+def test_augmentations_are_named_from_the_tasks_that_have_them(monkeypatch):
+    have = {name: (task.has_reflection(), task.has_time_reversal()) for name, task in tasks.TASKS.items()}
+    assert have == {"dynamics": (True, True), "energy": (False, False), "nbody": (True, True)}
+    helps = _train_helps()
+    assert helps["reflect"].endswith("(dynamics and nbody)")
+    assert helps["time_reversal"].endswith("(dynamics and nbody)")
+
+    class Reflected(tasks.TASKS["energy"]):  # a task that gains the augmentation appears in help and errors
+        def reflection(self):
+            raise AssertionError("not called")
+
+    monkeypatch.setitem(tasks.TASKS, "reflected", Reflected)
+    helps = _train_helps()
+    assert helps["reflect"].endswith("(dynamics and nbody and reflected)")
+    assert helps["time_reversal"].endswith("(dynamics and nbody)")
+    monkeypatch.setattr(tasks, "TASKS", {"energy": tasks.TASKS["energy"], "nbody": tasks.TASKS["nbody"]})
+    with pytest.raises(ValueError, match=r"no reflection augmentation \(nbody has\)$"):
+        tasks.get_task("energy", tasks.ModelOptions()).reflection()
+
+
+def _train_helps() -> dict[str, str]:
+    """The ``train`` subcommand's help texts by destination, from a parser built afresh."""
+    commands = next(action for action in cli.build_parser()._actions if action.dest == "command")
+    return {action.dest: action.help for action in commands.choices["train"]._actions}
+
+
 def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "out").write_text("not a folder")
     assert cli_error(capsys, *train_args(tmp_path)).startswith("pyg-se3: error: --out: ")

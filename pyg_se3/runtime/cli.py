@@ -47,7 +47,7 @@ import torch
 from torch_geometric.transforms import Compose
 
 from pyg_se3.runtime import distributed
-from pyg_se3.runtime.tasks import TASKS, ModelOptions, from_checkpoint, get_task
+from pyg_se3.runtime.tasks import TASKS, ModelOptions, from_checkpoint, get_task, tasks_with
 from pyg_se3.runtime.training import (
     NonFiniteLossError,
     TrainConfig,
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="invert every training graph through the origin with probability 1/2 (positions, velocities, targets "
         "and odd-degree features change sign): the simulations are symmetric under reflections, an SE(3) model "
-        "need not be (nbody and dynamics)",
+        f"need not be ({tasks_with(lambda task: task.has_reflection())})",
     )
     train.add_argument(
         "--time-reversal",
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="swap every training graph with probability 1/2 for the same simulation run backwards, from the "
         "target frame's state with the velocities reversed to the input positions: the simulations are "
-        "reversible (nbody and dynamics)",
+        f"reversible ({tasks_with(lambda task: task.has_time_reversal())})",
     )
     train.add_argument("--max-batches", type=int, help="training batches per epoch (default all)")
     train.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1; 0: no clipping)")

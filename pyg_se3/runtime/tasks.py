@@ -289,14 +289,24 @@ class Task:
     def reflection(self) -> RandomReflection:
         """The training batches' random reflections (``--reflect``), for tasks whose physics is symmetric
         under them; a ``ValueError`` for the others."""
-        have = _tasks_with(lambda task: task.reflection is not Task.reflection)
+        have = _have(tasks_with(lambda task: task.has_reflection()))
         raise ValueError(f"--reflect: the {self.name!r} task has no reflection augmentation ({have})")
+
+    @classmethod
+    def has_reflection(cls) -> bool:
+        """Whether the task has a :meth:`reflection` augmentation (``--reflect``)."""
+        return cls.reflection is not Task.reflection
+
+    @classmethod
+    def has_time_reversal(cls) -> bool:
+        """Whether the task's dataset has time-reversed samples (``--time-reversal``)."""
+        return hasattr(cls.dataset_cls, "time_reversed")
 
     @classmethod
     def check_time_reversal(cls) -> None:
         """A ``ValueError`` for a task without :meth:`time_reversal` (before any data is loaded)."""
-        if not hasattr(cls.dataset_cls, "time_reversed"):
-            have = _tasks_with(lambda task: hasattr(task.dataset_cls, "time_reversed"))
+        if not cls.has_time_reversal():
+            have = _have(tasks_with(lambda task: task.has_time_reversal()))
             raise ValueError(f"--time-reversal: the {cls.name!r} task has no time-reversed samples ({have})")
 
     def time_reversal(self, train_set: Any) -> RandomTimeReversal:
@@ -631,10 +641,15 @@ class _EdgeLookup:
 TASKS = {"dynamics": DynamicsTask, "energy": EnergyTask, "nbody": NBodyTask}
 
 
-def _tasks_with(has: Callable[[type[Task]], bool]) -> str:
-    """``"a and b have"``: the names of the tasks (of :data:`TASKS`) whose class ``has`` what an error is about."""
-    names = [name for name, task in TASKS.items() if has(task)]
-    return " and ".join(names) + (" has" if len(names) == 1 else " have")
+def tasks_with(has: Callable[[type[Task]], bool]) -> str:
+    """``"a and b"``: the names of the tasks of :data:`TASKS` whose class ``has`` something (for example
+    ``lambda task: task.has_reflection()``), for help texts and errors."""
+    return " and ".join(name for name, task in TASKS.items() if has(task))
+
+
+def _have(names: str) -> str:
+    """``"a has"`` or ``"a and b have"``."""
+    return names + (" have" if " and " in names else " has")
 
 
 def get_task(name: str, options: ModelOptions, data: Mapping[str, Any] | None = None) -> Task:
