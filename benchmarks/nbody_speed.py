@@ -12,16 +12,17 @@ step) it measures, after one warm-up pass:
 - evaluation throughput: systems per second of batching and forward passes without gradients;
 - the time of making the training batches alone (collation), to tell overhead from arithmetic
 
-(each throughput the fastest of three timed passes), and derives the wall time of one epoch: 3,000 training
-systems plus, every ``k`` epochs, 4,000 evaluated ones. The loaders are PyG's ``DataLoader`` (``pyg``) and
-:class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated once, batches cut out by indexing; the
-trainer's default for such data), which give the same batches.
+(each throughput the fastest of five timed passes; the passes of all configurations, and the peer's, are
+taken in turn, round after round, so that the machine's drift over the run reaches every row alike), and derives
+the wall time of one epoch: 3,000 training systems plus, every ``k`` epochs, 4,000 evaluated ones. The loaders
+are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated
+once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
 
 The peer is EGNN (``egnn-pytorch``, the ``bench`` extra; `make bench-nbody` installs it) at the EGNN paper's
 N-body size (4 layers, 64 features; inputs: speeds and charges, charge products on the edges; positions updated by
-every layer), trained on the same batches with the same loss and optimiser, at the fastest configuration's batch
-size and threads; it is skipped with a message when not installed. Writes ``--out/nbody_speed.json`` and
-``nbody_speed.md``.
+every layer), trained on the same batches with the same loss and optimiser in the last configuration (batch size,
+threads, evaluation, loader); it is skipped with a message when not installed. Writes ``--out/nbody_speed.json``
+and ``nbody_speed.md``.
 
     python benchmarks/nbody_speed.py                          # the 8 x 1 N-body model (16 channels)
     python benchmarks/nbody_speed.py --kernel depthwise --channels 32 --integrator velocity
@@ -43,7 +44,10 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from gpu import synchronize
@@ -65,7 +69,7 @@ CONFIGURATIONS = [
     ("batch 100, 2 threads, evaluation every 10 epochs, collated once", 100, 2, 10, "fixed", "trainer", 256),
 ]
 TRAIN, EVALUATED = 3000, 4000  # systems per epoch: the training split, and validation + test
-REPEATS = 3  # timed passes per throughput, after the warm-up one
+REPEATS = 5  # timed passes per throughput, after the warm-up one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,26 +122,20 @@ def peer_missing() -> str | None:
     return None
 
 
-def rate(step, batches, device: torch.device, repeats: int = REPEATS) -> float:
-    """Systems per second of ``step`` over every batch that ``batches()`` makes (batching and the copy to
-    ``device`` included), after one warm-up pass: the fastest of ``repeats`` passes (the least disturbed by the
-    rest of the machine)."""
+def timed_pass(step, make_batches, device: torch.device):
+    """A function running ``step`` over every batch ``make_batches()`` makes (batching and the copy to ``device``
+    included) and returning the systems per second."""
 
-    def one_pass() -> int:
+    def one_pass() -> float:
+        start = time.perf_counter()
         count = 0
-        for batch in batches():
+        for batch in make_batches():
             step(batch.to(device))
             count += batch.num_graphs
         synchronize(device)
-        return count
+        return count / (time.perf_counter() - start)
 
-    one_pass()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        count = one_pass()
-        rates.append(count / (time.perf_counter() - start))
-    return max(rates)
+    return one_pass
 
 
 class _Loss:
@@ -198,7 +196,21 @@ def collation_time(make_batches) -> float:
     return (time.perf_counter() - start) * TRAIN / count
 
 
-def measure(
+@dataclass
+class Row:
+    """One configuration of one model: its settings, its two timed passes and their throughputs."""
+
+    name: str
+    model: nn.Module
+    settings: dict[str, Any]
+    train: Callable[[], float]
+    evaluate: Callable[[], float]
+    make_train_batches: Callable
+    train_rates: list[float] = field(default_factory=list)
+    eval_rates: list[float] = field(default_factory=list)
+
+
+def prepare(
     name: str,
     model: nn.Module,
     loss,
@@ -211,31 +223,54 @@ def measure(
     optimiser: str,
     eval_batch: int,
     device: torch.device,
-) -> dict:
-    """One row: throughputs and the derived epoch time of ``model`` at one configuration (the model's weights
-    are restored after it, so every configuration starts from the same ones)."""
-    torch.set_num_threads(threads)
-    weights = copy.deepcopy(model.state_dict())
-    train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
-    with tempfile.TemporaryDirectory() as out:
-        train_rate = rate(training_step(model, loss, optimiser, device, out), train, device)
-    model.load_state_dict(weights)
-    eval_rate = rate(
-        evaluation_step(model, predict), batches(loader, sources[loader]["val"], eval_batch, False), device
-    )
-    epoch = TRAIN / train_rate + EVALUATED / eval_rate / eval_every
-    print(f"{name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
-    return {
-        "configuration": name,
+    out: str,
+) -> Row:
+    """The row of ``model`` at one configuration, not yet timed (``out``: the trainer's scratch folder)."""
+    settings = {
         "batch_size": batch_size,
         "threads": threads,
         "eval_every": eval_every,
         "loader": loader,
         "optimiser": optimiser,
         "eval_batch_size": eval_batch,
+    }
+    make_train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
+    make_eval = batches(loader, sources[loader]["val"], eval_batch, shuffle=False)
+    train = timed_pass(training_step(model, loss, optimiser, device, out), make_train, device)
+    evaluate = timed_pass(evaluation_step(model, predict), make_eval, device)
+    return Row(name, model, settings, train, evaluate, make_train)
+
+
+def measure(rows: list[Row], repeats: int = REPEATS) -> list[dict]:
+    """Time every row's training and evaluation passes, the rows in turn, round after round (a warm-up round,
+    then ``repeats`` timed ones): the machine's drift over the run reaches every row alike, and each throughput is
+    the fastest of its passes (the least disturbed by the rest of the machine). Every pass starts from the
+    weights the model had before the first, so every configuration trains and evaluates the same model."""
+    weights = {id(row.model): copy.deepcopy(row.model.state_dict()) for row in rows}
+    for timed in [False] + [True] * repeats:
+        for row in rows:
+            torch.set_num_threads(row.settings["threads"])
+            row.model.load_state_dict(weights[id(row.model)])
+            train_rate = row.train()
+            row.model.load_state_dict(weights[id(row.model)])
+            eval_rate = row.evaluate()
+            if timed:
+                row.train_rates.append(train_rate)
+                row.eval_rates.append(eval_rate)
+    return [summary(row) for row in rows]
+
+
+def summary(row: Row) -> dict:
+    """A timed row's throughputs (the fastest passes) and the epoch they make."""
+    train_rate, eval_rate = max(row.train_rates), max(row.eval_rates)
+    epoch = TRAIN / train_rate + EVALUATED / eval_rate / row.settings["eval_every"]
+    print(f"{row.name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
+    return {
+        "configuration": row.name,
+        **row.settings,
         "train_systems_per_s": train_rate,
         "eval_systems_per_s": eval_rate,
-        "collation_s_per_epoch": collation_time(train),
+        "collation_s_per_epoch": collation_time(row.make_train_batches),
         "epoch_s": epoch,
     }
 
@@ -274,33 +309,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     model = task.build_model(task.displacement_scale(sets["train"])).to(device)
     parameters = sum(p.numel() for p in model.parameters())
-    rows = [
-        measure(
-            name,
-            model,
-            lambda batch: task.loss(model, batch),
-            lambda batch: task.predict(model, batch),
-            sources,
-            *configuration,
-            device,
-        )
-        for name, *configuration in CONFIGURATIONS
-    ]
+    loss = lambda batch: task.loss(model, batch)  # noqa: E731
+    predict = lambda batch: task.predict(model, batch)  # noqa: E731
+    missing = peer_missing()
+    with tempfile.TemporaryDirectory() as scratch:
+        pending = [
+            prepare(name, model, loss, predict, sources, *configuration, device, scratch)
+            for name, *configuration in CONFIGURATIONS
+        ]
+        if missing is None:  # the peer at the last configuration, timed in the same rounds
+            torch.manual_seed(0)
+            egnn = EGNNPeer().to(device)
+            name = f"EGNN (egnn-pytorch {importlib.metadata.version('egnn-pytorch')}), " + CONFIGURATIONS[-1][0]
+            mse = lambda batch: (egnn(batch) - batch.y).square().mean()  # noqa: E731
+            pending.append(prepare(name, egnn, mse, egnn, sources, *CONFIGURATIONS[-1][1:], device, scratch))
+        rows = measure(pending)
     baseline = rows[0]["epoch_s"]
-    peer = {"missing": peer_missing()}
-    if peer["missing"] is None:
-        torch.manual_seed(0)
-        egnn = EGNNPeer().to(device)
-        fastest = min(rows, key=lambda row: row["epoch_s"])
-        name = f"EGNN (egnn-pytorch {importlib.metadata.version('egnn-pytorch')}), " + fastest["configuration"]
-        settings = [fastest[key] for key in ("batch_size", "threads", "eval_every", "loader", "optimiser")]
-        settings.append(fastest["eval_batch_size"])
-        mse = lambda batch: (egnn(batch) - batch.y).square().mean()  # noqa: E731
-        peer = measure(name, egnn, mse, egnn, sources, *settings, device)
+    peer: dict[str, Any] = {"missing": missing}
+    if missing is None:
+        peer = rows.pop()
         peer["parameters"] = sum(p.numel() for p in egnn.parameters())
-        peer["ours_over_peer_epoch"] = fastest["epoch_s"] / peer["epoch_s"]
+        peer["ours_over_peer_epoch"] = rows[-1]["epoch_s"] / peer["epoch_s"]
     else:
-        print(f"peer skipped: {peer['missing']}", file=sys.stderr)
+        print(f"peer skipped: {missing}", file=sys.stderr)
     for row in rows:
         row["speed_up"] = baseline / row["epoch_s"]
     out = Path(args.out)

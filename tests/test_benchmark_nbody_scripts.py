@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import pyg_se3.nn.kernel
 from pyg_se3.fiber import Fiber
@@ -207,9 +209,49 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
     assert rows[0]["speed_up"] == 1.0
     assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)
+    if "epoch_s" in saved["peer"]:  # the peer in the last configuration, compared with our last row
+        settings = ("batch_size", "threads", "eval_every", "loader", "optimiser", "eval_batch_size")
+        assert [saved["peer"][key] for key in settings] == [rows[-1][key] for key in settings]
+        assert saved["peer"]["ours_over_peer_epoch"] == rows[-1]["epoch_s"] / saved["peer"]["epoch_s"]
     table = (tmp_path / "nbody_speed.md").read_text()
     assert table.count("\n| ") >= 3 and "inverse distances s=0.1 powers 1..2, scaled" in table
     assert "4 channels, full kernel, parity, position integrator" in table
+
+
+def test_the_speed_benchmark_takes_the_rows_in_turn(scripts):
+    nbody_speed = scripts[0]
+    calls, seen = [], []
+    models = [nn.Linear(2, 2), nn.Linear(3, 1)]
+    start = [model.weight.detach().clone() for model in models]
+    rates = iter(range(1, 100))
+
+    def timed(name, model):
+        def one_pass():
+            calls.append(name)
+            seen.append(torch.equal(model.weight, start[models.index(model)]))  # every pass from the first weights
+            with torch.no_grad():
+                model.weight.add_(1.0)  # as training changes them
+            return float(next(rates))
+
+        return one_pass
+
+    one_batch = lambda: [SimpleNamespace(num_graphs=1)]  # noqa: E731
+    rows = [
+        nbody_speed.Row(
+            name, model, {"threads": 1, "eval_every": every}, timed(name, model), timed(name + "e", model), one_batch
+        )
+        for name, model, every in (("a", models[0], 1), ("b", models[1], 10))
+    ]
+    summaries = nbody_speed.measure(rows, repeats=2)
+    assert calls == ["a", "ae", "b", "be"] * 3 and all(seen)  # a warm-up round, then two timed ones, in turn
+    assert rows[0].train_rates == [5.0, 9.0] and rows[0].eval_rates == [6.0, 10.0]
+    assert rows[1].train_rates == [7.0, 11.0] and rows[1].eval_rates == [8.0, 12.0]
+    train, evaluated = nbody_speed.TRAIN, nbody_speed.EVALUATED
+    assert [row["epoch_s"] for row in summaries] == [train / 9 + evaluated / 10, train / 11 + evaluated / 12 / 10]
+    assert [(row["configuration"], row["train_systems_per_s"], row["eval_every"]) for row in summaries] == [
+        ("a", 9.0, 1),
+        ("b", 11.0, 10),
+    ]
 
 
 def test_the_reverse_pairs_benchmark_runs(root, tmp_path, monkeypatch):
