@@ -41,6 +41,7 @@ __all__ = [
     "from_checkpoint",
     "get_task",
     "mse_per_graph",
+    "tasks_with",
 ]
 
 
