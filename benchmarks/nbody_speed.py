@@ -12,8 +12,9 @@ step) it measures, after one warm-up pass:
 - evaluation throughput: systems per second of batching and forward passes without gradients;
 - the time of making the training batches alone (collation), to tell overhead from arithmetic
 
-(each throughput the fastest of five timed passes; the passes of all configurations, and the peer's, are
-taken in turn, round after round, so that the machine's drift over the run reaches every row alike), and derives
+(each throughput the fastest of five timed passes, every pass's kept in the JSON beside it; the passes of all
+configurations, and the peer's, are taken in turn, round after round, so that the machine's drift over the run
+reaches every row alike), and derives
 the wall time of one epoch: 3,000 training systems plus, every ``k`` epochs, 4,000 evaluated ones. The loaders
 are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated
 once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
@@ -261,7 +262,7 @@ def measure(rows: list[Row], repeats: int = REPEATS) -> list[dict]:
 
 
 def summary(row: Row) -> dict:
-    """A timed row's throughputs (the fastest passes) and the epoch they make."""
+    """A timed row's throughputs (the fastest passes, and every timed pass's, in order) and the epoch they make."""
     train_rate, eval_rate = max(row.train_rates), max(row.eval_rates)
     epoch = TRAIN / train_rate + EVALUATED / eval_rate / row.settings["eval_every"]
     print(f"{row.name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
@@ -270,6 +271,8 @@ def summary(row: Row) -> dict:
         **row.settings,
         "train_systems_per_s": train_rate,
         "eval_systems_per_s": eval_rate,
+        "train_passes_systems_per_s": row.train_rates,
+        "eval_passes_systems_per_s": row.eval_rates,
         "collation_s_per_epoch": collation_time(row.make_train_batches),
         "epoch_s": epoch,
     }

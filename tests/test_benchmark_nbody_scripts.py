@@ -207,6 +207,8 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
     assert [(row["optimiser"], row["eval_batch_size"]) for row in rows] == [("loop", 4), ("trainer", 8)]
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
+    assert all(len(row["train_passes_systems_per_s"]) == nbody_speed.REPEATS for row in rows)
+    assert all(row["train_systems_per_s"] == max(row["train_passes_systems_per_s"]) for row in rows)
     assert rows[0]["speed_up"] == 1.0
     assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)
     if "epoch_s" in saved["peer"]:  # the peer in the last configuration, compared with our last row
@@ -251,6 +253,10 @@ def test_the_speed_benchmark_takes_the_rows_in_turn(scripts):
     assert [(row["configuration"], row["train_systems_per_s"], row["eval_every"]) for row in summaries] == [
         ("a", 9.0, 1),
         ("b", 11.0, 10),
+    ]
+    assert [(row["train_passes_systems_per_s"], row["eval_passes_systems_per_s"]) for row in summaries] == [
+        ([5.0, 9.0], [6.0, 10.0]),
+        ([7.0, 11.0], [8.0, 12.0]),
     ]
 
 
