@@ -14,10 +14,10 @@ step) it measures, after one warm-up pass:
 
 (each throughput the fastest of five timed passes, every pass's kept in the JSON beside it; the passes of all
 configurations, and the peer's, are taken in turn, round after round, so that the machine's drift over the run
-reaches every row alike), and derives
-the wall time of one epoch: 3,000 training systems plus, every ``k`` epochs, 4,000 evaluated ones. The loaders
-are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated
-once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
+reaches every row alike), and derives the wall time of one epoch: 3,000 training systems plus, every ``k``
+epochs, 4,000 evaluated ones. The loaders are PyG's ``DataLoader`` (``pyg``) and
+:class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated once, batches cut out by indexing; the
+trainer's default for such data), which give the same batches.
 
 The peer is EGNN (``egnn-pytorch``, the ``bench`` extra; `make bench-nbody` installs it) at the EGNN paper's
 N-body size (4 layers, 64 features; inputs: speeds and charges, charge products on the edges; positions updated by
