@@ -341,6 +341,7 @@ def copy_of(trained: Path, tmp_path: Path) -> Path:
         (["--channels", "4"], "2"),
         (["--kernel", "depthwise"], "full"),
         (["--parity"], "False"),
+        (["--radial-scaling", "forward"], "init"),
         (["--iterations", "2"], "1"),
         (["--batch-size", "4"], "2"),
         (["--max-batches", "2"], "1"),

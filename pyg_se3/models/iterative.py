@@ -113,6 +113,9 @@ class IterativeSE3Transformer(nn.Module):
         ``displacement_scale``. ``"hidden"``: the first type-1 channel of the hidden fiber the block returns
         (times ``displacement_scale``, default 1), as in the original code; needs a type-1 channel in
         ``fiber_hidden``.
+    radial_scaling
+        Where every radial network's fan-in factor acts, ``"init"`` (default) or ``"forward"`` (see
+        :class:`~pyg_se3.models.SE3Transformer`).
     relative_position
         Every layer adds the edge's relative position to the first type-1 channel of its source features
         (see :class:`~pyg_se3.models.SE3Transformer`). Default ``False``.
@@ -156,6 +159,7 @@ class IterativeSE3Transformer(nn.Module):
         radial_layers: int = 2,
         kernel: str = "full",
         parity: bool = False,
+        radial_scaling: str = "init",
         relative_position: bool = False,
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
@@ -200,6 +204,7 @@ class IterativeSE3Transformer(nn.Module):
             "radial_layers": radial_layers,
             "kernel": kernel,
             "parity": parity,
+            "radial_scaling": radial_scaling,
             "checkpoint": checkpoint,
             "checkpoint_edges": checkpoint_edges,
             "norm": norm,
@@ -383,6 +388,7 @@ class IterativeSE3Transformer(nn.Module):
             f"share_weights={self.share_weights}, edge_dim={self.edge_dim}, "
             f"displacement={self.displacement!r}, displacement_scale={self.displacement_scale:g}"
             + (", parity=True" if self.parity else "")
+            + (", radial_scaling='forward'" if self.blocks[0].output.kernel.radial_scaling == "forward" else "")
             + ("" if self.blocks[0].find_reverse_pairs else ", find_reverse_pairs=False")
             + (f", integrator='velocity', dt={self.dt:g})" if self.integrator == "velocity" else ")")
         )

@@ -52,6 +52,10 @@ class SE3Transformer(nn.Module):
         Every layer keeps only the kernel terms that respect parity (see :class:`~pyg_se3.nn.SE3Conv`): with
         inputs of natural parity (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`) and invariant edge features
         that are true scalars, the model is equivariant under reflections too, E(3). Default ``False`` (SE(3)).
+    radial_scaling
+        ``"init"`` (the default) or ``"forward"``: where every radial network's fan-in factor acts (see
+        :class:`~pyg_se3.nn.SE3Conv`). ``"forward"`` keeps the first optimiser steps of wide models (32 channels
+        and more) stable.
     checkpoint
         For large graphs: run every equivariant layer over groups of target nodes with about
         ``checkpoint_edges`` incoming edges each (:class:`~pyg_se3.nn.TargetGroups`), keep only the layers'
@@ -102,6 +106,7 @@ class SE3Transformer(nn.Module):
         radial_layers: int = 2,
         kernel: str = "full",
         parity: bool = False,
+        radial_scaling: str = "init",
         relative_position: bool = False,
         checkpoint: bool = False,
         checkpoint_edges: int = 2**15,
@@ -131,6 +136,7 @@ class SE3Transformer(nn.Module):
             "radial_layers": radial_layers,
             "kernel": kernel,
             "parity": parity,
+            "radial_scaling": radial_scaling,
             "relative_position": relative_position,
         }
         layers: list[nn.Module] = []

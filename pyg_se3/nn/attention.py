@@ -68,6 +68,11 @@ class SE3Attention(MessagePassing):
         (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`: true scalars, vectors, ...) the layer is then
         equivariant under reflections too, E(3) rather than SE(3), with fewer radial weights. The basis must be
         computed with the same ``parity``. Default ``False``.
+    radial_scaling
+        Where the radial network's fan-in factor acts: ``"init"`` (on its initial output weights; the default) or
+        ``"forward"`` (on its output, at every call: the same function at initialisation, and an optimiser's step
+        moves the kernel by that factor less, which keeps a wide layer's first training steps stable; see
+        :class:`~pyg_se3.nn.EdgeKernel`).
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the key and
         value kernel (:func:`~pyg_se3.nn.conv.add_relative_position`; the original code's ``x_ij="add"``).
@@ -104,6 +109,7 @@ class SE3Attention(MessagePassing):
         radial_layers: int = 2,
         kernel: str = "full",
         parity: bool = False,
+        radial_scaling: str = "init",
         relative_position: bool = False,
         dropout: float = 0.0,
         **kwargs: Any,
@@ -139,6 +145,7 @@ class SE3Attention(MessagePassing):
             radial_hidden=radial_hidden,
             radial_layers=radial_layers,
             parity=parity,
+            radial_scaling=radial_scaling,
         )
         self.to_query = SE3Linear(fiber_in, self.key_fiber)
         self.project = SE3Linear(self.value_fiber + fiber_in, fiber_out, bias=True)
@@ -305,6 +312,7 @@ class SE3Attention(MessagePassing):
             "channels_div": (self.channels_div, 2),
             "kernel": (self._kernel_kind, "full"),
             "parity": (self.parity, False),
+            "radial_scaling": (self.to_key_value.radial_scaling, "init"),
             "relative_position": (self.relative_position, False),
             "dropout": (self.dropout, 0.0),
         }

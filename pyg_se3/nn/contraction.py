@@ -420,12 +420,13 @@ def kernel_contraction(
     degree: int,
     chunk: int | None = None,
     paired: bool = False,
+    scale: float = 1.0,
 ) -> Tensor:
     r"""Messages of one output degree through the full kernel: the radial head's weights contracted with the
     stacked basis features.
 
     .. math::
-        m_e = \big(W_h z_e + b_h\big)_{[C, K]} \; \big[\, x_e^k B_e^{k l} \,\big]_{k}  \in \mathbb{R}^{C \times (2l+1)}
+        m_e = s \big(W_h z_e + b_h\big)_{[C, K]} \; \big[\, x_e^k B_e^{k l} \,\big]_{k} \in \mathbb{R}^{C \times (2l+1)}
 
     computed chunk by chunk over the edges (see :class:`_KernelContraction`): memory ``O(E (H + \dim x))``
     instead of ``O(E C K)``.
@@ -451,6 +452,9 @@ def kernel_contraction(
         are equal): ``xs`` and ``bs`` hold ``E`` edges, the first edge of every pair, then the second ones in the
         same order (:meth:`~pyg_se3.basis.Basis.paired`), and ``hidden`` the ``E / 2`` pairs; the weights are
         computed once per pair. Default ``False``.
+    scale
+        ``s``, a factor on the head's output (:meth:`~pyg_se3.nn.radial.RadialMLP.output_scale`), applied as
+        ``W_h (s z_e) + s b_h``: to the hidden rows, not to the ``C K`` weights of every edge. Default 1.
 
     Returns
     -------
@@ -459,7 +463,10 @@ def kernel_contraction(
     """
     chunk = _chunk_size(chunk, head.out_features, hidden)
     groups = 2 if paired else 1
-    return _KernelContraction.apply(chunk, 2 * degree + 1, groups, hidden, head.weight, head.bias, *xs, *bs)
+    bias = head.bias
+    if scale != 1.0:
+        hidden, bias = hidden * scale, bias * scale
+    return _KernelContraction.apply(chunk, 2 * degree + 1, groups, hidden, head.weight, bias, *xs, *bs)
 
 
 def depthwise_contraction(

@@ -62,6 +62,11 @@ class SE3Conv(MessagePassing):
         (:attr:`Fiber.irreps <pyg_se3.fiber.Fiber.irreps>`: true scalars, vectors, ...) the layer is then
         equivariant under reflections too, E(3) rather than SE(3), with fewer radial weights. The basis must be
         computed with the same ``parity``. Default ``False``.
+    radial_scaling
+        Where the radial network's fan-in factor acts: ``"init"`` (on its initial output weights; the default) or
+        ``"forward"`` (on its output, at every call: the same function at initialisation, and an optimiser's step
+        moves the kernel by that factor less, which keeps a wide layer's first training steps stable; see
+        :class:`~pyg_se3.nn.EdgeKernel`).
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the
         kernel (:func:`add_relative_position`; the original SE(3)-Transformer code's ``x_ij="add"``). Default
@@ -98,6 +103,7 @@ class SE3Conv(MessagePassing):
         radial_layers: int = 2,
         kernel: str = "full",
         parity: bool = False,
+        radial_scaling: str = "init",
         relative_position: bool = False,
         self_interaction: bool = True,
         aggr: str | Aggregation = "add",
@@ -115,6 +121,7 @@ class SE3Conv(MessagePassing):
             radial_hidden=radial_hidden,
             radial_layers=radial_layers,
             parity=parity,
+            radial_scaling=radial_scaling,
         )
         common = fiber_out & fiber_in
         self.self_interaction = SE3Linear(fiber_in, common) if self_interaction and len(common) else None
@@ -202,6 +209,7 @@ class SE3Conv(MessagePassing):
             "edge_dim": (self.edge_dim, 0),
             "kernel": (self._kernel_kind, "full"),
             "parity": (self.parity, False),
+            "radial_scaling": (self.kernel.radial_scaling, "init"),
             "relative_position": (self.relative_position, False),
             "self_interaction": (self.self_interaction is not None, True),
             "aggr": (self.aggr, "add"),

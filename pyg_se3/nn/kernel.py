@@ -14,7 +14,7 @@ from pyg_se3.fiber import Fiber
 # name them here
 from pyg_se3.nn.contraction import NATIVE_KERNELS, NATIVE_KERNELS_INFO, depthwise_contraction, kernel_contraction
 from pyg_se3.nn.linear import SE3Linear
-from pyg_se3.nn.radial import RadialMLP
+from pyg_se3.nn.radial import HEAD_SCALINGS, RadialMLP
 
 __all__ = [
     "KERNELS",
@@ -30,8 +30,12 @@ __all__ = [
 class _KernelBase(nn.Module):
     """What every edge kernel shares: fibers, edge features, the radial network's inputs and the flat output."""
 
-    def __init__(self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None, parity: bool) -> None:
+    def __init__(
+        self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None, parity: bool, radial_scaling: str
+    ) -> None:
         super().__init__()
+        if radial_scaling not in HEAD_SCALINGS:
+            raise ValueError(f"radial_scaling: expected one of {HEAD_SCALINGS}, got {radial_scaling!r}")
         for name, fiber in (("fiber_in", fiber_in), ("fiber_out", fiber_out)):
             if not len(fiber):  # no input to weigh, or no output to produce: the radial network has no shape
                 raise ValueError(f"{name}: expected at least one degree for an edge kernel, got {fiber}")
@@ -42,7 +46,7 @@ class _KernelBase(nn.Module):
         if not isinstance(parity, bool):
             raise ValueError(f"parity: expected True or False, got {parity!r}")
         self.fiber_in, self.fiber_out, self.edge_dim, self.chunk = fiber_in, fiber_out, edge_dim, chunk
-        self.parity = parity
+        self.parity, self.radial_scaling = parity, radial_scaling
         # K_l: the stacked basis features per output degree, sum_k C_k nJ(k, l)
         self.fan_in = {l: sum(c * num_J(k, l, parity) for k, c in fiber_in) for l in fiber_out.degrees}
 
@@ -72,7 +76,10 @@ class _KernelBase(nn.Module):
 
     def __repr__(self) -> str:
         parity = ", parity=True" if self.parity else ""
-        return f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}{parity})"
+        scaling = ", radial_scaling='forward'" if self.radial_scaling == "forward" else ""
+        return (
+            f"{self.__class__.__name__}({self.fiber_in} -> {self.fiber_out}, edge_dim={self.edge_dim}{parity}{scaling})"
+        )
 
 
 class EdgeKernel(_KernelBase):
@@ -90,8 +97,9 @@ class EdgeKernel(_KernelBase):
     matmul with the radial weights ``[C_out, K_l]``. This runs in chunks of edges, and the backward pass
     recomputes each chunk's weights (:func:`kernel_contraction`): the ``[E, C_out, K_l]`` weights of all edges,
     by far the largest tensor of the layer, never exist at once, and each chunk's weights are still in cache
-    when the batched matmul reads them. The heads are initialised scaled by ``K_l^{-1/2}``, so a kernel roughly
-    preserves the scale of its input features. On a symmetric graph (:attr:`Basis.reverse_pairs
+    when the batched matmul reads them. The heads are scaled by ``K_l^{-1/2}`` (in their initial weights, or on
+    their output with ``radial_scaling="forward"``), so a kernel roughly preserves the scale of its input
+    features. On a symmetric graph (:attr:`Basis.reverse_pairs
     <pyg_se3.basis.Basis.reverse_pairs>`) whose radial inputs are equal on an edge and its reverse, the weights
     are computed once per pair: the same messages and gradients in fewer operations.
 
@@ -109,6 +117,11 @@ class EdgeKernel(_KernelBase):
         Keep only the terms with ``k + l + J`` even (:mod:`pyg_se3.basis`): the kernel then maps true tensors to
         true tensors and is equivariant under reflections too (E(3)); it needs a basis computed with
         ``parity=True``. Default ``False``: every term (SE(3)).
+    radial_scaling
+        Where the radial heads' fan-in factor acts: ``"init"`` (on the initial weights; the default) or
+        ``"forward"`` (on the output, at every call; the same function at initialisation, but an optimiser's step
+        moves the kernel by that factor less, which keeps the first steps of a wide model stable). See
+        :class:`~pyg_se3.nn.radial.RadialMLP`'s ``head_scaling``.
     """
 
     def __init__(
@@ -120,14 +133,16 @@ class EdgeKernel(_KernelBase):
         radial_layers: int = 2,
         chunk: int | None = None,
         parity: bool = False,
+        radial_scaling: str = "init",
     ) -> None:
-        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity)
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity, radial_scaling)
         self.radial = RadialMLP(
             1 + edge_dim,
             [c * self.fan_in[l] for l, c in fiber_out],
             radial_hidden,
             radial_layers,
             head_scales=[self.fan_in[l] ** -0.5 for l in fiber_out.degrees],
+            head_scaling=radial_scaling,
         )
 
     def reset_parameters(self) -> None:
@@ -160,9 +175,16 @@ class EdgeKernel(_KernelBase):
             return self._paired_blocks(xs, basis, invariants, edge_attr)
         hidden = self.radial.trunk(invariants)
         return {
-            l: kernel_contraction(hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk)
-            for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True)
+            l: kernel_contraction(
+                hidden, head, xs, [basis[(k, l)] for k in self.fiber_in.degrees], l, self.chunk, scale=scale
+            )
+            for l, head, scale in self._heads()
         }
+
+    def _heads(self) -> list[tuple[int, nn.Linear, float]]:
+        """Per output degree: the degree, its radial head and the factor on the head's output."""
+        heads = self.radial.heads
+        return [(l, heads[h], self.radial.output_scale(h)) for h, l in enumerate(self.fiber_out.degrees)]
 
     def _paired_blocks(
         self, xs: list[Tensor], basis: Basis, invariants: Tensor, edge_attr: Tensor | None
@@ -178,9 +200,9 @@ class EdgeKernel(_KernelBase):
             hidden = self.radial.trunk(invariants.index_select(0, basis.reverse_pairs[0]))
         xs = [basis.to_pair_order(x) for x in xs]
         out = {}
-        for l, head in zip(self.fiber_out.degrees, self.radial.heads, strict=True):
+        for l, head, scale in self._heads():
             bs = [basis.paired((k, l)) for k in self.fiber_in.degrees]
-            out[l] = basis.unpair(kernel_contraction(hidden, head, xs, bs, l, self.chunk, paired=True))
+            out[l] = basis.unpair(kernel_contraction(hidden, head, xs, bs, l, self.chunk, paired=True, scale=scale))
         return out
 
 
@@ -207,7 +229,7 @@ class DepthwiseEdgeKernel(_KernelBase):
         Edges per chunk: each chunk's path features ``[n, 2l+1, K_l]`` are built, weighted and mixed, and rebuilt
         in the backward pass (:func:`~pyg_se3.nn.contraction.depthwise_contraction`); ``None`` sizes chunks to
         ~2 MiB on a CPU.
-    parity
+    parity, radial_scaling
         As for :class:`EdgeKernel`.
     """
 
@@ -220,8 +242,9 @@ class DepthwiseEdgeKernel(_KernelBase):
         radial_layers: int = 2,
         chunk: int | None = None,
         parity: bool = False,
+        radial_scaling: str = "init",
     ) -> None:
-        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity)
+        super().__init__(fiber_in, fiber_out, edge_dim, chunk, parity, radial_scaling)
         channels_in = sum(c for _, c in fiber_in)
         # sum_J of nJ unit-variance terms, then L: scale each weight by nJ^{-1/2} on average
         self.radial = RadialMLP(
@@ -230,6 +253,7 @@ class DepthwiseEdgeKernel(_KernelBase):
             radial_hidden,
             radial_layers,
             head_scales=[(self.fan_in[l] / channels_in) ** -0.5 for l in fiber_out.degrees],
+            head_scaling=radial_scaling,
         )
         self.mix = SE3Linear(Fiber({l: channels_in for l in fiber_out.degrees}), fiber_out)
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RadialMLP"]
+__all__ = ["HEAD_SCALINGS", "RadialMLP"]
+
+HEAD_SCALINGS = ("init", "forward")
 
 
 class RadialMLP(nn.Module):
@@ -32,8 +34,15 @@ class RadialMLP(nn.Module):
     num_layers
         Number of hidden layers (each Linear, LayerNorm, activation).
     head_scales
-        A factor per head applied to its initial weights and bias (e.g. ``fan_in ** -0.5`` so that the kernel
-        preserves the scale of features); default 1.
+        A factor per head (e.g. ``fan_in ** -0.5`` so that the kernel preserves the scale of features); default 1.
+    head_scaling
+        Where the factor acts. ``"init"`` (the default): on the head's initial weights and bias, once. ``"forward"``:
+        on the head's output, at every call, the weights initialised without it (e3nn's convention). Both give the
+        same function at initialisation; they train differently: an optimiser step of a given size on the weights
+        (Adam's first steps, about ``lr`` per weight whatever its scale) moves a ``"forward"`` head's output by
+        ``scale`` times less, where a wide layer's fan-in makes that output sum many weights. With ``"forward"``
+        the factors are also kept as a buffer (``"scales"``, a record: the output is multiplied by the exact
+        Python floats), so that a state dict of the one scaling does not load into the other.
     activation
         Non-linearity between layers.
     """
@@ -45,6 +54,7 @@ class RadialMLP(nn.Module):
         hidden_dim: int = 32,
         num_layers: int = 2,
         head_scales: Sequence[float] | None = None,
+        head_scaling: str = "init",
         activation: type[nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
@@ -58,6 +68,11 @@ class RadialMLP(nn.Module):
         self.head_scales = list(head_scales) if head_scales is not None else [1.0] * len(out_dims)
         if len(self.head_scales) != len(out_dims):
             raise ValueError(f"head_scales: expected {len(out_dims)} values, got {len(self.head_scales)}")
+        if head_scaling not in HEAD_SCALINGS:
+            raise ValueError(f"head_scaling: expected one of {HEAD_SCALINGS}, got {head_scaling!r}")
+        self.head_scaling = head_scaling
+        if head_scaling == "forward":
+            self.register_buffer("scales", torch.tensor(self.head_scales, dtype=torch.float64))
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers):
@@ -72,17 +87,27 @@ class RadialMLP(nn.Module):
         for module in [*self.trunk, *self.heads]:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        for head, scale in zip(self.heads, self.head_scales, strict=True):
-            head.weight.mul_(scale)
-            head.bias.mul_(scale)
+        if self.head_scaling == "init":
+            for head, scale in zip(self.heads, self.head_scales, strict=True):
+                head.weight.mul_(scale)
+                head.bias.mul_(scale)
+
+    def output_scale(self, head: int) -> float:
+        """The factor that multiplies the output of head ``head`` at every call: its scale with ``"forward"``,
+        1 with ``"init"`` (the scale is in the weights)."""
+        return self.head_scales[head] if self.head_scaling == "forward" else 1.0
 
     def forward(self, invariants: Tensor) -> list[Tensor]:
         """``[E, in_dim]`` to one ``[E, out_dims[h]]`` tensor per head."""
         hidden = self.trunk(invariants)
-        return [head(hidden) for head in self.heads]
+        outputs = [head(hidden) for head in self.heads]
+        if self.head_scaling == "forward":
+            outputs = [out * scale for out, scale in zip(outputs, self.head_scales, strict=True)]
+        return outputs
 
     def __repr__(self) -> str:
+        scaling = ", head_scaling='forward'" if self.head_scaling == "forward" else ""
         return (
             f"{self.__class__.__name__}(in_dim={self.in_dim}, out_dims={self.out_dims}, "
-            f"hidden_dim={self.hidden_dim}, num_layers={self.num_layers})"
+            f"hidden_dim={self.hidden_dim}, num_layers={self.num_layers}{scaling})"
         )

@@ -89,6 +89,13 @@ class ModelOptions:
         "keep only the kernel terms that respect parity: the model is equivariant under reflections too (E(3))",
         action="store_true",
     )
+    radial_scaling: str = _option(
+        "init",
+        "where the radial networks' fan-in factor acts: on their initial weights (init) or on their output at every "
+        "call (forward; the same model at initialisation, but Adam's first steps move a wide model's kernels by "
+        "that factor less, so 32+ channels train at --lr 1e-3 without --warmup-epochs)",
+        choices=["init", "forward"],
+    )
     norm: str = _option(
         "layer",
         "norm non-linearity: layer norm of channel norms (SE(3)-Transformer), rms (not centred; more robust to "
@@ -271,6 +278,7 @@ class Task:
             norm=options.norm,
             kernel=options.kernel,
             parity=options.parity,
+            radial_scaling=options.radial_scaling,
             relative_position=options.relative_position,
             **self.integration(),
         )
