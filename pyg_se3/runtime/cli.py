@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-epochs",
         type=float,
         help="linear warm-up of the learning rate over this many epochs (per step with --schedule step), then the "
-        "cosine (default 0: none); without one, the first steps of a wide model (32+ channels) blow its loss up",
+        "cosine (default 0: none); without one (or --radial-scaling forward), the first steps of a wide model "
+        "(32+ channels) blow its loss up",
     )
     train.add_argument("--weight-decay", type=float, help="AdamW's (default 0)")
     train.add_argument(
