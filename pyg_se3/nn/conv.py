@@ -65,7 +65,7 @@ class SE3Conv(MessagePassing):
     radial_scaling
         Where the radial network's fan-in factor acts: ``"init"`` (on its initial output weights; the default) or
         ``"forward"`` (on its output, at every call: the same function at initialisation, and an optimiser's step
-        moves the kernel by that factor less, which keeps a wide layer's first training steps stable; see
+        moves the kernel only that factor as far, which keeps a wide layer's first training steps stable; see
         :class:`~pyg_se3.nn.EdgeKernel`).
     relative_position
         Add each edge's relative position to the first type-1 channel of the source features before the

@@ -120,7 +120,7 @@ class EdgeKernel(_KernelBase):
     radial_scaling
         Where the radial heads' fan-in factor acts: ``"init"`` (on the initial weights; the default) or
         ``"forward"`` (on the output, at every call; the same function at initialisation, but an optimiser's step
-        moves the kernel by that factor less, which keeps the first steps of a wide model stable). See
+        moves the kernel only that factor as far, which keeps the first steps of a wide model stable). See
         :class:`~pyg_se3.nn.radial.RadialMLP`'s ``head_scaling``.
     """
 

@@ -39,8 +39,8 @@ class RadialMLP(nn.Module):
         Where the factor acts. ``"init"`` (the default): on the head's initial weights and bias, once. ``"forward"``:
         on the head's output, at every call, the weights initialised without it (e3nn's convention). Both give the
         same function at initialisation; they train differently: an optimiser step of a given size on the weights
-        (Adam's first steps, about ``lr`` per weight whatever its scale) moves a ``"forward"`` head's output by
-        ``scale`` times less, where a wide layer's fan-in makes that output sum many weights. With ``"forward"``
+        (Adam's first steps, about ``lr`` per weight whatever its scale) moves a ``"forward"`` head's output only
+        ``scale`` times as far, where a wide layer's fan-in makes that output sum many weights. With ``"forward"``
         the factors are also kept as a buffer (``"scales"``, a record: the output is multiplied by the exact
         Python floats), so that a state dict of the one scaling does not load into the other.
     activation

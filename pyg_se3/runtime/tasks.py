@@ -92,8 +92,8 @@ class ModelOptions:
     radial_scaling: str = _option(
         "init",
         "where the radial networks' fan-in factor acts: on their initial weights (init) or on their output at every "
-        "call (forward; the same model at initialisation, but Adam's first steps move a wide model's kernels by "
-        "that factor less, so 32+ channels train at --lr 1e-3 without --warmup-epochs)",
+        "call (forward; the same model at initialisation, but Adam's steps move its kernels only that factor as "
+        "far, so a wide model's first steps are stable at --lr 1e-3 without --warmup-epochs)",
         choices=["init", "forward"],
     )
     norm: str = _option(
