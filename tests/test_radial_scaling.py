@@ -103,7 +103,7 @@ def test_head_gradients_are_the_factor_times_those_of_init_scaling(kernel, graph
 
 def test_adams_first_step_moves_a_forward_head_by_its_factor_less():
     # Adam's first step is lr * g / (|g| + eps) per weight, about lr whatever the weight's scale: on a head whose
-    # factor is in the output, the output moves `scale` times less
+    # factor is in the output, the output moves only `scale` times as far
     invariants = torch.randn(50, 2, dtype=torch.float64)
     target = torch.randn(50, 96, dtype=torch.float64)
     moves = []

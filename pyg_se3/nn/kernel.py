@@ -34,7 +34,7 @@ class _KernelBase(nn.Module):
         self, fiber_in: Fiber, fiber_out: Fiber, edge_dim: int, chunk: int | None, parity: bool, radial_scaling: str
     ) -> None:
         super().__init__()
-        if radial_scaling not in HEAD_SCALINGS:
+        if radial_scaling not in HEAD_SCALINGS:  # RadialMLP checks it too, under its own name (head_scaling)
             raise ValueError(f"radial_scaling: expected one of {HEAD_SCALINGS}, got {radial_scaling!r}")
         for name, fiber in (("fiber_in", fiber_in), ("fiber_out", fiber_out)):
             if not len(fiber):  # no input to weigh, or no output to produce: the radial network has no shape
@@ -46,13 +46,19 @@ class _KernelBase(nn.Module):
         if not isinstance(parity, bool):
             raise ValueError(f"parity: expected True or False, got {parity!r}")
         self.fiber_in, self.fiber_out, self.edge_dim, self.chunk = fiber_in, fiber_out, edge_dim, chunk
-        self.parity, self.radial_scaling = parity, radial_scaling
+        self.parity = parity
         # K_l: the stacked basis features per output degree, sum_k C_k nJ(k, l)
         self.fan_in = {l: sum(c * num_J(k, l, parity) for k, c in fiber_in) for l in fiber_out.degrees}
 
     @property
     def max_degree(self) -> int:
         return max(self.fiber_in.max_degree, self.fiber_out.max_degree)
+
+    @property
+    def radial_scaling(self) -> str:
+        """Where the radial network's fan-in factor acts (its :class:`~pyg_se3.nn.radial.RadialMLP`'s
+        ``head_scaling``)."""
+        return self.radial.head_scaling
 
     def _check_basis(self, basis: Basis) -> None:
         """A ``ValueError`` for a basis with other terms than the kernel's (every entry point calls it)."""
