@@ -101,7 +101,7 @@ def test_head_gradients_are_the_factor_times_those_of_init_scaling(kernel, graph
         assert relative_error(grad, expected) < 1e-12, name
 
 
-def test_adams_first_step_moves_a_forward_head_by_its_factor_less():
+def test_adams_first_step_moves_a_forward_head_only_its_factor_as_far():
     # Adam's first step is lr * g / (|g| + eps) per weight, about lr whatever the weight's scale: on a head whose
     # factor is in the output, the output moves only `scale` times as far
     invariants = torch.randn(50, 2, dtype=torch.float64)
