@@ -544,7 +544,7 @@ def write_results(
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     flat_ratios = [{k: v for k, v in e.items() if not k.endswith("_row")} for e in ratios]
     results = {"command": command, "rows": rows, "peers": flat_ratios, "depthwise": depthwise}
-    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    (out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
     measured = [r for r in rows if "error" not in r]
     if measured:
         plot(measured, out)

@@ -627,7 +627,7 @@ def markdown(results: dict) -> str:
 def write_results(results: dict, out: Path) -> None:
     """``gpu.json`` and ``gpu.md`` in ``out`` (created if needed)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(results, indent=1))
+    (out / "gpu.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "gpu.md").write_text(markdown(results))
 
 

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"| {name} | {split} | {', '.join(f'{l}: {v:.3f}' for l, v in share.items())} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    out.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "rows": rows,
         "peer": peer,
     }
-    (out / "nbody_speed.json").write_text(json.dumps(record, indent=1))
+    (out / "nbody_speed.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [
         f"N-body epoch (3,000 training systems; 4,000 evaluated every k epochs), {parameters:,} parameters "
         f"({args.iterations} x {args.layers} layers, {args.channels} channels, {args.kernel} kernel"
