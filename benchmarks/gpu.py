@@ -56,12 +56,12 @@ from torch import Tensor, nn
 
 import pyg_se3
 from pyg_se3 import Fiber
+from pyg_se3._amp import AMP_DTYPES
 from pyg_se3.graph import complete_edge_index
 from pyg_se3.models import SE3Transformer
 from pyg_se3.nn import global_pool
 
 RESULTS = bench.RESULTS / "gpu"
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The SE3Transformer variants of bench.py that the forward part can run ("+checkpoint": bounded memory).
 MODELS = [name for name in bench.OUR_MODELS if name.split("+")[0] == "SE3Transformer"]
 DEFAULT_SIZES = [64, 128, 256, 512, 1024, 2048, 4096, 8192]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AMP_DTYPES",
     "LOW_PRECISION",
     "autocast_disabled",
     "autocast_on",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+#: The autocast dtypes by the names that ``--amp`` options take.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast_on(device_type: str) -> bool:

@@ -394,6 +394,23 @@ def test_resume_takes_the_options_it_is_not_given_from_the_checkpoint(trained, r
     assert last["config"]["extra"]["model"]["graph"] == "knn" and last["config"]["lr"] == 0.002
 
 
+def test_amp_trains_the_model_under_autocast_and_resume_may_change_it(trained, root, tmp_path, one_thread):
+    """``--amp`` reaches the trainer and the model trains under it; like ``--device`` it is how to run, not what:
+    ``--resume`` takes another value, or none."""
+    out = copy_of(trained, tmp_path)
+    assert load(out / "last.pt")["config"]["amp"] is None
+    argv = ["train", "--task", "dynamics", "--root", str(root), "--out", str(out), "--resume", "--no-progress"]
+    for epochs, amp in ((2, "bf16"), (3, "fp16"), (4, None)):
+        assert cli.main([*argv, "--epochs", str(epochs), *(["--amp", amp] if amp else [])]) == 0
+        state = load(out / "last.pt")
+        row = state["history"][-1]
+        assert state["config"]["amp"] == amp and ("scaler" in state) == (amp == "fp16")
+        assert ("loss_scale" in row) == (amp == "fp16") and math.isfinite(row["train_loss"])
+        assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    scales = [row.get("loss_scale") for row in state["history"]]
+    assert scales[:2] == [None, None] and scales[2] > 0 and scales[3] is None
+
+
 def test_a_model_option_the_checkpoint_predates_is_its_default_on_resume(trained, root, tmp_path, capsys, one_thread):
     # a checkpoint written before --parity existed: the run had none, and resuming keeps it so
     out = copy_of(trained, tmp_path)

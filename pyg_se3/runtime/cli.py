@@ -18,9 +18,9 @@ the task, every model option, ``--batch-size``, ``--train-samples``, ``--lr``, `
 ``--grad-clip``, ``--reflect``, ``--time-reversal`` and ``--max-batches`` (it defines what an epoch trains). An option
 left out is taken from the checkpoint; one given with another value is refused (start a new ``--out`` instead),
 since the resumed run would no longer be the recorded one, or would not load. ``--epochs`` (that is what resuming
-is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--root``,
-``--no-progress``, ``--deterministic``, ``--loader`` and ``--eval-batch-size`` are how to run, not what, and are
-never taken from the checkpoint.
+is for) and ``--on-nan`` may change and are also the checkpoint's when left out; ``--device``, ``--amp``,
+``--root``, ``--no-progress``, ``--deterministic``, ``--loader`` and ``--eval-batch-size`` are how to run, not what,
+and are never taken from the checkpoint.
 
 Errors
 ------
@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "DataLoader (pyg); the same batches either way",
     )
     train.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        help="mixed precision: each training step's forward pass and loss under torch.autocast to this dtype, the "
+        "weights, optimiser and evaluation in float32; fp16 with dynamic loss scaling (default: float32 throughout)",
+    )
+    train.add_argument(
         "--reflect",
         action="store_true",
         default=None,
@@ -193,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from --out/last.pt with its options: one left out is the checkpoint's, one that differs is "
-        "refused; only --epochs, --on-nan, --eval-batch-size, --device, --root, --no-progress and --deterministic "
-        "may change",
+        "refused; only --epochs, --on-nan, --eval-batch-size, --device, --amp, --root, --no-progress and "
+        "--deterministic may change",
     )
     train.add_argument(
         "--deterministic",
@@ -399,6 +405,7 @@ def _train(args: argparse.Namespace) -> dict:
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
         loader=args.loader,
+        amp=args.amp,
         seed=args.seed,
         device=device,
         out=args.out,

@@ -22,6 +22,7 @@ batch is taken by all processes together, and only rank 0 writes files, prints a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -38,6 +39,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from pyg_se3._amp import AMP_DTYPES
 from pyg_se3._files import replacing, write_text_atomic
 from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime import distributed
@@ -113,6 +115,16 @@ class TrainConfig:
     eval_every
         Evaluate the validation and ``eval_sets`` every this many epochs (default 1), and always after the last
         epoch; only evaluated epochs can be the best. Rows of the other epochs have no validation metrics.
+    amp
+        Mixed precision for training: ``None`` (default: float32), ``"bf16"`` or ``"fp16"``. The forward pass and
+        the loss of every training step run under ``torch.autocast(device type, dtype)`` (what pyg_se3 keeps in
+        float32 under it: :mod:`pyg_se3._amp`); the parameters, gradients and optimiser state stay float32, and
+        evaluation runs in float32, so the metrics and the choice of the best epoch carry no 16-bit rounding.
+        ``"fp16"`` scales the loss with a :class:`torch.amp.GradScaler` (checkpointed with the rest): a step whose
+        scaled gradients overflow is skipped and the scale halved, as dynamic loss scaling does, and is not a
+        non-finite batch (``on_nan`` is not consulted, nothing is reported); every epoch's row records the scale
+        it ended with as ``loss_scale``. A non-finite loss is a non-finite batch in either dtype. How to run, not
+        what: a resumed run may change it.
     seed
         Seeds initialisation and the batch order of every epoch.
     device
@@ -145,6 +157,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int | None = None
     loader: str = "auto"
+    amp: str | None = None
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/default"
@@ -185,6 +198,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay: expected a number in [0, 1) (0: no average), got {self.ema_decay}")
         if self.loader not in ("auto", "pyg", "fixed"):
             raise ValueError(f"loader: expected 'auto', 'pyg' or 'fixed', got {self.loader!r}")
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp: expected None (float32), 'bf16' or 'fp16', got {self.amp!r}")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every: expected an integer >= 1, got {self.eval_every!r}")
 
@@ -306,8 +321,12 @@ class Trainer:
         # the fused kernel: one pass over all parameters instead of a Python loop over them (5x faster for the
         # N-body model's 280 small tensors on a CPU); the devices without it get the loop
         floating = all(p.is_floating_point() for p in model.parameters())
-        fused = torch.device(self.device).type in FUSED_ADAMW_DEVICES and floating
+        device_type = torch.device(self.device).type
+        fused = device_type in FUSED_ADAMW_DEVICES and floating
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+        if config.amp is not None and not torch.amp.is_autocast_available(device_type):
+            raise ValueError(f"amp: torch.autocast is not available on {device_type!r} devices; use amp=None")
+        self.scaler = torch.amp.GradScaler(device_type) if config.amp == "fp16" else None
         self.average = (
             AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=False)
             if config.ema_decay
@@ -348,6 +367,7 @@ class Trainer:
             "model": self.evaluated_model.state_dict(),
             **averaged,
             "optimizer": self.optimizer.state_dict(),
+            **({} if self.scaler is None else {"scaler": self.scaler.state_dict()}),
             "epoch": self.start_epoch,
             "history": self.history,
             "best_val": self.best_val,
@@ -371,6 +391,8 @@ class Trainer:
             self.average.module.load_state_dict(state["model"])
             self.average.n_averaged.fill_(state["ema_steps"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:  # else a run resumed in fp16 starts a fresh scale
+            self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.history, self.best_val = state["epoch"], state["history"], state["best_val"]
         if math.isnan(self.best_val):  # written by an older version, which let a NaN validation loss poison it
             self.best_val = min(
@@ -486,6 +508,12 @@ class Trainer:
             return math.nan
         return total / count
 
+    def _autocast(self) -> torch.autocast | contextlib.nullcontext:
+        """The context of a training step's forward pass and loss: autocast to ``amp``'s dtype, or none."""
+        if self.config.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=AMP_DTYPES[self.config.amp])
+
     @property
     def _progress(self) -> bool:
         return self.config.progress and distributed.is_main()
@@ -493,22 +521,31 @@ class Trainer:
     def step(self, batch: Any, epoch: int, index: int) -> float | None:
         """One optimisation step; returns the loss (this process's, under ``torchrun``), or ``None`` for a skipped
         non-finite batch. With several processes the decision to skip is taken together (a batch is skipped
-        everywhere when the loss or gradient of any process is not finite), so the processes never diverge."""
+        everywhere when the loss or gradient of any process is not finite), so the processes never diverge.
+        With ``amp="fp16"`` a finite loss whose scaled gradients overflow also returns ``None``, unreported: the
+        loss scaler halves its scale and the step is skipped."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.task.loss(self.train_model, batch)
+        with self._autocast():
+            loss = self.task.loss(self.train_model, batch)
         # Backward runs on a non-finite loss too (its gradients are then discarded), so that every process of a
         # distributed run joins the gradient all-reduce; the loss and whether it and every gradient are finite
         # then reach the host in one synchronisation per step (each one stalls a GPU).
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         loss = loss.detach()
+        if self.scaler is not None:  # the true gradients, for the check and the clipping
+            self.scaler.unscale_(self.optimizer)
         # One norm of all gradients, finite iff every gradient is (and none so large that its square overflows),
         # is both the check and the clipping's norm.
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
-        finite = loss.isfinite() & norm.isfinite()
-        value, finite = torch.stack([loss.double(), finite.double()]).tolist()
+        checks = torch.stack([loss.double(), loss.isfinite().double(), (loss.isfinite() & norm.isfinite()).double()])
+        value, loss_finite, finite = checks.tolist()
         if not distributed.all_true(bool(finite)):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()  # a smaller scale, and the scaler ready for the next step
+                if distributed.all_true(bool(loss_finite)):  # the scaled gradients overflowed: skip the step
+                    return None
             message = f"non-finite loss or gradient at epoch {epoch}, batch {index} (loss={value:.4g})"
             if self.config.on_nan == "stop":
                 raise NonFiniteLossError(message + "; stopping (on_nan='stop'); weights and checkpoints untouched")
@@ -519,6 +556,8 @@ class Trainer:
         if self.config.grad_clip is not None:
             nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.grad_clip, norm)
         self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
         if self.average is not None:
             self.average.update_parameters(self.model)
         return value
@@ -548,6 +587,8 @@ class Trainer:
                 "lr": self.learning_rate(epoch),
                 "train_loss": self.train_epoch(epoch),
             }
+            if self.scaler is not None:
+                row["loss_scale"] = self.scaler.get_scale()
             if self._evaluates(epoch):
                 if self.val_set is not None:
                     row.update({f"val_{k}": v for k, v in self.evaluate(self.val_set).items()})
