@@ -31,7 +31,12 @@ and ``nbody_speed.md``.
         --inverse-powers 2 --inverse-scaled                  # the best N-body model, on a GPU
 
 With ``--device cuda`` every batch is moved to the GPU as the trainer does (``batch.to(device)`` per step), each
-timed pass ends with a synchronisation, and ``threads`` is the number of CPU threads beside the GPU.
+timed pass ends with a synchronisation, and ``threads`` is the number of CPU threads beside the GPU. ``--amp bf16``
+(or ``fp16``) adds the last configuration once more with the training steps under autocast, as ``pyg-se3 train
+--amp`` runs them (evaluation stays float32, as the trainer's does); the peer is compared with the last float32
+row.
+
+    python benchmarks/nbody_speed.py --device cuda --amp bf16   # float32 and bf16 training steps, on a GPU
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from gpu import synchronize
 from torch import nn
 from torch_geometric.loader import DataLoader
 
+from pyg_se3._amp import AMP_DTYPES
 from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime.tasks import ModelOptions, get_task
 from pyg_se3.runtime.training import TrainConfig, Trainer
@@ -88,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default="data")
     parser.add_argument("--out", default="benchmarks/results/nbody_speed")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    parser.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        help="also time the last configuration with its training steps under autocast to this dtype",
+    )
     return parser.parse_args(argv)
 
 
@@ -149,15 +160,18 @@ class _Loss:
         return self.loss_of_batch(batch)
 
 
-def training_step(model: nn.Module, loss, kind: str, device: torch.device, out: str):
+def training_step(model: nn.Module, loss, kind: str, device: torch.device, out: str, amp: str | None = None):
     """One optimisation step of ``loss(batch)`` with gradient-norm clipping at 1 and a check that the loss and
     gradients are finite: ``"trainer"``, :meth:`Trainer.step <pyg_se3.runtime.training.Trainer.step>` itself
-    (fused AdamW; one gradient norm for the check and the clipping); ``"loop"``, AdamW's loop over the parameter
-    tensors, a finiteness check per gradient and ``clip_grad_norm_``."""
+    (fused AdamW; one gradient norm for the check and the clipping; with ``amp``, under autocast to that dtype);
+    ``"loop"``, AdamW's loop over the parameter tensors, a finiteness check per gradient and ``clip_grad_norm_``."""
     model.train()
     if kind == "trainer":
-        trainer = Trainer(model, _Loss(loss), [], None, TrainConfig(lr=1e-4, device=str(device), out=out))
+        config = TrainConfig(lr=1e-4, device=str(device), out=out, amp=amp)
+        trainer = Trainer(model, _Loss(loss), [], None, config)
         return lambda batch: trainer.step(batch, 0, 0)
+    if amp is not None:
+        raise ValueError(f"amp: only the trainer's step runs under autocast, not the {kind!r} one")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
 
     def step(batch) -> None:
@@ -225,8 +239,10 @@ def prepare(
     eval_batch: int,
     device: torch.device,
     out: str,
+    amp: str | None = None,
 ) -> Row:
-    """The row of ``model`` at one configuration, not yet timed (``out``: the trainer's scratch folder)."""
+    """The row of ``model`` at one configuration, not yet timed (``out``: the trainer's scratch folder; ``amp``:
+    the training steps' autocast dtype, or ``None``)."""
     settings = {
         "batch_size": batch_size,
         "threads": threads,
@@ -234,10 +250,11 @@ def prepare(
         "loader": loader,
         "optimiser": optimiser,
         "eval_batch_size": eval_batch,
+        "amp": amp,
     }
     make_train = batches(loader, sources[loader]["train"], batch_size, shuffle=True)
     make_eval = batches(loader, sources[loader]["val"], eval_batch, shuffle=False)
-    train = timed_pass(training_step(model, loss, optimiser, device, out), make_train, device)
+    train = timed_pass(training_step(model, loss, optimiser, device, out, amp), make_train, device)
     evaluate = timed_pass(evaluation_step(model, predict), make_eval, device)
     return Row(name, model, settings, train, evaluate, make_train)
 
@@ -320,6 +337,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             prepare(name, model, loss, predict, sources, *configuration, device, scratch)
             for name, *configuration in CONFIGURATIONS
         ]
+        if args.amp is not None:  # the last configuration again, its training steps under autocast
+            name = f"{CONFIGURATIONS[-1][0]}, {args.amp} autocast"
+            configuration = CONFIGURATIONS[-1][1:]
+            pending.append(prepare(name, model, loss, predict, sources, *configuration, device, scratch, args.amp))
         if missing is None:  # the peer at the last configuration, timed in the same rounds
             torch.manual_seed(0)
             egnn = EGNNPeer().to(device)
@@ -332,7 +353,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if missing is None:
         peer = rows.pop()
         peer["parameters"] = sum(p.numel() for p in egnn.parameters())
-        peer["ours_over_peer_epoch"] = rows[-1]["epoch_s"] / peer["epoch_s"]
+        last_float32 = [row for row in rows if row["amp"] is None][-1]
+        peer["ours_over_peer_epoch"] = last_float32["epoch_s"] / peer["epoch_s"]
     else:
         print(f"peer skipped: {missing}", file=sys.stderr)
     for row in rows:

@@ -195,7 +195,7 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     monkeypatch.setattr(nbody_speed, "CONFIGURATIONS", configurations)
     size = ["--iterations", "1", "--channels", "4", "--inverse-distance", "0.1", "--inverse-powers", "2"]
     size += ["--inverse-scaled", "--parity", "--train-systems", "8"]
-    rows = nbody_speed.main(["--root", str(root), *size, "--device", "cpu", "--out", str(tmp_path)])
+    rows = nbody_speed.main(["--root", str(root), *size, "--device", "cpu", "--out", str(tmp_path), "--amp", "bf16"])
     saved = json.loads((tmp_path / "nbody_speed.json").read_text())
     assert saved["machine"]["device"] == "cpu"
     inverse = {"inverse_distance": 0.1, "inverse_powers": 2, "inverse_scaled": True, "parity": True}
@@ -204,17 +204,19 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     built = get_task("nbody", options).build_model(1.0)
     assert built.parity and {key: saved["model"][key] for key in inverse} == inverse
     assert saved["model"]["parameters"] == sum(p.numel() for p in built.parameters())
-    assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed"]
-    assert [(row["optimiser"], row["eval_batch_size"]) for row in rows] == [("loop", 4), ("trainer", 8)]
+    assert saved["rows"] == rows and [row["loader"] for row in rows] == ["pyg", "fixed", "fixed"]
+    assert [(row["optimiser"], row["eval_batch_size"]) for row in rows] == [("loop", 4), ("trainer", 8), ("trainer", 8)]
+    # --amp: the last configuration once more, its training steps under autocast
+    assert [row["amp"] for row in rows] == [None, None, "bf16"] and rows[2]["configuration"] == "b, bf16 autocast"
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
     assert all(len(row["train_passes_systems_per_s"]) == nbody_speed.REPEATS for row in rows)
     assert all(row["train_systems_per_s"] == max(row["train_passes_systems_per_s"]) for row in rows)
     assert rows[0]["speed_up"] == 1.0
     assert ("epoch_s" in saved["peer"]) == (saved["peer"].get("missing") is None)
-    if "epoch_s" in saved["peer"]:  # the peer in the last configuration, compared with our last row
-        settings = ("batch_size", "threads", "eval_every", "loader", "optimiser", "eval_batch_size")
-        assert [saved["peer"][key] for key in settings] == [rows[-1][key] for key in settings]
-        assert saved["peer"]["ours_over_peer_epoch"] == rows[-1]["epoch_s"] / saved["peer"]["epoch_s"]
+    if "epoch_s" in saved["peer"]:  # the peer in the last configuration, compared with our last float32 row
+        settings = ("batch_size", "threads", "eval_every", "loader", "optimiser", "eval_batch_size", "amp")
+        assert [saved["peer"][key] for key in settings] == [rows[1][key] for key in settings]
+        assert saved["peer"]["ours_over_peer_epoch"] == rows[1]["epoch_s"] / saved["peer"]["epoch_s"]
     table = (tmp_path / "nbody_speed.md").read_text()
     assert table.count("\n| ") >= 3 and "inverse distances s=0.1 powers 1..2, scaled" in table
     assert "4 channels, full kernel, parity, position integrator" in table
