@@ -113,6 +113,15 @@ def test_evaluation_every_k_epochs_and_after_the_last(tmp_path):
     assert best["best_val"] == min(row["val_loss"] for row in history if "val_loss" in row)
 
 
+def test_the_curves_are_plotted_at_the_evaluated_epochs(tmp_path, monkeypatch):
+    t = trainer(tmp_path, epochs=7, eval_every=3)
+    plotted = []
+    monkeypatch.setattr(t, "plot", lambda: plotted.append(t.history[-1]["epoch"]))
+    t.fit()
+    assert plotted == [2, 5, 6]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 7  # the metrics: every epoch
+
+
 def test_the_moving_average_is_what_is_evaluated_and_checkpointed(tmp_path):
     """With ema_decay d: after the first step the average is the weights, then a <- d a + (1 - d) w after every
     step; validation and test are of the average, and best.pt's "model" reproduces them."""
