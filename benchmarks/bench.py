@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import peers as peer_adapters
+from machine import processor
 
 if TYPE_CHECKING:
     from peers import Inputs, Workload
@@ -485,7 +486,7 @@ def write_results(
         "# pyg_se3 benchmark",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs; median "
+        f"Machine: {processor()}, {platform.system()}, {os.cpu_count()} CPUs; median "
         "of repeats after a warm-up (with --rounds: the median over rounds, each configuration measured once per "
         "round in a fresh process, alternating with the others at the same size); peak memory = the subprocess's "
         "peak RSS minus its RSS before the inputs were built.",

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from machine import processor
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Throughput of the dominant contraction",
         "",
         f"Command: `python benchmarks/flops.py {' '.join(argv)}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads; "
+        f"Machine: {processor()}, {os.cpu_count()} CPUs, {args.threads} threads; "
         f"fastest of {args.repeats} runs. Dense float32 matmul ({args.matmul_size}^2): **{peak / 1e9:.1f} GFLOP/s**.",
         "",
         "| output degree | E | pass | GFLOP | time (s) | GFLOP/s | of dense matmul |",

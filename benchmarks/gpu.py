@@ -52,6 +52,7 @@ from pathlib import Path
 import bench
 import peers
 import torch
+from machine import processor
 from torch import Tensor, nn
 
 import pyg_se3
@@ -541,7 +542,7 @@ def environment(device: torch.device) -> dict:
         }
     else:
         info |= {
-            "device": platform.processor() or platform.machine(),
+            "device": processor(),
             "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
         }

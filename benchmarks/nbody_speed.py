@@ -15,9 +15,10 @@ step) it measures, after one warm-up pass:
 (each throughput the fastest of five timed passes, every pass's kept in the JSON beside it; the passes of all
 configurations, and the peer's, are taken in turn, round after round, so that the machine's drift over the run
 reaches every row alike), and derives the wall time of one epoch: 3,000 training systems plus, every ``k``
-epochs, 4,000 evaluated ones. The loaders are PyG's ``DataLoader`` (``pyg``) and
-:class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated once, batches cut out by indexing; the
-trainer's default for such data), which give the same batches.
+epochs, 4,000 evaluated ones, plus the trainer's files (``last.pt`` and the metrics at every epoch, ``loss.png``
+and ``best.pt`` at every evaluated one; each write timed for the row's model, the fastest of three). The loaders
+are PyG's ``DataLoader`` (``pyg``) and :class:`pyg_se3.loader.FixedSizeLoader` (``fixed``: the systems collated
+once, batches cut out by indexing; the trainer's default for such data), which give the same batches.
 
 The peer is EGNN (``egnn-pytorch``, the ``bench`` extra; `make bench-nbody` installs it) at the EGNN paper's
 N-body size (4 layers, 64 features; inputs: speeds and charges, charge products on the edges; positions updated by
@@ -46,7 +47,6 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -57,13 +57,14 @@ from typing import Any
 
 import torch
 from gpu import synchronize
+from machine import processor
 from torch import nn
 from torch_geometric.loader import DataLoader
 
 from pyg_se3._amp import AMP_DTYPES
 from pyg_se3.loader import FixedSizeGraphs, FixedSizeLoader
 from pyg_se3.runtime.tasks import ModelOptions, get_task
-from pyg_se3.runtime.training import TrainConfig, Trainer
+from pyg_se3.runtime.training import TrainConfig, Trainer, atomic_save
 
 #: (name, batch size, threads, evaluate every k epochs, loader, optimiser step, evaluation batch size)
 CONFIGURATIONS = [
@@ -77,6 +78,7 @@ CONFIGURATIONS = [
 ]
 TRAIN, EVALUATED = 3000, 4000  # systems per epoch: the training split, and validation + test
 REPEATS = 5  # timed passes per throughput, after the warm-up one
+HISTORY = 100  # epochs of metrics the trainer has written when its bookkeeping is timed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,6 +200,42 @@ def evaluation_step(model: nn.Module, predict):
     return step
 
 
+def history_row(epoch: int, eval_every: int) -> dict[str, float]:
+    """A row of the N-body task's metrics history as the trainer writes it: the validation and test metrics at
+    evaluated epochs only."""
+    row = {"epoch": epoch, "lr": 1e-3, "train_loss": 1 / (epoch + 1)}
+    if (epoch + 1) % eval_every == 0:
+        for split in ("val", "test"):
+            row |= {f"{split}_{name}": 1 / (epoch + 2) for name in ("loss", "mse", "constant_mse", "linear_mse")}
+    return row
+
+
+def bookkeeping_time(model: nn.Module, loss, eval_every: int, device: torch.device, out: str) -> float:
+    """Seconds per epoch that :meth:`Trainer.fit <pyg_se3.runtime.training.Trainer.fit>` spends on its files for
+    ``model``: ``last.pt`` and the metrics files at every epoch; at every evaluated epoch, ``loss.png`` and, as
+    when validation improves, ``best.pt`` (a history of ``HISTORY`` epochs, the optimiser's moments filled in;
+    each the fastest of three writes). ``model`` itself is left alone."""
+    config = TrainConfig(lr=1e-4, device=str(device), out=out, eval_every=eval_every)
+    trainer = Trainer(copy.deepcopy(model), _Loss(loss), [], None, config)
+    for parameter in trainer.model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    trainer.optimizer.step()  # the moments exist, as in a checkpoint written after training steps
+    trainer.history = [history_row(epoch, eval_every) for epoch in range(HISTORY)]
+
+    def fastest(write: Callable[[], None]) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            write()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    checkpoint = fastest(lambda: atomic_save(trainer.state(), Path(out) / "last.pt"))
+    metrics = fastest(trainer.write_metrics)
+    plot = fastest(trainer.plot)
+    return checkpoint + metrics + (checkpoint + plot) / eval_every
+
+
 def batches(loader: str, systems, batch_size: int, shuffle: bool):
     """A function making a fresh loader of ``systems`` (a ``FixedSizeGraphs`` for ``loader="fixed"``)."""
     kind = FixedSizeLoader if loader == "fixed" else DataLoader
@@ -221,6 +259,7 @@ class Row:
     train: Callable[[], float]
     evaluate: Callable[[], float]
     make_train_batches: Callable
+    bookkeeping_s: float = 0.0
     train_rates: list[float] = field(default_factory=list)
     eval_rates: list[float] = field(default_factory=list)
 
@@ -256,7 +295,8 @@ def prepare(
     make_eval = batches(loader, sources[loader]["val"], eval_batch, shuffle=False)
     train = timed_pass(training_step(model, loss, optimiser, device, out, amp), make_train, device)
     evaluate = timed_pass(evaluation_step(model, predict), make_eval, device)
-    return Row(name, model, settings, train, evaluate, make_train)
+    bookkeeping = bookkeeping_time(model, loss, eval_every, device, out)
+    return Row(name, model, settings, train, evaluate, make_train, bookkeeping)
 
 
 def measure(rows: list[Row], repeats: int = REPEATS) -> list[dict]:
@@ -281,7 +321,7 @@ def measure(rows: list[Row], repeats: int = REPEATS) -> list[dict]:
 def summary(row: Row) -> dict:
     """A timed row's throughputs (the fastest passes, and every timed pass's, in order) and the epoch they make."""
     train_rate, eval_rate = max(row.train_rates), max(row.eval_rates)
-    epoch = TRAIN / train_rate + EVALUATED / eval_rate / row.settings["eval_every"]
+    epoch = TRAIN / train_rate + EVALUATED / eval_rate / row.settings["eval_every"] + row.bookkeeping_s
     print(f"{row.name}: train {train_rate:.0f}/s, eval {eval_rate:.0f}/s, epoch {epoch:.1f} s", flush=True)
     return {
         "configuration": row.name,
@@ -291,6 +331,7 @@ def summary(row: Row) -> dict:
         "train_passes_systems_per_s": row.train_rates,
         "eval_passes_systems_per_s": row.eval_rates,
         "collation_s_per_epoch": collation_time(row.make_train_batches),
+        "bookkeeping_s_per_epoch": row.bookkeeping_s,
         "epoch_s": epoch,
     }
 
@@ -365,7 +406,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "command": " ".join(["python benchmarks/nbody_speed.py", *(sys.argv[1:] if argv is None else argv)]),
         "model": {**vars(args), "parameters": parameters},
         "machine": {
-            "processor": platform.processor() or platform.machine(),
+            "processor": processor(),
             "cpus": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         },
@@ -382,18 +423,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{args.integrator} integrator{inverse_note(args)}) on {record['machine']['device']}; collating the "
         f"3,000 systems once: {collate_once_s:.2f} s",
         "",
-        "| configuration | train systems/s | eval systems/s | collation s/epoch | epoch s | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| configuration | train systems/s | eval systems/s | collation s/epoch | files s/epoch | epoch s | speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['configuration']} | {r['train_systems_per_s']:.0f} | {r['eval_systems_per_s']:.0f} | "
-        f"{r['collation_s_per_epoch']:.2f} | {r['epoch_s']:.1f} | {r['speed_up']:.1f}x |"
+        f"{r['collation_s_per_epoch']:.2f} | {r['bookkeeping_s_per_epoch']:.2f} | {r['epoch_s']:.1f} | "
+        f"{r['speed_up']:.1f}x |"
         for r in rows
     ]
     if "epoch_s" in peer:
         lines += [
             f"| {peer['configuration']} ({peer['parameters']:,} parameters) | {peer['train_systems_per_s']:.0f} | "
-            f"{peer['eval_systems_per_s']:.0f} | {peer['collation_s_per_epoch']:.2f} | {peer['epoch_s']:.1f} | "
+            f"{peer['eval_systems_per_s']:.0f} | {peer['collation_s_per_epoch']:.2f} | "
+            f"{peer['bookkeeping_s_per_epoch']:.2f} | {peer['epoch_s']:.1f} | "
             f"peer: ours take {peer['ours_over_peer_epoch']:.1f}x its epoch |"
         ]
     (out / "nbody_speed.md").write_text("\n".join(lines) + "\n")

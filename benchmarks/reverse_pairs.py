@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 from flops import best_time
 from gpu import synchronize
+from machine import processor
 
 from pyg_se3 import Fiber, compute_basis
 from pyg_se3.graph import Radius
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(name, rows[-1]["per_pair_s"], rows[-1]["per_edge_s"], flush=True)
     result = {
         "command": "python benchmarks/reverse_pairs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads"
+        "machine": f"{processor()}, {os.cpu_count()} CPUs, {args.threads} threads"
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "torch": torch.__version__,
         "rows": rows,

@@ -4,6 +4,7 @@ process, and the error summary's arithmetic."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -209,6 +210,7 @@ def test_the_speed_benchmark_runs(scripts, root, tmp_path, monkeypatch):
     # --amp: the last configuration once more, its training steps under autocast
     assert [row["amp"] for row in rows] == [None, None, "bf16"] and rows[2]["configuration"] == "b, bf16 autocast"
     assert all(row["train_systems_per_s"] > 0 and row["epoch_s"] > 0 for row in rows)
+    assert all(0 < row["bookkeeping_s_per_epoch"] < row["epoch_s"] for row in rows)
     assert all(len(row["train_passes_systems_per_s"]) == nbody_speed.REPEATS for row in rows)
     assert all(row["train_systems_per_s"] == max(row["train_passes_systems_per_s"]) for row in rows)
     assert rows[0]["speed_up"] == 1.0
@@ -260,6 +262,39 @@ def test_the_speed_benchmark_takes_the_rows_in_turn(scripts):
         ([5.0, 9.0], [6.0, 10.0]),
         ([7.0, 11.0], [8.0, 12.0]),
     ]
+
+
+def test_the_trainer_files_are_timed_as_fit_writes_them(scripts, tmp_path, monkeypatch):
+    nbody_speed = scripts[0]
+    model = nn.Linear(3, 2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    written = []
+    for name in ("write_metrics", "plot"):
+        method = getattr(nbody_speed.Trainer, name)
+        monkeypatch.setattr(nbody_speed.Trainer, name, lambda self, m=method, n=name: written.append(n) or m(self))
+    seconds = nbody_speed.bookkeeping_time(model, lambda batch: model.weight.sum(), 4, torch.device("cpu"), tmp_path)
+    assert seconds > 0 and written == ["write_metrics"] * 3 + ["plot"] * 3
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # the model left alone
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert all("exp_avg" in moments for moments in state["optimizer"]["state"].values())  # as after training
+    assert len(state["optimizer"]["state"]) == 2 and len(state["history"]) == nbody_speed.HISTORY
+    evaluated = [row["epoch"] for row in state["history"] if "val_mse" in row and "test_linear_mse" in row]
+    assert evaluated == list(range(3, nbody_speed.HISTORY, 4))
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + nbody_speed.HISTORY
+
+
+def test_the_results_name_the_processor(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import machine
+
+    fallback = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    assert machine.processor() == (names[0] if names else fallback)  # e.g. "Intel(R) Xeon(R) ...", not "x86_64"
+    monkeypatch.setattr(machine, "Path", lambda path: Path("/no/such/cpuinfo"))
+    assert machine.processor() == fallback
 
 
 def test_the_reverse_pairs_benchmark_runs(root, tmp_path, monkeypatch):
