@@ -130,6 +130,15 @@ class RadialWeights {
  public:
   RadialWeights(const at::Tensor& weight, const at::Tensor& bias) : weight_(at::cat({weight, bias.unsqueeze(1)}, 1)) {}
 
+  // The same weights with their rows reordered from (c, k) to (k, c) (fan_in: K): the product then writes each
+  // edge's weights as a row-major [K, C] matrix, which the forward's [m, K] x [K, C] reads fastest (the backward's
+  // [m, C] x [C, K] reads the [C, K] order fastest, and keeps it)
+  RadialWeights(const at::Tensor& weight, const at::Tensor& bias, int64_t fan_in)
+      : RadialWeights(weight, bias) {
+    const int64_t channels = weight_.size(0) / fan_in;
+    weight_ = weight_.view({channels, fan_in, -1}).transpose(0, 1).reshape({channels * fan_in, -1});
+  }
+
   // the calling thread's [n, H + 1] buffer of hidden rows, its last column ones
   at::Tensor buffer(size_t slot, int64_t n) const {
     auto rows = scratch(slot, {n, weight_.size(1)}, weight_.options());
@@ -182,7 +191,7 @@ at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight
                               const Blocks& xs, const Blocks& bs, int64_t m, int64_t chunk, int64_t groups) {
   const auto s = kernel_shapes(hidden, weight, bias, xs, bs, m, groups);
   at::Tensor out = at::empty({groups * s.edges, s.channels, m}, hidden.options());
-  const RadialWeights radial(weight, bias);
+  const RadialWeights radial(weight, bias, s.fan_in);  // [K, C] per edge
   struct Buffers {
     at::Tensor weights, stacked, product, hidden;
   };
@@ -197,9 +206,10 @@ at::Tensor kernel_contraction(const at::Tensor& hidden, const at::Tensor& weight
     for (int64_t group = 0; group < groups; ++group) {
       const int64_t first = group * s.edges + start;
       auto stacked = stacked_features(rows(xs, first, n), rows(bs, first, n), m, buf.stacked.narrow(0, 0, n));
-      // [m, K] x [K, C] per edge: component-major, the fast order of MKL's batched matmul for m <= 5
+      // [m, K] x [K, C] per edge, both row-major: the fast layout of MKL's batched matmul for m <= 5 (2.6x faster
+      // than the transposed view of [C, K] weights for the N-body model's [3, 64] x [64, 17] on one thread)
       auto product = buf.product.narrow(0, 0, n);
-      at::bmm_out(product, stacked, weights.view({n, s.channels, s.fan_in}).transpose(1, 2));
+      at::bmm_out(product, stacked, weights.view({n, s.fan_in, s.channels}));
       out.narrow(0, first, n).copy_(product.transpose(1, 2));
     }
   });

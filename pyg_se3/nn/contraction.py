@@ -237,6 +237,15 @@ def _groups(blocks: Sequence[Tensor], groups: int) -> list[list[Tensor]]:
     return [[block[g * rows : (g + 1) * rows] for block in blocks] for g in range(groups)]
 
 
+def _fan_in_major(weight: Tensor, bias: Tensor, fan_in: int) -> tuple[Tensor, Tensor]:
+    """The radial network's last layer (``weight [C K, H]``, ``bias [C K]``) with its rows reordered from
+    ``(c, k)`` to ``(k, c)``: it then writes each edge's weights as a row-major ``[K, C]`` matrix, which the
+    per-edge product ``[m, K] x [K, C]`` reads faster than the transposed view of a ``[C, K]`` one."""
+    channels = weight.shape[0] // fan_in
+    weight_kc = weight.view(channels, fan_in, -1).transpose(0, 1).reshape(fan_in * channels, -1)
+    return weight_kc, bias.view(channels, fan_in).t().reshape(-1)
+
+
 class _KernelContraction(torch.autograd.Function):
     """``out[e] = (hidden[e] W^T + b).view(C, K) @ stacked[e]``, chunked over edges, weights recomputed.
 
@@ -244,6 +253,10 @@ class _KernelContraction(torch.autograd.Function):
     each chunk builds its own, uses them and drops them; the backward pass rebuilds them chunk by chunk. Only
     the inputs are saved. Within a chunk the per-edge products are taken component-major (``[m, K] x [K, C]``
     rather than ``[C, K] x [K, m]``): the same arithmetic, 4-7x faster in MKL's batched matmul for ``m <= 5``.
+    The forward writes each edge's weights as a row-major ``[K, C]`` matrix (:func:`_fan_in_major`), 2.6x faster
+    again in that product than the transposed view of a ``[C, K]`` one (the N-body model's ``[3, 64] x [64, 17]``,
+    one thread); the backward's ``[m, C] x [C, K]`` reads the ``[C, K]`` order fastest, and its recomputation
+    keeps it.
     With ``groups`` > 1 the feature and basis blocks hold ``groups`` runs of ``E`` edges each, and edge
     ``g E + e`` takes the weights of ``hidden[e]``: each chunk's weights serve all runs (an edge and its reverse).
     ``hidden`` then has ``E`` rows, whose gradient sums the runs', or one per edge, ``groups E``, whose runs hold
@@ -264,12 +277,13 @@ class _KernelContraction(torch.autograd.Function):
             out = hidden.new_empty(groups * num_edges, weight.shape[0] // fan_in, m)
             weights_buffer = _buffer(hidden, chunk, weight.shape[0])
             runs = list(zip(_groups(xs, groups), _groups(bs, groups), _groups([out], groups), strict=True))
+            weight_kc, bias_kc = _fan_in_major(weight, bias, fan_in)
             for start, stop in _chunks(num_edges, chunk):
                 n = stop - start
-                weights = torch.addmm(bias, hidden[start:stop], weight.t(), out=_rows(weights_buffer, n))
+                weights = torch.addmm(bias_kc, hidden[start:stop], weight_kc.t(), out=_rows(weights_buffer, n))
                 for xs_run, bs_run, (out_run,) in runs:
                     stacked = _stacked_features(xs_run, bs_run, start, stop, m)  # [n, m, K]
-                    product = torch.bmm(stacked, weights.view(n, -1, fan_in).transpose(1, 2))
+                    product = torch.bmm(stacked, weights.view(n, fan_in, -1))
                     out_run[start:stop] = product.transpose(1, 2)
         ctx.save_for_backward(hidden, weight, bias, *blocks)
         ctx.chunk, ctx.m, ctx.groups, ctx.fan_in = chunk, m, groups, fan_in
